@@ -1,0 +1,3 @@
+"""aifactory: Jupyter on a Slurm GPU cluster."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,74 @@
+"""The `aifactory` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _cluster_up(args) -> int:
+    from . import cluster
+    report = cluster.up(demo_file=args.demo, hub_config=args.hub_config)
+    print(f"\nThe AI factory is up ({report.seconds:.0f} s). Log in at {cluster.HUB_URL}/")
+    print("Demo users (demo only; passwords kept in /var/lib/aifactory/demo-passwords.json):")
+    for user, password in report.passwords.items():
+        print(f"  {user:10} {password}")
+    return 0
+
+
+def _cluster_down(args) -> int:
+    from . import cluster
+    stopped = cluster.down()
+    print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    return 0
+
+
+def _cluster_status(args) -> int:
+    from . import cluster
+    result = cluster.status()
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0 if result["ok"] else 1
+    for name, s in result["services"].items():
+        mark = "ok  " if s["running"] else "DOWN"
+        pid = f"pid {s['pid']}" if s["pid"] else ""
+        print(f"{mark} {name:16} {pid:10} {s['what']}")
+    for check, ok in result["checks"].items():
+        print(f"{'ok  ' if ok else 'FAIL'} {check}")
+    for node, state in result["nodes"].items():
+        print(f"     node {node}: {state}")
+    print("all green" if result["ok"] else "not all green")
+    return 0 if result["ok"] else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="aifactory", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    cluster_p = sub.add_parser("cluster", help="the local Slurm cluster and hub (root)")
+    csub = cluster_p.add_subparsers(dest="action", required=True)
+    up_p = csub.add_parser("up", help="install, configure and start everything (idempotent)")
+    up_p.add_argument("--demo", type=Path, help="demo description (default: "
+                      "hub_config/cluster/demo.yaml)")
+    up_p.add_argument("--hub-config", type=Path, help="hub_config directory")
+    up_p.set_defaults(func=_cluster_up)
+    csub.add_parser("down", help="stop what `up` started; keep the data").set_defaults(
+        func=_cluster_down)
+    st = csub.add_parser("status", help="what runs and what does not")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=_cluster_status)
+    args = parser.parse_args(argv)
+
+    from .cluster.demo import DemoFileError
+    from .cluster.system import ClusterError
+    from .slurm import SlurmError
+    try:
+        return args.func(args)
+    except (ClusterError, DemoFileError, SlurmError) as e:
+        print(f"aifactory: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Small root-side helpers for bringing the local cluster up: commands, files, pid files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+STATE_DIR = Path("/var/lib/aifactory")
+RUN_DIR = Path("/run/aifactory")
+ETC_DIR = Path("/etc/aifactory")
+LOG_DIR = Path("/var/log/aifactory")
+
+
+class ClusterError(RuntimeError):
+    """Bring-up could not go on; the message is one sentence for the operator."""
+
+
+def sh(*argv: str, input: str | None = None, check: bool = True, timeout: float = 600,
+       env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a system command (argv, no shell). On failure: ClusterError with its last line."""
+    try:
+        proc = subprocess.run(list(argv), input=input, capture_output=True, text=True,
+                              timeout=timeout, env=env)
+    except FileNotFoundError:
+        raise ClusterError(f"{argv[0]} is not installed.") from None
+    except subprocess.TimeoutExpired:
+        raise ClusterError(f"{' '.join(argv[:3])} did not finish in {timeout:.0f} s.") from None
+    if check and proc.returncode != 0:
+        last = (proc.stderr.strip() or proc.stdout.strip() or f"exit {proc.returncode}")
+        raise ClusterError(f"{' '.join(argv[:3])} failed: {last.splitlines()[-1]}")
+    return proc
+
+
+def write_if_changed(path: Path, text: str, mode: int = 0o644, owner: str | None = None) -> bool:
+    """Write `text` to `path` when it differs; returns True when the file changed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    changed = not path.exists() or path.read_text() != text
+    if changed:
+        tmp = path.with_name(path.name + ".new")
+        tmp.write_text(text)
+        os.chmod(tmp, mode)
+        tmp.replace(path)
+    os.chmod(path, mode)
+    if owner:
+        shutil.chown(path, owner, owner)
+    return changed
+
+
+def read_pid(pidfile: Path) -> int | None:
+    """The pid in `pidfile` if that process is alive, else None."""
+    try:
+        pid = int(Path(pidfile).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    # A zombie or a recycled pid of another program does not count.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    if stat.rsplit(")", 1)[1].split()[0] == "Z":
+        return None
+    return pid
+
+
+def stop_pid(pidfile: Path, name: str, timeout: float = 20) -> bool:
+    """SIGTERM the process named in `pidfile`, wait, then SIGKILL. True if one was running."""
+    pid = read_pid(pidfile)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if read_pid(pidfile) is None or not Path(f"/proc/{pid}").exists():
+            return True
+        time.sleep(0.2)
+    os.kill(pid, signal.SIGKILL)
+    return True
+
+
+def wait_for(check, what: str, timeout: float = 30, interval: float = 0.3):
+    """Call `check` until it returns something true; ClusterError naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise ClusterError(f"{what} did not come up within {timeout:.0f} s.")
+        time.sleep(interval)
+
+
+def installed_debs(names: list[str]) -> set[str]:
+    proc = sh("dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\n", *names, check=False)
+    return {line.split()[0] for line in proc.stdout.splitlines() if line.endswith(" installed")}
+
+
+def ensure_debs(names: list[str]) -> list[str]:
+    """apt-get install what is missing of `names`; returns what was installed."""
+    missing = [n for n in names if n not in installed_debs(names)]
+    if not missing:
+        return []
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    sh("apt-get", "update", "-qq", env=env)
+    proc = sh("apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing,
+              env=env, check=False)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:]
+        raise ClusterError(f"apt-get could not install {', '.join(missing)}: "
+                           f"{last[0] if last else 'no message'}")
+    return missing

@@ -1,0 +1,316 @@
+"""The only place that runs Slurm commands.
+
+Everything else in aifactory calls these functions. Commands are argv lists, never shell
+strings, so nothing a user types is ever parsed by a shell. Results are dataclasses; failures
+are exceptions whose message is a plain sentence:
+
+- `SlurmUnreachable`: slurmctld or slurmdbd did not answer (callers keep their last view).
+- `SlurmError`: Slurm answered and refused (bad request, unknown job, ...).
+
+The module imports nothing else of aifactory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pwd
+import re
+import subprocess
+from dataclasses import dataclass, field
+
+DEFAULT_TIMEOUT = 30.0
+
+# Words Slurm's clients print when the daemon they talk to is not there.
+_UNREACHABLE_PATTERNS = (
+    "Unable to contact slurm controller",
+    "Socket timed out",
+    "Connection refused",
+    "Zero Bytes were transmitted or received",
+    "slurmdbd: Connection",
+    "Problem talking to the database",
+    "Database is busy or waiting for lock",
+    "Unable to establish controller machine",
+)
+
+JOB_ID_RE = re.compile(r"^[0-9]+(_[0-9]+)?$")
+
+
+class SlurmError(RuntimeError):
+    """Slurm answered and said no. The message is Slurm's own last line of error output."""
+
+
+class SlurmUnreachable(SlurmError):
+    """The scheduler (slurmctld) or the accounting daemon (slurmdbd) did not answer."""
+
+
+@dataclass(frozen=True)
+class Job:
+    job_id: str
+    name: str
+    user: str
+    account: str
+    partition: str
+    state: str  # PENDING, RUNNING, COMPLETED, ...
+    reason: str  # Slurm's reason code, e.g. Resources, AssocGrpGRESMinutes; "None" if none
+    nodes: str  # node list, "" while pending
+    gres: str = ""  # e.g. "gpu:2"
+    reservation: str = ""
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    state: str
+    address: str
+    partitions: tuple[str, ...] = field(default_factory=tuple)
+    gres: str = ""
+
+
+def _user_kwargs(user: str | None, env: dict | None) -> dict:
+    """Popen arguments that run a command as `user` (the caller is root), without a shell."""
+    if user is None:
+        return {"env": env}
+    pw = pwd.getpwnam(user)
+    run_env = dict(env) if env is not None else {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    run_env.update(USER=pw.pw_name, LOGNAME=pw.pw_name, HOME=pw.pw_dir)
+    return {
+        "env": run_env,
+        "user": pw.pw_uid,
+        "group": pw.pw_gid,
+        "extra_groups": os.getgrouplist(pw.pw_name, pw.pw_gid),
+        "cwd": pw.pw_dir,
+    }
+
+
+def _check(argv: list[str], returncode: int, out: str, err: str) -> str:
+    if returncode == 0:
+        return out
+    message = err.strip() or out.strip() or f"exit status {returncode}"
+    lines = message.splitlines()
+    # Slurm often ends with a generic line ("Use keyword 'where'..."); its error line says why.
+    last = next((l for l in lines if "error:" in l), lines[-1]).strip()
+    if any(p in message for p in _UNREACHABLE_PATTERNS):
+        raise SlurmUnreachable(f"{argv[0]}: scheduler unreachable ({last})")
+    raise SlurmError(f"{argv[0]}: {last}")
+
+
+def run(argv: list[str], *, input: str | None = None, user: str | None = None,
+        env: dict | None = None, timeout: float = DEFAULT_TIMEOUT) -> str:
+    """Run a Slurm command (argv list) and return its stdout."""
+    try:
+        proc = subprocess.run(argv, input=input, capture_output=True, text=True,
+                              timeout=timeout, **_user_kwargs(user, env))
+    except subprocess.TimeoutExpired:
+        raise SlurmUnreachable(f"{argv[0]}: scheduler unreachable (no answer in {timeout:.0f} s)")
+    return _check(argv, proc.returncode, proc.stdout, proc.stderr)
+
+
+async def run_async(argv: list[str], *, input: str | None = None, user: str | None = None,
+                    env: dict | None = None, timeout: float = DEFAULT_TIMEOUT) -> str:
+    """`run` for asyncio code (the hub): the event loop keeps serving while Slurm answers."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        **_user_kwargs(user, env))
+    try:
+        out, err = await asyncio.wait_for(
+            proc.communicate(input.encode() if input is not None else None), timeout)
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise SlurmUnreachable(f"{argv[0]}: scheduler unreachable (no answer in {timeout:.0f} s)")
+    return _check(argv, proc.returncode, out.decode(), err.decode())
+
+
+# --- jobs -------------------------------------------------------------------------------
+
+def _parse_submit(out: str) -> str:
+    job_id = out.strip().splitlines()[-1].split(";")[0] if out.strip() else ""
+    if not JOB_ID_RE.match(job_id):
+        raise SlurmError(f"sbatch: unexpected answer {out.strip()!r}")
+    return job_id
+
+
+def submit(script: str, *, user: str, env: dict | None = None,
+           timeout: float = DEFAULT_TIMEOUT) -> str:
+    """Submit a batch script (given on stdin) as `user`; returns the job id."""
+    return _parse_submit(run(["sbatch", "--parsable"], input=script, user=user, env=env,
+                             timeout=timeout))
+
+
+async def submit_async(script: str, *, user: str, env: dict | None = None,
+                       timeout: float = DEFAULT_TIMEOUT) -> str:
+    return _parse_submit(await run_async(["sbatch", "--parsable"], input=script, user=user,
+                                         env=env, timeout=timeout))
+
+
+def _check_job_id(job_id: str) -> str:
+    if not JOB_ID_RE.match(str(job_id)):
+        raise ValueError(f"not a Slurm job id: {job_id!r}")
+    return str(job_id)
+
+
+def cancel(job_id: str, *, user: str | None = None) -> None:
+    run(["scancel", _check_job_id(job_id)], user=user)
+
+
+async def cancel_async(job_id: str, *, user: str | None = None) -> None:
+    await run_async(["scancel", _check_job_id(job_id)], user=user)
+
+
+def _job_from_json(j: dict) -> Job:
+    gres = j.get("tres_per_node") or ""
+    return Job(
+        job_id=str(j["job_id"]),
+        name=j.get("name", ""),
+        user=j.get("user_name", ""),
+        account=j.get("account", ""),
+        partition=j.get("partition", ""),
+        state=j.get("job_state", ""),
+        reason=j.get("state_reason", ""),
+        nodes=j.get("nodes", "") or "",
+        gres=gres,
+        reservation=j.get("resv_name", "") or "",
+    )
+
+
+def parse_squeue_json(text: str) -> list[Job]:
+    """Jobs from `squeue --json` (Slurm 22.05 shape)."""
+    return [_job_from_json(j) for j in json.loads(text).get("jobs", [])]
+
+
+def _select(found: list[Job], user: str | None, job_ids: list[str] | None) -> list[Job]:
+    # Slurm 22.05's `squeue --json` ignores --jobs and --user and returns every job it
+    # knows, so the filter is applied here (one RPC either way).
+    wanted = {_check_job_id(j) for j in job_ids} if job_ids else None
+    return [j for j in found
+            if (user is None or j.user == user) and (wanted is None or j.job_id in wanted)]
+
+
+def jobs(*, user: str | None = None, job_ids: list[str] | None = None) -> list[Job]:
+    """Jobs slurmctld still knows (pending, running, and recently ended)."""
+    return _select(parse_squeue_json(run(["squeue", "--json"])), user, job_ids)
+
+
+async def jobs_async(*, user: str | None = None, job_ids: list[str] | None = None) -> list[Job]:
+    return _select(parse_squeue_json(await run_async(["squeue", "--json"])), user, job_ids)
+
+
+def job(job_id: str) -> Job | None:
+    """One job as slurmctld sees it, or None once slurmctld has forgotten it."""
+    found = jobs(job_ids=[job_id])
+    return found[0] if found else None
+
+
+async def job_async(job_id: str) -> Job | None:
+    found = await jobs_async(job_ids=[job_id])
+    return found[0] if found else None
+
+
+def parse_sacct_json(text: str) -> list[dict]:
+    """Finished and running jobs from `sacct --json`, as Slurm gives them (dicts)."""
+    return json.loads(text).get("jobs", [])
+
+
+def accounting_jobs(*, job_ids: list[str] | None = None, user: str | None = None,
+                    all_users: bool = False) -> list[dict]:
+    """Job records from slurmdbd (sacct --json)."""
+    argv = ["sacct", "--json"]
+    if job_ids:
+        argv += ["--jobs", ",".join(_check_job_id(j) for j in job_ids)]
+    if user:
+        argv += ["--user", user]
+    elif all_users:
+        argv += ["--allusers"]
+    return parse_sacct_json(run(argv))
+
+
+# --- nodes and the controller -----------------------------------------------------------
+
+def parse_sinfo_json(text: str) -> list[Node]:
+    result = []
+    for n in json.loads(text).get("nodes", []):
+        state = n.get("state", "")
+        if isinstance(state, list):
+            state = "+".join(state)
+        result.append(Node(name=n["name"], state=str(state).upper(),
+                           address=n.get("address", ""),
+                           partitions=tuple(n.get("partitions", []) or ()),
+                           gres=n.get("gres", "") or ""))
+    return result
+
+
+def nodes() -> list[Node]:
+    return parse_sinfo_json(run(["sinfo", "--json"]))
+
+
+def ping() -> bool:
+    """True when slurmctld answers."""
+    try:
+        out = run(["scontrol", "ping"], timeout=10)
+    except SlurmError:
+        return False
+    return "UP" in out
+
+
+def scontrol(*args: str) -> str:
+    return run(["scontrol", *args])
+
+
+def show_reservations() -> dict[str, dict[str, str]]:
+    """Reservations by name, each as scontrol's key=value pairs."""
+    out = run(["scontrol", "show", "reservation", "--oneliner"])
+    result = {}
+    for line in out.splitlines():
+        if not line.startswith("ReservationName="):
+            continue
+        pairs = dict(p.split("=", 1) for p in line.split() if "=" in p)
+        result[pairs["ReservationName"]] = pairs
+    return result
+
+
+def update_node(name: str, **settings: str) -> None:
+    run(["scontrol", "update", f"NodeName={name}", *(f"{k}={v}" for k, v in settings.items())])
+
+
+# --- accounting (sacctmgr has no --json in 22.05: parsable2 instead) --------------------
+
+def sacctmgr(*args: str) -> str:
+    """A sacctmgr change, without the confirmation prompt."""
+    return run(["sacctmgr", "--immediate", *args])
+
+
+def sacctmgr_list(entity: str, *conditions: str, fields: list[str]) -> list[dict[str, str]]:
+    """`sacctmgr list ENTITY CONDITIONS format=FIELDS` as a list of dicts."""
+    out = run(["sacctmgr", "--noheader", "--parsable2", "list", entity, *conditions,
+               "format=" + ",".join(fields)])
+    rows = []
+    for line in out.splitlines():
+        values = line.split("|")
+        if len(values) == len(fields):
+            rows.append({f.lower(): v for f, v in zip(fields, values)})
+    return rows
+
+
+def sshare(*, accounts: list[str] | None = None) -> list[dict[str, str]]:
+    """Usage per association from `sshare` (GrpTRESRaw holds the used TRES minutes)."""
+    fields = ["Account", "User", "RawUsage", "GrpTRESMins", "GrpTRESRaw"]
+    argv = ["sshare", "--noheader", "--parsable2", "--all", "--format=" + ",".join(fields)]
+    if accounts:
+        argv += ["--accounts", ",".join(accounts)]
+    rows = []
+    for line in run(argv).splitlines():
+        values = line.split("|")
+        if len(values) == len(fields):
+            rows.append({f.lower(): v.strip() for f, v in zip(fields, values)})
+    return rows
+
+
+def tres_value(tres: str, name: str) -> int | None:
+    """The number for `name` in a TRES string like 'cpu=4,gres/gpu=120'."""
+    for part in tres.split(","):
+        key, _, value = part.partition("=")
+        if key == name and value.isdigit():
+            return int(value)
+    return None

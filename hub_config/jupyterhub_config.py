@@ -1,0 +1,40 @@
+# JupyterHub configuration of the aifactory hub.
+#
+# `aifactory cluster up` installs this directory as /etc/aifactory/hub_config and starts the hub
+# as root from /var/lib/aifactory/hub with the AIFACTORY_* variables below set. On a real site,
+# set them (or replace them with your own values) in the hub's service unit.
+import os
+
+c = get_config()  # noqa: F821
+
+# The public face: the proxy on the login node. A site puts TLS and a real hostname in front.
+c.JupyterHub.bind_url = "http://127.0.0.1:8000"
+# Compute nodes call the hub API (the server's port callback, activity): bind it where they
+# can reach it, on the login node's cluster-network address.
+hub_ip = os.environ.get("AIFACTORY_HUB_CONNECT_IP", "127.0.0.1")
+c.JupyterHub.hub_bind_url = f"http://{hub_ip}:8081"
+c.JupyterHub.hub_connect_ip = hub_ip
+
+state = "/var/lib/aifactory/hub"
+c.JupyterHub.db_url = f"sqlite:///{state}/jupyterhub.sqlite"
+c.JupyterHub.cookie_secret_file = f"{state}/jupyterhub_cookie_secret"
+c.ConfigurableHTTPProxy.pid_file = f"{state}/jupyterhub-proxy.pid"
+
+# Login with Unix passwords (PAM); only members of the login group may log in.
+c.JupyterHub.authenticator_class = "pam"
+c.PAMAuthenticator.allowed_groups = {os.environ.get("AIFACTORY_LOGIN_GROUP", "aifactory-users")}
+c.PAMAuthenticator.open_sessions = False
+
+# Each session is a Slurm job on a compute node.
+c.JupyterHub.spawner_class = "aifactory.spawner.SlurmSpawner"
+c.SlurmSpawner.venv = os.environ.get("AIFACTORY_VENV", "/opt/aifactory/venv")
+c.SlurmSpawner.req_partition = "gpu"
+c.SlurmSpawner.gpus = 1
+c.SlurmSpawner.req_runtime = "02:00:00"
+c.SlurmSpawner.req_memory = "16G"
+c.SlurmSpawner.req_nprocs = "4"
+c.Spawner.default_url = "/lab"
+c.Spawner.start_timeout = 300
+c.Spawner.http_timeout = 120
+# Sessions are Slurm jobs: they outlive a hub restart, and the hub finds them again.
+c.JupyterHub.cleanup_servers = False
