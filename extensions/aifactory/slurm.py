@@ -175,9 +175,26 @@ def _job_from_json(j: dict) -> Job:
     )
 
 
+def _load_json(text: str, command: str) -> dict:
+    """Parse a `--json` answer. Slurm 22.05 exits 0 when the daemon is down and puts the
+    failure in "errors" (with an empty job list): that must never read as "no jobs"."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise SlurmError(f"{command}: answer is not JSON") from None
+    # sacct reports an empty answer as an error named "Nothing found".
+    errors = [e for e in data.get("errors") or []
+              if "Nothing found" not in (e.get("description", ""), e.get("error", ""))]
+    if errors:
+        first = errors[0]
+        detail = first.get("description") or first.get("error") or "unknown error"
+        raise SlurmUnreachable(f"{command}: scheduler unreachable ({detail})")
+    return data
+
+
 def parse_squeue_json(text: str) -> list[Job]:
     """Jobs from `squeue --json` (Slurm 22.05 shape)."""
-    return [_job_from_json(j) for j in json.loads(text).get("jobs", [])]
+    return [_job_from_json(j) for j in _load_json(text, "squeue").get("jobs", [])]
 
 
 def _select(found: list[Job], user: str | None, job_ids: list[str] | None) -> list[Job]:
@@ -210,7 +227,7 @@ async def job_async(job_id: str) -> Job | None:
 
 def parse_sacct_json(text: str) -> list[dict]:
     """Finished and running jobs from `sacct --json`, as Slurm gives them (dicts)."""
-    return json.loads(text).get("jobs", [])
+    return _load_json(text, "sacct").get("jobs", [])
 
 
 def accounting_jobs(*, job_ids: list[str] | None = None, user: str | None = None,
@@ -230,7 +247,7 @@ def accounting_jobs(*, job_ids: list[str] | None = None, user: str | None = None
 
 def parse_sinfo_json(text: str) -> list[Node]:
     result = []
-    for n in json.loads(text).get("nodes", []):
+    for n in _load_json(text, "sinfo").get("nodes", []):
         state = n.get("state", "")
         if isinstance(state, list):
             state = "+".join(state)

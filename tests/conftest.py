@@ -1,0 +1,157 @@
+"""Fixtures for tests against the live local cluster (brought up by `./aif test`).
+
+Nothing here is mocked: jobs go through slurmctld to slurmd in network namespaces, logins go
+through the proxy to the hub and PAM. When the cluster is not up, tests that need it skip
+locally and fail in CI (CI=true).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from aifactory import cluster, slurm
+
+HUB = "http://127.0.0.1:8000"
+ARTIFACTS = Path(__file__).parent / "artifacts"
+PASSWORDS = Path("/var/lib/aifactory/demo-passwords.json")
+
+
+def _missing(reason: str):
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"the live cluster is required in CI: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def live_cluster():
+    """The running cluster; every live test depends on this."""
+    if os.geteuid() != 0:
+        _missing("live tests run as root (they act as the demo users)")
+    state = cluster.status()
+    if not state["ok"]:
+        down = [n for n, s in state["services"].items() if not s["running"]]
+        _missing(f"the cluster is not up (not running: {', '.join(down) or 'checks failed'}); "
+                 "run ./aif cluster up")
+    return state
+
+
+@pytest.fixture(scope="session")
+def passwords(live_cluster) -> dict[str, str]:
+    return json.loads(PASSWORDS.read_text())
+
+
+def wait_until(check, timeout: float, interval: float = 0.5, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def submit(user: str, *sbatch_args: str, script: str = "sleep 1") -> str:
+    """sbatch as `user` with the given options; returns the job id."""
+    out = slurm.run(["sbatch", "--parsable", *sbatch_args, "--wrap", script], user=user)
+    return out.strip().split(";")[0]
+
+
+def job_state(job_id: str) -> slurm.Job | None:
+    return slurm.job(job_id)
+
+
+def sacct_record(job_id: str) -> dict | None:
+    records = slurm.accounting_jobs(job_ids=[job_id])
+    return next((r for r in records if str(r["job_id"]) == str(job_id)), None)
+
+
+class HubClient:
+    """A person's browser session with the hub, through the proxy (cookies, xsrf)."""
+
+    def __init__(self, user: str):
+        self.user = user
+        self.http = requests.Session()
+
+    def xsrf(self) -> str:
+        # The hub's and the user's server each set an _xsrf cookie, on their own paths.
+        return next((c.value for c in self.http.cookies
+                     if c.name == "_xsrf" and c.path.startswith("/hub")), "")
+
+    def login(self, password: str) -> requests.Response:
+        self.http.get(f"{HUB}/hub/login")
+        return self.http.post(f"{HUB}/hub/login", allow_redirects=False, data={
+            "username": self.user, "password": password, "_xsrf": self.xsrf()})
+
+    def api(self, method: str, path: str, **kwargs) -> requests.Response:
+        headers = {"X-XSRFToken": self.xsrf()}
+        return self.http.request(method, f"{HUB}/hub/api{path}", headers=headers, **kwargs)
+
+    def server(self) -> dict:
+        r = self.api("GET", "/user")
+        r.raise_for_status()
+        return r.json()["servers"].get("", {})
+
+    def start(self, timeout: float = 120) -> dict:
+        r = self.http.get(f"{HUB}/hub/spawn", allow_redirects=False)
+        assert r.status_code in (200, 302), f"spawn answered {r.status_code}: {r.text[:300]}"
+        return wait_until(lambda: self.server().get("ready") and self.server(), timeout,
+                          what=f"{self.user}'s server to be ready")
+
+    def stop(self) -> None:
+        r = self.api("DELETE", f"/users/{self.user}/server")
+        assert r.status_code in (202, 204), f"stop answered {r.status_code}: {r.text[:300]}"
+        wait_until(lambda: not self.server(), 60, what=f"{self.user}'s server to stop")
+
+
+@pytest.fixture
+def hub_client(live_cluster, passwords):
+    """Log in as a demo user; stops that user's server afterwards."""
+    clients = []
+
+    def make(user: str) -> HubClient:
+        client = HubClient(user)
+        r = client.login(passwords[user])
+        assert r.status_code == 302, f"login of {user} answered {r.status_code}"
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        try:
+            if client.server():
+                client.stop()
+        except Exception:
+            pass
+
+
+def notebook_jobs(user: str) -> list[slurm.Job]:
+    return [j for j in slurm.jobs(user=user) if j.name == f"jupyterhub-{user}"
+            and j.state in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING")]
+
+
+def process_env(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+def notebook_process(user: str) -> int | None:
+    """The pid of `user`'s jupyterhub-singleuser process (found via its environment)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if "jupyterhub-singleuser" in cmdline and re.search(r"python", cmdline):
+                if process_env(int(proc.name)).get("JUPYTERHUB_USER") == user:
+                    return int(proc.name)
+        except (OSError, ValueError):
+            continue
+    return None

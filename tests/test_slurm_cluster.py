@@ -1,0 +1,66 @@
+"""Jobs on the live cluster, as the demo users submit them."""
+
+import pytest
+from conftest import job_state, sacct_record, submit, wait_until
+
+from aifactory import slurm
+
+
+def test_two_gpu_job_sees_two_gpus(live_cluster):
+    out = slurm.run(["srun", "--partition=gpu", "--gres=gpu:2", "--time=1",
+                     "printenv", "CUDA_VISIBLE_DEVICES"], user="alice", timeout=60)
+    gpus = out.strip().split(",")
+    assert len(gpus) == 2 and len(set(gpus)) == 2, out
+
+
+def test_two_node_job_runs_one_task_per_node_with_different_addresses(live_cluster):
+    out = slurm.run(["srun", "--partition=gpu", "--nodes=2", "--ntasks-per-node=1",
+                     "--nodelist=gpu01,gpu02", "--time=1", "bash", "-c",
+                     'echo "$SLURMD_NODENAME $(hostname -I)"'], user="alice", timeout=60)
+    lines = sorted(line.split() for line in out.strip().splitlines())
+    assert [line[0] for line in lines] == ["gpu01", "gpu02"], out
+    addresses = {line[1] for line in lines}
+    assert addresses == {"10.77.0.11", "10.77.0.12"}, out
+
+
+def test_accounting_records_the_gpus_of_a_job(live_cluster):
+    job_id = submit("alice", "--partition=gpu", "--gres=gpu:2", "--time=1", script="sleep 2")
+    wait_until(lambda: (r := sacct_record(job_id)) and r["state"]["current"] == "COMPLETED",
+               90, what=f"job {job_id} to complete in sacct")
+    record = sacct_record(job_id)
+    assert record["account"] == "proj-climate" and record["user"] == "alice"
+    allocated = {t["type"] + (f"/{t['name']}" if t["name"] else ""): t["count"]
+                 for t in record["tres"]["allocated"]}
+    assert allocated.get("gres/gpu") == 2, allocated
+
+
+def test_job_over_budget_does_not_start_and_says_why(live_cluster):
+    # proj-tiny has 1 GPU-hour; 4 GPUs for 2 h would need 8.
+    job_id = submit("bob", "--account=proj-tiny", "--partition=gpu", "--gres=gpu:4",
+                    "--time=2:00:00")
+    try:
+        job = wait_until(lambda: (j := job_state(job_id)) and j.reason != "None" and j,
+                         30, what="a pending reason")
+        assert job.state == "PENDING"
+        assert job.reason == "AssocGrpGRESMinutes", job
+        # A job that fits the same budget does start: the reason is the budget, not the nodes.
+        small = submit("bob", "--account=proj-tiny", "--partition=gpu", "--gres=gpu:1",
+                       "--time=10", script="true")
+        wait_until(lambda: (r := sacct_record(small)) and r["state"]["current"] == "COMPLETED",
+                   90, what=f"job {small} within the budget to run")
+        assert job_state(job_id).state == "PENDING"
+    finally:
+        slurm.cancel(job_id)
+
+
+def test_reservation_holds_the_course_node_for_the_course(live_cluster):
+    reservations = slurm.show_reservations()
+    assert reservations["dl101"]["Accounts"] == "course-dl101"
+    assert reservations["dl101"]["Nodes"] == "gpu03"
+    out = slurm.run(["srun", "--reservation=dl101", "--account=course-dl101", "--gres=gpu:1",
+                     "--time=1", "printenv", "SLURMD_NODENAME"], user="student1", timeout=60)
+    assert out.strip() == "gpu03"
+    # Someone outside the course cannot use the course's node.
+    with pytest.raises(slurm.SlurmError, match="(?i)reservation"):
+        slurm.run(["sbatch", "--reservation=dl101", "--account=proj-climate", "--wrap=true"],
+                  user="alice")

@@ -1,0 +1,67 @@
+"""Parsing of recorded Slurm 22.05 output (captured on the local cluster), beside the live tests."""
+
+from pathlib import Path
+
+import pytest
+
+from aifactory import slurm
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_squeue_json_gives_jobs_with_state_reason_and_gpus():
+    jobs = {j.job_id: j for j in slurm.parse_squeue_json((DATA / "squeue-22.05.json").read_text())}
+    running, pending = jobs["22"], jobs["23"]
+    assert (running.state, running.user, running.account, running.nodes) == (
+        "RUNNING", "alice", "proj-climate", "gpu01")
+    assert running.gres == "gres:gpu:2"
+    assert (pending.state, pending.reason, pending.account, pending.nodes) == (
+        "PENDING", "AssocGrpGRESMinutes", "proj-tiny", "")
+
+
+def test_squeue_with_the_controller_down_is_unreachable_not_empty():
+    # squeue exits 0 here; reading it as "no jobs" would drop every running session.
+    with pytest.raises(slurm.SlurmUnreachable, match="scheduler unreachable"):
+        slurm.parse_squeue_json((DATA / "squeue-22.05-controller-down.json").read_text())
+
+
+def test_squeue_filter_is_applied_on_our_side():
+    jobs = slurm.parse_squeue_json((DATA / "squeue-22.05.json").read_text())
+    assert [j.job_id for j in slurm._select(jobs, None, ["23"])] == ["23"]
+    assert {j.user for j in slurm._select(jobs, "bob", None)} == {"bob"}
+    with pytest.raises(ValueError):
+        slurm._select(jobs, None, ["23; scancel 22"])
+
+
+def test_sinfo_json_gives_nodes_and_their_gres():
+    nodes = {n.name: n for n in slurm.parse_sinfo_json((DATA / "sinfo-22.05.json").read_text())}
+    assert set(nodes) == {"gpu01", "gpu02", "gpu03", "cpu01"}
+    assert nodes["gpu01"].gres == "gpu:h100:4" and nodes["gpu01"].address == "10.77.0.11"
+    assert nodes["cpu01"].gres == ""
+
+
+def test_sacct_json_and_its_empty_answer():
+    [record] = [r for r in slurm.parse_sacct_json((DATA / "sacct-22.05.json").read_text())
+                if r["job_id"] == 22]
+    assert record["state"]["current"] == "CANCELLED"
+    assert slurm.parse_sacct_json((DATA / "sacct-22.05-nothing-found.json").read_text()) == []
+
+
+def test_tres_strings():
+    assert slurm.tres_value("cpu=4,gres/gpu=120,mem=1G", "gres/gpu") == 120
+    assert slurm.tres_value("cpu=4", "gres/gpu") is None
+
+
+def test_errors_name_the_command_and_spot_an_absent_daemon():
+    with pytest.raises(slurm.SlurmUnreachable, match="scontrol: scheduler unreachable"):
+        slurm._check(["scontrol"], 1, "", "slurm_load_jobs error: Unable to contact slurm controller (connect failure)")
+    with pytest.raises(slurm.SlurmError, match="^sbatch: sbatch: error: Invalid account") as err:
+        slurm._check(["sbatch"], 1, "", "sbatch: error: Invalid account\nsomething generic")
+    assert not isinstance(err.value, slurm.SlurmUnreachable)
+
+
+def test_job_ids_are_checked_before_any_command():
+    with pytest.raises(ValueError):
+        slurm.cancel("1 2")
+    with pytest.raises(ValueError):
+        slurm.cancel("--user=alice")
