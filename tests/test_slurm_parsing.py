@@ -65,3 +65,9 @@ def test_job_ids_are_checked_before_any_command():
         slurm.cancel("1 2")
     with pytest.raises(ValueError):
         slurm.cancel("--user=alice")
+
+
+def test_sdiag_rpc_counts():
+    counts = slurm.parse_sdiag_rpcs((DATA / "sdiag-22.05.txt").read_text())
+    assert counts["REQUEST_JOB_INFO"] > 0 and counts["REQUEST_SUBMIT_BATCH_JOB"] >= 1
+    assert "REQUEST_PING" in counts and all(isinstance(v, int) for v in counts.values())

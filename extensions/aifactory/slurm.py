@@ -331,3 +331,26 @@ def tres_value(tres: str, name: str) -> int | None:
         if key == name and value.isdigit():
             return int(value)
     return None
+
+
+# --- controller load --------------------------------------------------------------------
+
+_SDIAG_RPC_RE = re.compile(r"^\s+(\w+)\s+\(\s*\d+\)\s+count:(\d+)")
+
+
+def parse_sdiag_rpcs(text: str) -> dict[str, int]:
+    """RPC counts by message type from `sdiag` output."""
+    counts, inside = {}, False
+    for line in text.splitlines():
+        if line.startswith("Remote Procedure Call statistics by message type"):
+            inside = True
+        elif line.startswith("Remote Procedure Call statistics by user"):
+            break
+        elif inside and (m := _SDIAG_RPC_RE.match(line)):
+            counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def rpc_counts() -> dict[str, int]:
+    """How many RPCs slurmctld has served since start or the last reset, by type."""
+    return parse_sdiag_rpcs(run(["sdiag"]))
