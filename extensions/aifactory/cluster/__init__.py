@@ -201,7 +201,7 @@ def up(demo_file: Path | None = None, hub_config: Path | None = None, log=print)
     if dbd_changed:
         services.SLURMDBD.stop()
     services.start_slurmdbd()
-    if conf_changed:
+    if conf_changed and services.SLURMCTLD.running():
         log("Slurm configuration changed: restarting slurmctld and slurmd")
         services.SLURMCTLD.stop()
         for n in demo.nodes:

@@ -1,0 +1,28 @@
+"""The scheduler going away must not cost anyone their session."""
+
+import time
+
+from conftest import HUB, notebook_jobs, wait_until
+
+from aifactory import slurm
+from aifactory.cluster import services
+
+
+def test_session_survives_slurmctld_going_away(hub_client):
+    alice = hub_client("alice")
+    alice.start()
+    [job] = notebook_jobs("alice")
+    services.SLURMCTLD.stop()
+    try:
+        assert not slurm.ping()
+        # The hub polls every server every 30 s; a poll must read "unknown", not "gone".
+        time.sleep(70)
+        assert alice.server().get("ready"), "the hub dropped the session while Slurm was away"
+        assert alice.http.get(f"{HUB}/user/alice/lab").status_code == 200
+    finally:
+        services.start_slurmctld()
+    wait_until(lambda: slurm.job(job.job_id) and slurm.job(job.job_id).state == "RUNNING", 30,
+               what="slurmctld to report the session's job again")
+    assert alice.server().get("ready")
+    alice.stop()
+    wait_until(lambda: not notebook_jobs("alice"), 60, what="the job to be cancelled")
