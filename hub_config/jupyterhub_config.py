@@ -4,8 +4,10 @@
 # as root from /var/lib/aifactory/hub with the AIFACTORY_* variables below set. On a real site,
 # set them (or replace them with your own values) in the hub's service unit.
 import os
+from pathlib import Path
 
 c = get_config()  # noqa: F821
+here = Path(__file__).resolve().parent
 
 # The public face: the proxy on the login node. A site puts TLS and a real hostname in front.
 c.JupyterHub.bind_url = "http://127.0.0.1:8000"
@@ -19,22 +21,20 @@ state = "/var/lib/aifactory/hub"
 c.JupyterHub.db_url = f"sqlite:///{state}/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = f"{state}/jupyterhub_cookie_secret"
 c.ConfigurableHTTPProxy.pid_file = f"{state}/jupyterhub-proxy.pid"
+c.JupyterHub.template_paths = [str(here / "templates")]
 
 # Login with Unix passwords (PAM); only members of the login group may log in.
 c.JupyterHub.authenticator_class = "pam"
 c.PAMAuthenticator.allowed_groups = {os.environ.get("AIFACTORY_LOGIN_GROUP", "aifactory-users")}
 c.PAMAuthenticator.open_sessions = False
 
-# Each session is a Slurm job on a compute node.
+# Each session is a Slurm job on a compute node, chosen from the profiles in site.yaml.
 c.JupyterHub.spawner_class = "aifactory.spawner.SlurmSpawner"
+c.SlurmSpawner.site_path = str(here / "site.yaml")
 c.SlurmSpawner.venv = os.environ.get("AIFACTORY_VENV", "/opt/aifactory/venv")
-c.SlurmSpawner.req_partition = "gpu"
-c.SlurmSpawner.gpus = 1
-c.SlurmSpawner.req_runtime = "02:00:00"
-c.SlurmSpawner.req_memory = "16G"
-c.SlurmSpawner.req_nprocs = "4"
 c.Spawner.default_url = "/lab"
-c.Spawner.start_timeout = 300
+c.Spawner.start_timeout = 600  # a session may wait in the queue; the page says why
 c.Spawner.http_timeout = 120
+c.Spawner.poll_interval = 30
 # Sessions are Slurm jobs: they outlive a hub restart, and the hub finds them again.
 c.JupyterHub.cleanup_servers = False

@@ -7,6 +7,7 @@ locally and fail in CI (CI=true).
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -99,9 +100,23 @@ class HubClient:
         r.raise_for_status()
         return r.json()["servers"].get("", {})
 
-    def start(self, timeout: float = 120) -> dict:
-        r = self.http.get(f"{HUB}/hub/spawn", allow_redirects=False)
-        assert r.status_code in (200, 302), f"spawn answered {r.status_code}: {r.text[:300]}"
+    def submit_form(self, **fields) -> requests.Response:
+        """Press "Start" on the spawn form with these fields (as a browser posts them)."""
+        return self.http.post(f"{HUB}/hub/spawn", data=dict(fields, _xsrf=self.xsrf()),
+                              allow_redirects=False)
+
+    def form_error(self, **fields) -> str:
+        """The error the form shows for these fields ("" if it accepted them)."""
+        r = self.submit_form(**fields)
+        if r.status_code == 302:
+            return ""
+        match = re.search(r'class="spawn-error-msg[^"]*">\s*Error: (.*?)</p>', r.content.decode(), re.S)
+        assert match, f"no error message on the form (status {r.status_code})"
+        return html.unescape(match.group(1).strip())
+
+    def start(self, timeout: float = 120, profile: str = "h100-1", **fields) -> dict:
+        r = self.submit_form(profile=profile, **fields)
+        assert r.status_code == 302, f"spawn answered {r.status_code}: {r.text[:300]}"
         return wait_until(lambda: self.server().get("ready") and self.server(), timeout,
                           what=f"{self.user}'s server to be ready")
 

@@ -30,10 +30,16 @@ def test_log_in_start_a_session_and_reach_jupyterlab(page, passwords, hub_client
     page.screenshot(path=ARTIFACTS / "01-login.png")
     page.click("#login_submit")
 
-    # No form yet: the hub submits the Slurm job and shows its pending page, then Lab.
+    # The spawn form: pick a GPU profile, see the cost, start.
+    page.wait_for_selector("#aif-cost")
+    page.check("#aif-profile-h100-1")
+    page.select_option("select[name=option_walltime]", "1h")
+    assert "1 GPU × 1 h = 1 GPU-hours" in page.text_content("#aif-cost")
+    page.screenshot(path=ARTIFACTS / "02-form.png", full_page=True)
+    page.click("#spawn_form input[type=submit], #spawn_form button[type=submit]")
     page.wait_for_url("**/user/carol/lab**", timeout=120_000)
     page.wait_for_selector(".jp-Launcher", timeout=60_000)
-    page.screenshot(path=ARTIFACTS / "02-jupyterlab.png")
+    page.screenshot(path=ARTIFACTS / "03-jupyterlab.png")
     assert "JupyterLab" in page.title()
     [job] = notebook_jobs("carol")
     assert job.state == "RUNNING" and job.account == "course-dl101"
@@ -42,5 +48,5 @@ def test_log_in_start_a_session_and_reach_jupyterlab(page, passwords, hub_client
     page.goto(f"{HUB}/hub/home")
     page.click("#stop")
     page.wait_for_selector("#start", timeout=60_000)
-    page.screenshot(path=ARTIFACTS / "03-stopped.png")
+    page.screenshot(path=ARTIFACTS / "04-stopped.png")
     wait_until(lambda: not notebook_jobs("carol"), 60, what="carol's job to be cancelled")

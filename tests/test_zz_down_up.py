@@ -18,7 +18,7 @@ def accounting_view() -> dict:
                                             fields=["Account", "User", "GrpTRESMins"]),
         "users": slurm.sacctmgr_list("user", "withcoord",
                                      fields=["User", "DefaultAccount", "Coordinators"]),
-        "usage": [(r["account"], r["user"], r["grptresraw"]) for r in slurm.sshare()],
+        "budgets": slurm.budgets(),
         "reservations": {n: (r["Nodes"], r["Accounts"], r["StartTime"], r["EndTime"])
                          for n, r in slurm.show_reservations().items()},
     }

@@ -55,8 +55,14 @@ class Job:
     state: str  # PENDING, RUNNING, COMPLETED, ...
     reason: str  # Slurm's reason code, e.g. Resources, AssocGrpGRESMinutes; "None" if none
     nodes: str  # node list, "" while pending
-    gres: str = ""  # e.g. "gpu:2"
+    gres: str = ""  # e.g. "gres:gpu:2"
     reservation: str = ""
+    gpus: int = 0  # allocated (running) or requested (pending)
+    time_limit_min: int = 0
+    submit_time: int = 0
+    start_time: int = 0  # for a pending job: Slurm's estimate, 0 if none yet
+    end_time: int = 0
+    priority: int = 0
 
 
 @dataclass(frozen=True)
@@ -65,7 +71,13 @@ class Node:
     state: str
     address: str
     partitions: tuple[str, ...] = field(default_factory=tuple)
-    gres: str = ""
+    gres: str = ""  # e.g. "gpu:h100:4"
+    gres_used: str = ""  # e.g. "gpu:h100:2(IDX:0-1)"
+    flags: tuple[str, ...] = field(default_factory=tuple)  # e.g. ("RESERVED",)
+
+    def gpus(self, used: bool = False) -> dict[str, int]:
+        """GPUs by type on this node (all, or in use)."""
+        return parse_gres_gpus(self.gres_used if used else self.gres)
 
 
 def _user_kwargs(user: str | None, env: dict | None) -> dict:
@@ -159,8 +171,28 @@ async def cancel_async(job_id: str, *, user: str | None = None) -> None:
     await run_async(["scancel", _check_job_id(job_id)], user=user)
 
 
+def parse_gres_gpus(gres: str) -> dict[str, int]:
+    """{"h100": 4} from "gpu:h100:4" or "gpu:h100:2(IDX:0-1)"; untyped GPUs count as ""."""
+    result: dict[str, int] = {}
+    for part in gres.split(","):
+        fields = part.split("(")[0].split(":")
+        if fields[0] != "gpu" or len(fields) < 2 or not fields[-1].isdigit():
+            continue
+        kind = fields[1] if len(fields) == 3 else ""
+        result[kind] = result.get(kind, 0) + int(fields[-1])
+    return result
+
+
+def _int(value) -> int:
+    return value if isinstance(value, int) else 0
+
+
 def _job_from_json(j: dict) -> Job:
     gres = j.get("tres_per_node") or ""
+    tres = j.get("tres_alloc_str") or j.get("tres_req_str") or ""
+    gpus = tres_value(tres, "gres/gpu")
+    if gpus is None:
+        gpus = sum(parse_gres_gpus(gres.replace("gres:", "")).values())
     return Job(
         job_id=str(j["job_id"]),
         name=j.get("name", ""),
@@ -172,6 +204,12 @@ def _job_from_json(j: dict) -> Job:
         nodes=j.get("nodes", "") or "",
         gres=gres,
         reservation=j.get("resv_name", "") or "",
+        gpus=gpus,
+        time_limit_min=_int(j.get("time_limit")),
+        submit_time=_int(j.get("submit_time")),
+        start_time=_int(j.get("start_time")),
+        end_time=_int(j.get("end_time")),
+        priority=_int(j.get("priority")),
     )
 
 
@@ -254,7 +292,8 @@ def parse_sinfo_json(text: str) -> list[Node]:
         result.append(Node(name=n["name"], state=str(state).upper(),
                            address=n.get("address", ""),
                            partitions=tuple(n.get("partitions", []) or ()),
-                           gres=n.get("gres", "") or ""))
+                           gres=n.get("gres", "") or "", gres_used=n.get("gres_used", "") or "",
+                           flags=tuple(n.get("state_flags", []) or ())))
     return result
 
 
@@ -310,18 +349,55 @@ def sacctmgr_list(entity: str, *conditions: str, fields: list[str]) -> list[dict
     return rows
 
 
-def sshare(*, accounts: list[str] | None = None) -> list[dict[str, str]]:
-    """Usage per association from `sshare` (GrpTRESRaw holds the used TRES minutes)."""
-    fields = ["Account", "User", "RawUsage", "GrpTRESMins", "GrpTRESRaw"]
-    argv = ["sshare", "--noheader", "--parsable2", "--all", "--format=" + ",".join(fields)]
-    if accounts:
-        argv += ["--accounts", ",".join(accounts)]
-    rows = []
-    for line in run(argv).splitlines():
-        values = line.split("|")
-        if len(values) == len(fields):
-            rows.append({f.lower(): v.strip() for f, v in zip(fields, values)})
-    return rows
+@dataclass(frozen=True)
+class Budget:
+    """A project's GPU budget in GPU-minutes, as slurmctld enforces it (from sshare)."""
+    account: str
+    granted_min: int | None  # None: no GPU limit on this account
+    used_min: int  # in this budget period (GrpTRESRaw; does not decay)
+    held_min: int  # remaining walltime x GPUs of running jobs (TRESRunMins)
+
+    @property
+    def remaining_min(self) -> int | None:
+        if self.granted_min is None:
+            return None
+        return self.granted_min - self.used_min - self.held_min
+
+
+def parse_sshare(text: str) -> list[Budget]:
+    """Account rows of `sshare -P -o Account,User,GrpTRESMins,GrpTRESRaw,TRESRunMins`."""
+    budgets = []
+    for line in text.splitlines():
+        values = [v.strip() for v in line.split("|")]
+        if len(values) != 5 or values[1] or values[0] in ("", "Account"):
+            continue
+        account, _, granted, used, held = values
+        budgets.append(Budget(account, tres_value(granted, "gres/gpu"),
+                              tres_value(used, "gres/gpu") or 0, tres_value(held, "gres/gpu") or 0))
+    return budgets
+
+
+def budgets() -> dict[str, Budget]:
+    """GPU budgets of every account, from slurmctld's association manager."""
+    out = run(["sshare", "--noheader", "--parsable2", "--all",
+               "--format=Account,User,GrpTRESMins,GrpTRESRaw,TRESRunMins"])
+    return {b.account: b for b in parse_sshare(out)}
+
+
+def user_associations(user: str) -> tuple[list[str], str]:
+    """(the accounts `user` may charge, their default account), from slurmdbd."""
+    if not re.match(r"^[a-z_][a-z0-9_.-]{0,31}$", user):
+        raise ValueError(f"not a user name: {user!r}")
+    out = run(["sacctmgr", "--noheader", "--parsable2", "list", "user", user, "withassoc",
+               "format=User,DefaultAccount,Account"])
+    accounts, default = [], ""
+    for line in out.splitlines():
+        name, default_account, account = (line.split("|") + ["", "", ""])[:3]
+        if name == user and account:
+            default = default_account
+            if account not in accounts:
+                accounts.append(account)
+    return accounts, default
 
 
 def tres_value(tres: str, name: str) -> int | None:
@@ -331,6 +407,53 @@ def tres_value(tres: str, name: str) -> int | None:
         if key == name and value.isdigit():
             return int(value)
     return None
+
+
+# --- words for people -------------------------------------------------------------------
+
+# Pending reasons in plain words; the Slurm code is always shown beside them for support.
+PENDING_REASONS = {
+    "Resources": "waiting for free {gpus}",
+    "Priority": "other jobs are ahead of yours in the queue",
+    "Dependency": "waiting for another job to finish",
+    "BeginTime": "waiting for its requested start time",
+    "ReqNodeNotAvail": "the nodes it needs are not available (down, drained or reserved)",
+    "PartitionNodeLimit": "it asks for more nodes than the partition allows",
+    "PartitionTimeLimit": "it asks for more time than the partition allows",
+    "AssocGrpGRESMinutes": "your project's GPU budget is used up",
+    "AssocGrpGRESRunMinutes": "your project's GPU budget is taken by its running jobs",
+    "AssocGrpBillingMinutes": "your project's budget is used up",
+    "AssocMaxJobsLimit": "your project has as many running jobs as it may",
+    "QOSMaxGRESPerUser": "you already use as many GPUs as you may",
+    "Reservation": "waiting for its reservation to start",
+    "InvalidAccount": "the account is not valid for you",
+    "JobHeldAdmin": "held by an administrator",
+    "JobHeldUser": "held (by you)",
+    "None": "about to be scheduled",
+}
+# Reasons that will not go away by waiting: the spawner stops waiting at once.
+HOPELESS_REASONS = {"AssocGrpGRESMinutes", "AssocGrpBillingMinutes", "InvalidAccount",
+                    "PartitionNodeLimit", "PartitionTimeLimit", "InvalidQOS",
+                    "ReqNodeNotAvail, Reserved for maintenance"}
+
+END_STATES = {
+    "COMPLETED": "ended",
+    "CANCELLED": "was cancelled",
+    "TIMEOUT": "reached its time limit",
+    "NODE_FAIL": "ended because its node failed",
+    "FAILED": "failed",
+    "OUT_OF_MEMORY": "ran out of memory",
+    "PREEMPTED": "was preempted",
+    "BOOT_FAIL": "could not start its node",
+    "DEADLINE": "passed its deadline",
+}
+
+
+def explain_reason(reason: str, gpu_type: str = "") -> str:
+    words = PENDING_REASONS.get(reason)
+    if words is None:
+        return f"waiting ({reason})"
+    return words.format(gpus=f"{gpu_type.upper()} GPUs" if gpu_type else "resources")
 
 
 # --- controller load --------------------------------------------------------------------

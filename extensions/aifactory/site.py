@@ -1,0 +1,211 @@
+"""The site description (`hub_config/site.yaml`): partitions' limits and the spawn profiles.
+
+Profiles follow KubeSpawner's `profile_list` shape (display_name, slug, description, default,
+profile_options/choices), with `slurm` in the place of `kubespawner_override`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+WALLTIME_RE = re.compile(r"^(?:(\d{1,2})-)?(\d{1,3}):(\d{2}):(\d{2})$")
+FIELDS = ("partition", "gpu_type", "gpus", "cpus", "memory_gb", "walltime", "account",
+          "reservation")
+LIMIT_FIELDS = ("gpus", "cpus", "memory_gb", "walltime")
+DEFAULT_PATH = Path(os.environ.get("AIFACTORY_SITE",
+                                   os.environ.get("AIFACTORY_HUB_CONFIG", "/etc/aifactory/hub_config")
+                                   + "/site.yaml"))
+
+
+class SiteError(ValueError):
+    """The site description is wrong; one sentence naming the entry."""
+
+
+def walltime_minutes(text: str) -> int | None:
+    """Minutes in a Slurm time "[D-]HH:MM:SS", or None when it is not one."""
+    m = WALLTIME_RE.match(text)
+    if not m:
+        return None
+    days, hours, minutes, seconds = (int(g) if g else 0 for g in m.groups())
+    if minutes > 59 or seconds > 59:
+        return None
+    return days * 1440 + hours * 60 + minutes + (1 if seconds else 0)
+
+
+def format_minutes(minutes: int) -> str:
+    """Minutes as Slurm's "[D-]HH:MM:SS"."""
+    days, rest = divmod(minutes, 1440)
+    text = f"{rest // 60:02d}:{rest % 60:02d}:00"
+    return f"{days}-{text}" if days else text
+
+
+@dataclass(frozen=True)
+class Partition:
+    name: str
+    gpu_types: tuple[str, ...]
+    gpus_per_node: int
+    cpus_per_node: int
+    memory_gb_per_node: int
+    max_walltime_min: int
+
+
+@dataclass(frozen=True)
+class Choice:
+    key: str
+    display_name: str
+    default: bool
+    slurm: dict
+
+
+@dataclass(frozen=True)
+class ProfileOption:
+    name: str
+    display_name: str
+    choices: tuple[Choice, ...]
+
+    def default_choice(self) -> Choice:
+        return next((c for c in self.choices if c.default), self.choices[0])
+
+
+@dataclass(frozen=True)
+class Profile:
+    slug: str
+    display_name: str
+    description: str
+    default: bool
+    idle_minutes: int
+    slurm: dict
+    limits: dict
+    fixed: frozenset[str]
+    options: tuple[ProfileOption, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Site:
+    budget_tres: str
+    partitions: dict[str, Partition]
+    profiles: tuple[Profile, ...]
+
+    def profile(self, slug: str) -> Profile | None:
+        return next((p for p in self.profiles if p.slug == slug), None)
+
+    @property
+    def default_profile(self) -> Profile:
+        return next((p for p in self.profiles if p.default), self.profiles[0])
+
+
+def _fail(path, what):
+    raise SiteError(f"{path}: {what}.")
+
+
+def _check_slurm_values(path, where: str, values, partitions: dict[str, Partition]) -> dict:
+    if not isinstance(values, dict):
+        _fail(path, f"{where}: 'slurm' must be a mapping")
+    for key, value in values.items():
+        if key not in FIELDS:
+            _fail(path, f"{where}: unknown field '{key}' (known: {', '.join(FIELDS)})")
+        if key in ("gpus", "cpus", "memory_gb"):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                _fail(path, f"{where}: {key} must be a whole number")
+        elif key == "walltime":
+            if not isinstance(value, str) or walltime_minutes(value) is None:
+                _fail(path, f"{where}: walltime {value!r} is not [D-]HH:MM:SS")
+        elif key == "partition" and value not in partitions:
+            _fail(path, f"{where}: partition {value!r} is not in 'partitions'")
+        elif not isinstance(value, str) or (value and not NAME_RE.match(value)):
+            _fail(path, f"{where}: {key} {value!r} is not a valid name")
+    return dict(values)
+
+
+def load(path: str | Path = DEFAULT_PATH) -> Site:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise SiteError(f"{path}: cannot be read ({e.strerror}).") from None
+    except yaml.YAMLError:
+        raise SiteError(f"{path}: is not valid YAML.") from None
+    if not isinstance(data, dict):
+        _fail(path, "must be a mapping")
+    unknown = set(data) - {"budget_tres", "partitions", "profiles"}
+    if unknown:
+        _fail(path, f"unknown key '{sorted(unknown)[0]}'")
+
+    partitions = {}
+    for name, p in (data.get("partitions") or {}).items():
+        if not NAME_RE.match(str(name)) or not isinstance(p, dict):
+            _fail(path, f"partition {name!r} must be a name with a mapping of limits")
+        walltime = walltime_minutes(str(p.get("max_walltime", "")))
+        numbers = [p.get(k) for k in ("gpus_per_node", "cpus_per_node", "memory_gb_per_node")]
+        if walltime is None or not all(isinstance(n, int) and n >= 0 for n in numbers):
+            _fail(path, f"partition {name}: needs gpus_per_node, cpus_per_node, "
+                        "memory_gb_per_node (numbers) and max_walltime ([D-]HH:MM:SS)")
+        types = p.get("gpu_types") or []
+        if not all(isinstance(t, str) and NAME_RE.match(t) for t in types):
+            _fail(path, f"partition {name}: gpu_types must be a list of names")
+        partitions[name] = Partition(name, tuple(types), *numbers, walltime)
+    if not partitions:
+        _fail(path, "'partitions' must list at least one partition")
+
+    profiles = []
+    for i, raw in enumerate(data.get("profiles") or []):
+        where = f"profiles[{i}]"
+        if not isinstance(raw, dict):
+            _fail(path, f"{where} must be a mapping")
+        unknown = set(raw) - {"display_name", "slug", "description", "default", "idle_minutes",
+                              "slurm", "limits", "fixed", "profile_options"}
+        if unknown:
+            _fail(path, f"{where}: unknown key '{sorted(unknown)[0]}'")
+        slug = raw.get("slug", "")
+        if not isinstance(slug, str) or not SLUG_RE.match(slug):
+            _fail(path, f"{where}: slug {slug!r} must be lower-case letters, digits and '-'")
+        where = f"profile {slug}"
+        slurm = _check_slurm_values(path, where, raw.get("slurm") or {}, partitions)
+        for needed in ("partition", "gpus", "cpus", "memory_gb", "walltime"):
+            if needed not in slurm:
+                _fail(path, f"{where}: 'slurm' must set {needed}")
+        limits = raw.get("limits") or {}
+        if not isinstance(limits, dict) or set(limits) - set(LIMIT_FIELDS):
+            _fail(path, f"{where}: limits may set only {', '.join(LIMIT_FIELDS)}")
+        _check_slurm_values(path, f"{where} limits", limits, partitions)
+        fixed = raw.get("fixed") or []
+        if not isinstance(fixed, list) or set(fixed) - set(FIELDS):
+            _fail(path, f"{where}: fixed may list only {', '.join(FIELDS)}")
+        options = []
+        for name, opt in (raw.get("profile_options") or {}).items():
+            if not NAME_RE.match(str(name)) or not isinstance(opt, dict) or not opt.get("choices"):
+                _fail(path, f"{where}: profile option {name!r} needs choices")
+            choices = []
+            for key, c in opt["choices"].items():
+                if not SLUG_RE.match(str(key)) or not isinstance(c, dict):
+                    _fail(path, f"{where}: choice {key!r} of {name} is not valid")
+                choices.append(Choice(str(key), str(c.get("display_name", key)),
+                                      bool(c.get("default", False)),
+                                      _check_slurm_values(path, f"{where} option {name}",
+                                                          c.get("slurm") or {}, partitions)))
+            options.append(ProfileOption(str(name), str(opt.get("display_name", name)),
+                                         tuple(choices)))
+        idle = raw.get("idle_minutes", 60)
+        if isinstance(idle, bool) or not isinstance(idle, (int, float)) or idle <= 0:
+            _fail(path, f"{where}: idle_minutes must be a positive number")
+        profiles.append(Profile(slug, str(raw.get("display_name", slug)),
+                                str(raw.get("description", "")), bool(raw.get("default", False)),
+                                idle, slurm, dict(limits), frozenset(fixed), tuple(options)))
+    if not profiles:
+        _fail(path, "'profiles' must list at least one profile")
+    slugs = [p.slug for p in profiles]
+    if len(set(slugs)) != len(slugs):
+        _fail(path, "two profiles have the same slug")
+    if sum(p.default for p in profiles) > 1:
+        _fail(path, "only one profile may be the default")
+    budget_tres = data.get("budget_tres", "gres/gpu")
+    if budget_tres != "gres/gpu":
+        _fail(path, "budget_tres: only gres/gpu is supported so far")
+    return Site(budget_tres, partitions, tuple(profiles))

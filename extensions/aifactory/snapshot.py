@@ -1,0 +1,149 @@
+"""One cached view of Slurm per process, shared by everyone who asks.
+
+Each kind of answer (the queue, the nodes, the budgets, the reservations, a user's
+associations) is fetched by at most one command at a time: callers that arrive while a fetch
+is running wait for that same answer, and an answer younger than the caller's `max_age` is
+reused. So thirty spawners polling every second cost slurmctld one `squeue` per second, not
+thirty. When Slurm does not answer, callers get `SlurmUnreachable`, and the last good answer
+stays available (`last`, `as_of`) for those that can show something older.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Callable, Generic, TypeVar
+
+from . import slurm
+
+T = TypeVar("T")
+
+
+class Cached(Generic[T]):
+    def __init__(self, fetch: Callable[[], T]):
+        self._fetch = fetch
+        self.last: T | None = None
+        self.as_of = 0.0  # time.time() of the last good answer
+        self.fetches = 0
+        self._inflight: asyncio.Future | None = None
+        self._inflight_started = 0.0
+
+    def age(self) -> float:
+        return time.time() - self.as_of if self.as_of else float("inf")
+
+    async def get(self, max_age: float, newer_than: float = 0.0) -> T:
+        """An answer at most `max_age` s old, from a fetch begun after `newer_than` (a time.time())."""
+        while True:
+            if self.last is not None and self.age() <= max_age and self.as_of >= newer_than:
+                return self.last
+            if self._inflight is None:
+                started = time.time()
+                self._inflight, self._inflight_started = (
+                    asyncio.ensure_future(self._refresh(started)), started)
+            if self._inflight_started >= newer_than:
+                return await asyncio.shield(self._inflight)
+            try:  # a fetch begun too early: let it finish, then fetch again
+                await asyncio.shield(self._inflight)
+            except slurm.SlurmError:
+                pass
+
+    async def _refresh(self, started: float) -> T:
+        try:
+            self.fetches += 1
+            value = await asyncio.to_thread(self._fetch)
+            # Stamped with the start of the fetch: anything older may be missing from it.
+            self.last, self.as_of = value, started
+            return value
+        finally:
+            self._inflight = None
+
+
+@dataclass(frozen=True)
+class GpuAvailability:
+    partition: str
+    gpu_type: str
+    total: int
+    free: int  # on nodes that are up and not held by a reservation you cannot use
+    down: int  # on nodes that are down or drained
+
+
+def gpu_availability(nodes: list[slurm.Node], reserved_nodes: set[str]) -> list[GpuAvailability]:
+    rows: dict[tuple[str, str], list[int]] = {}
+    for node in nodes:
+        unusable = any(s in node.state for s in ("DOWN", "DRAIN", "NOT_RESPONDING", "FAIL"))
+        used = node.gpus(used=True)
+        for gpu_type, count in node.gpus().items():
+            for partition in node.partitions:
+                row = rows.setdefault((partition, gpu_type), [0, 0, 0])
+                row[0] += count
+                if unusable:
+                    row[2] += count
+                elif node.name not in reserved_nodes:
+                    row[1] += max(count - used.get(gpu_type, 0), 0)
+    return [GpuAvailability(p, t, *v) for (p, t), v in sorted(rows.items())]
+
+
+def expand_nodes(nodelist: str) -> set[str]:
+    """"gpu[01-02],cpu01" -> {"gpu01", "gpu02", "cpu01"} (the forms Slurm prints here)."""
+    names = set()
+    for part in _split_top(nodelist):
+        if "[" not in part:
+            if part and part != "(null)":
+                names.add(part)
+            continue
+        prefix, ranges = part.split("[", 1)
+        for r in ranges.rstrip("]").split(","):
+            lo, _, hi = r.partition("-")
+            for i in range(int(lo), int(hi or lo) + 1):
+                names.add(f"{prefix}{i:0{len(lo)}d}")
+    return names
+
+
+def _split_top(text: str) -> list[str]:
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return parts + [cur]
+
+
+class SlurmView:
+    """The process-wide view; use `VIEW`."""
+
+    def __init__(self):
+        self.queue: Cached[dict[str, slurm.Job]] = Cached(
+            lambda: {j.job_id: j for j in slurm.jobs()})
+        self.nodes: Cached[list[slurm.Node]] = Cached(slurm.nodes)
+        self.budgets: Cached[dict[str, slurm.Budget]] = Cached(slurm.budgets)
+        self.reservations: Cached[dict[str, dict[str, str]]] = Cached(slurm.show_reservations)
+        self._associations: dict[str, Cached[tuple[list[str], str]]] = {}
+
+    def associations(self, user: str) -> Cached[tuple[list[str], str]]:
+        if user not in self._associations:
+            self._associations[user] = Cached(lambda: slurm.user_associations(user))
+        return self._associations[user]
+
+    async def availability(self, user_reservations: set[str], max_age: float = 10
+                           ) -> list[GpuAvailability]:
+        nodes = await self.nodes.get(max_age)
+        reservations = await self.reservations.get(60)
+        held = set()
+        for name, r in reservations.items():
+            if r.get("State") == "ACTIVE" and name not in user_reservations:
+                held |= expand_nodes(r.get("Nodes", ""))
+        return gpu_availability(nodes, held)
+
+    def queue_position(self, job: slurm.Job, jobs: dict[str, slurm.Job]) -> int:
+        """1 + the pending jobs in the same partition that Slurm ranks before this one."""
+        return 1 + sum(1 for j in jobs.values() if j.state == "PENDING"
+                       and j.partition == job.partition and j.job_id != job.job_id
+                       and (j.priority, -int(j.job_id)) > (job.priority, -int(job.job_id)))
+
+
+VIEW = SlurmView()

@@ -1,0 +1,346 @@
+"""The hub's spawner: each notebook session is a Slurm job on a compute node.
+
+Built on batchspawner's SlurmSpawner for its state handling, with these differences:
+
+- What the person asks for comes from profiles in the site description (`hub_config/site.yaml`)
+  and is checked by `request.resolve` (and against the project's budget) before anything is
+  submitted, from the form, a spawn URL and the REST API alike.
+- Slurm is called through `aifactory.slurm` (argv lists, as the user, no shell, no sudo), and
+  job states come from one shared, cached `squeue` for all sessions (`snapshot.VIEW`).
+- While pending, progress says why in plain words, with Slurm's code; a reason that waiting
+  cannot cure (the budget is used up) ends the start at once with that sentence.
+- A session whose job Slurm cannot be asked about is "unknown", never dropped; it is
+  dropped when Slurm says the job ended, and the reason is kept for the home page.
+- Sessions idle longer than their profile allows are stopped and their job cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pwd
+import shlex
+import time
+from datetime import datetime
+
+import batchspawner
+from batchspawner.batchspawner import JobStatus
+from traitlets import Float, Unicode, default
+
+from .. import site as site_module
+from .. import slurm
+from ..snapshot import VIEW
+from . import callback  # noqa: F401  (closes batchspawner's port-callback hole)
+from .form import render
+from .request import RequestError, SessionRequest, check_budget, resolve, usable_reservations
+
+
+class StartError(RuntimeError):
+    """The session cannot start; the message is for the person (shown on the pending page)."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.jupyterhub_message = message
+
+
+def _clock(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch).strftime("%H:%M") if epoch else "unknown"
+
+
+def _duration(seconds: float) -> str:
+    minutes = max(int(seconds // 60), 0)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
+class SlurmSpawner(batchspawner.SlurmSpawner):
+    """A notebook session as a Slurm job, chosen from the site's profiles."""
+
+    site_path = Unicode(str(site_module.DEFAULT_PATH),
+                        help="The site description with partitions and profiles.").tag(config=True)
+    venv = Unicode("/opt/aifactory/venv",
+                   help="The environment (readable by every user) the job runs from.").tag(config=True)
+    queue_max_age = Float(5.0, help="Seconds a shared squeue answer may be reused when polling "
+                                    "running sessions.").tag(config=True)
+    startup_max_age = Float(1.0, help="The same while sessions start.").tag(config=True)
+    end_warning_seconds = Float(300, help="Slurm signals the session this long before its "
+                                          "walltime ends.").tag(config=True)
+
+    # Kept in the hub's database with the spawner's state.
+    job_end_time = 0
+    last_end = ""
+    pending_message = ""
+    session_request: SessionRequest | None = None
+    _submitted_at = 0.0
+
+    @property
+    def site(self) -> site_module.Site:
+        return site_module.load(self.site_path)
+
+    # --- the form -------------------------------------------------------------------------
+
+    async def _user_access(self) -> tuple[list[str], str, dict]:
+        accounts, default = await VIEW.associations(self.user.name).get(60)
+        reservations = usable_reservations(await VIEW.reservations.get(60), self.user.name, accounts)
+        return accounts, default, reservations
+
+    async def _options_form(self, spawner=None) -> str:
+        site = self.site
+        accounts, default, reservations, availability, budgets = [], "", {}, [], {}
+        unreachable = ""
+        try:
+            accounts, default, reservations = await self._user_access()
+            availability = await VIEW.availability(set(reservations))
+            budgets = await VIEW.budgets.get(30)
+        except slurm.SlurmError as e:
+            unreachable = str(e)
+        selected = (self.user_options or {}).get("profile") or site.default_profile.slug
+        return render(site, selected=selected, accounts=accounts, default_account=default,
+                      reservations=sorted(reservations), availability=availability,
+                      budgets=budgets, budgets_age=VIEW.budgets.age() if budgets else None,
+                      unreachable=unreachable)
+
+    @default("options_form")
+    def _options_form_default(self):
+        return self._options_form
+
+    async def resolve_request(self, options: dict) -> SessionRequest:
+        """Check options (from a form, a URL or the API) and the budget; RequestError if not."""
+        try:
+            accounts, default, reservations = await self._user_access()
+            budgets = await VIEW.budgets.get(5)
+        except slurm.SlurmUnreachable:
+            raise RequestError("The scheduler is unreachable right now; please try again "
+                               "in a minute.") from None
+        request = resolve(self.site, options or {}, user=self.user.name, accounts=accounts,
+                          default_account=default, reservations=await VIEW.reservations.get(60))
+        check_budget(request, budgets)
+        return request
+
+    async def options_from_form(self, formdata):
+        return (await self.resolve_request(formdata)).to_options()
+
+    async def options_from_query(self, query_data):
+        return await self.options_from_form(query_data)
+
+    # --- the job ----------------------------------------------------------------------------
+
+    def job_script(self, request: SessionRequest) -> str:
+        """The batch script; every value in it was checked by `request.resolve`."""
+        home = pwd.getpwnam(self.user.name).pw_dir
+        lines = [
+            "#!/bin/bash",
+            f"#SBATCH --job-name=jupyterhub-{self.user.name}",
+            f"#SBATCH --partition={request.partition}",
+            f"#SBATCH --account={request.account}",
+            f"#SBATCH --time={request.walltime}",
+            f"#SBATCH --cpus-per-task={request.cpus}",
+            f"#SBATCH --mem={request.memory_gb}G",
+            f"#SBATCH --chdir={home}",
+            f"#SBATCH --output={home}/.jupyterhub-slurm-%j.log",
+            f"#SBATCH --comment=aifactory-session:{request.profile}",
+            "#SBATCH --export=ALL",
+            f"#SBATCH --signal=B:USR2@{int(self.end_warning_seconds)}",
+        ]
+        if request.gpus:
+            lines.append(f"#SBATCH --gres=gpu:{request.gpu_type}:{request.gpus}")
+        if request.reservation:
+            lines.append(f"#SBATCH --reservation={request.reservation}")
+        command = [self.batchspawner_singleuser_cmd, *self.cmd, *self.get_args()]
+        lines += [
+            f"export PATH={shlex.quote(self.venv)}/bin:$PATH",
+            'echo "notebook session $SLURM_JOB_ID on $SLURMD_NODENAME, GPUs: ${CUDA_VISIBLE_DEVICES:-none}"',
+            # Slurm's warning before the walltime ends; the server keeps running until then.
+            "trap 'echo \"$(date +%T) this session reaches its time limit in "
+            f"{int(self.end_warning_seconds) // 60} minutes\"' USR2",
+            " ".join(shlex.quote(part) for part in command) + " &",
+            "server=$!",
+            'while kill -0 "$server" 2>/dev/null; do wait "$server"; done',
+        ]
+        return "\n".join(lines) + "\n"
+
+    async def submit_batch_script(self):
+        env = self.get_env()
+        env["PATH"] = f"{self.venv}/bin:/usr/local/bin:/usr/bin:/bin"
+        env["AIFACTORY_PROFILE"] = self.session_request.profile
+        self._submitted_at = time.time()
+        self.job_id = await slurm.submit_async(self.job_script(self.session_request),
+                                               user=self.user.name, env=env)
+        self.log.info("Submitted notebook job %s for %s (%s)", self.job_id, self.user.name,
+                      self.session_request.describe_cost())
+        return self.job_id
+
+    async def _job(self, max_age: float) -> slurm.Job | None:
+        """This session's job from the shared view; SlurmUnreachable if Slurm is away."""
+        # Only a snapshot taken after the submission can say the job is not there.
+        return (await VIEW.queue.get(max_age, newer_than=self._submitted_at)).get(self.job_id)
+
+    async def _end_reason(self) -> str:
+        """Why the job ended, in words, from the queue or else from accounting."""
+        job = (VIEW.queue.last or {}).get(self.job_id)
+        state, ended = (job.state, job.end_time) if job else ("", 0)
+        if not state:
+            try:
+                records = await asyncio.to_thread(slurm.accounting_jobs, job_ids=[self.job_id])
+                record = next((r for r in records if str(r["job_id"]) == self.job_id), None)
+                if record:
+                    state, ended = record["state"]["current"], record["time"].get("end", 0)
+            except slurm.SlurmError:
+                pass
+        words = slurm.END_STATES.get(state.split()[0] if state else "", "ended")
+        at = datetime.fromtimestamp(ended or time.time()).strftime("%Y-%m-%d %H:%M")
+        return f"Your last session (job {self.job_id}) {words} at {at} (Slurm: {state or 'gone'})."
+
+    async def query_job_status(self, max_age: float | None = None):
+        if not self.job_id:
+            self.job_status = ""
+            return JobStatus.NOTFOUND
+        try:
+            job = await self._job(self.queue_max_age if max_age is None else max_age)
+        except slurm.SlurmError as e:
+            self.log.warning("Slurm did not answer about job %s: %s", self.job_id, e)
+            return JobStatus.UNKNOWN
+        if job is None or job.state not in ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING",
+                                            "REQUEUED", "RESIZING", "SUSPENDED"):
+            self.job_status = job.state if job else ""
+            return JobStatus.NOTFOUND
+        self.job_status = f"{job.state} {job.nodes}".strip()
+        if job.end_time and job.state == "RUNNING":
+            self.job_end_time = job.end_time
+        if job.state in ("RUNNING", "COMPLETING") and job.nodes:
+            return JobStatus.RUNNING
+        return JobStatus.PENDING
+
+    def _pending_words(self, job: slurm.Job, jobs: dict) -> str:
+        words = slurm.explain_reason(job.reason, self.session_request.gpu_type if self.session_request else "")
+        parts = [f"Waiting in the queue: {words} (Slurm: {job.reason})",
+                 f"position {VIEW.queue_position(job, jobs)} in {job.partition}"]
+        if job.start_time and job.start_time > time.time():
+            parts.append(f"Slurm's estimated start {_clock(job.start_time)}")
+        return "; ".join(parts) + "."
+
+    async def start(self):
+        self.session_request = await self.resolve_request(self.user_options)
+        self.ip = self.traits()["ip"].default_value
+        self.port = 0
+        if self.server:
+            self.server.port = self.port
+        self.job_end_time, self.last_end, self.pending_message = 0, "", "Submitting the job."
+        await self.submit_batch_script()
+        while True:
+            status = await self.query_job_status(self.startup_max_age)
+            if status == JobStatus.RUNNING:
+                break
+            if status == JobStatus.NOTFOUND:
+                reason = await self._end_reason()
+                await self.cancel_batch_job()
+                self.clear_state()
+                raise StartError(f"The session's job ended before it started. {reason}")
+            if status == JobStatus.PENDING:
+                jobs = VIEW.queue.last or {}
+                job = jobs.get(self.job_id)
+                if job and job.reason in slurm.HOPELESS_REASONS:
+                    message = (f"Your session cannot start: "
+                               f"{slurm.explain_reason(job.reason)} (Slurm: {job.reason}).")
+                    await self.cancel_batch_job()
+                    self.clear_state()
+                    raise StartError(message)
+                if job:
+                    self.pending_message = self._pending_words(job, jobs)
+            else:
+                self.pending_message = "Scheduler unreachable; still waiting for the job."
+            await asyncio.sleep(self.startup_poll_interval)
+        self.ip = self.state_gethost()
+        self.pending_message = f"Running on {self.ip}; waiting for JupyterLab to start."
+        while self.port == 0:
+            await asyncio.sleep(self.startup_poll_interval)
+        self.db.commit()
+        self.log.info("Notebook job %s running at %s:%s", self.job_id, self.ip, self.port)
+        return self.ip, self.port
+
+    async def progress(self):
+        sent = ""
+        while True:
+            message = self.pending_message
+            if message and message != sent:
+                sent = message
+                yield {"message": message}
+            if message.startswith("Running on"):
+                return
+            await asyncio.sleep(1)
+
+    async def poll(self):
+        if not self.job_id:
+            return 0  # no job: nothing runs
+        status = await self.query_job_status()
+        if status in (JobStatus.PENDING, JobStatus.UNKNOWN):
+            return None
+        if status == JobStatus.RUNNING:
+            return await self._cull_if_idle()
+        self.last_end = await self._end_reason()
+        self.clear_state()
+        return 1
+
+    async def _cull_if_idle(self):
+        profile = self.site.profile((self.user_options or {}).get("profile", ""))
+        idle_minutes = profile.idle_minutes if profile else None
+        last = self.orm_spawner.last_activity if self.orm_spawner else None
+        if not idle_minutes or last is None:
+            return None
+        idle = (datetime.utcnow() - last.replace(tzinfo=None)).total_seconds()
+        if idle < idle_minutes * 60:
+            return None
+        self.log.info("Stopping %s's session after %.0f idle minutes", self.user.name, idle / 60)
+        await self.cancel_batch_job()
+        self.last_end = (f"Your last session (job {self.job_id}) was stopped after "
+                         f"{idle_minutes:g} minutes without activity, to free its GPUs.")
+        self.clear_state()
+        return 0
+
+    async def cancel_batch_job(self):
+        if self.job_id:
+            self.log.info("Cancelling notebook job %s", self.job_id)
+            try:
+                await slurm.cancel_async(self.job_id)
+            except slurm.SlurmError as e:
+                if "already completing or completed" not in str(e) and "Invalid job id" not in str(e):
+                    raise
+
+    async def stop(self, now=False):
+        await self.cancel_batch_job()
+        if now:
+            return
+        for _ in range(20):
+            if await self.query_job_status(self.startup_max_age) not in (
+                    JobStatus.RUNNING, JobStatus.UNKNOWN, JobStatus.PENDING):
+                return
+            await asyncio.sleep(1)
+
+    # --- state kept across hub restarts --------------------------------------------------------
+
+    def get_state(self):
+        state = super().get_state()
+        if self.job_end_time:
+            state["job_end_time"] = self.job_end_time
+        if self.last_end:
+            state["last_end"] = self.last_end
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.job_end_time = state.get("job_end_time", 0)
+        self.last_end = state.get("last_end", "")
+
+    def clear_state(self):
+        last_end = self.last_end
+        super().clear_state()
+        self.job_end_time = 0
+        self.last_end = last_end  # survives the end of the session, for the home page
+
+    def session_info(self) -> dict:
+        """For the home page: where the session runs and how long it has left."""
+        info = {"last_end": self.last_end}
+        if self.job_id and self.job_end_time:
+            left = self.job_end_time - time.time()
+            info.update(job_id=self.job_id, node=self.ip, ends_at=_clock(self.job_end_time),
+                        time_left=_duration(left),
+                        profile=(self.user_options or {}).get("profile", ""))
+        return info

@@ -1,0 +1,219 @@
+"""What a person asks for on the spawn page, checked against the site and their Slurm access.
+
+Every value that reaches the job script passes `resolve` first: a whitelist of fields, one
+short value each made only of letters, digits and `._:-`, numbers in range, accounts and
+reservations the user really has. Anything else is a `RequestError` whose message is one
+sentence for the person who typed it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+from .. import slurm
+from ..site import FIELDS, Site, format_minutes, walltime_minutes
+
+SAFE_VALUE_RE = re.compile(r"^[A-Za-z0-9_.:-]{0,64}$")
+NUMBER_RE = re.compile(r"^[0-9]{1,5}$")
+LABELS = {"profile": "Profile", "partition": "Partition", "gpu_type": "GPU type",
+          "gpus": "GPUs", "cpus": "CPUs", "memory_gb": "Memory (GB)", "walltime": "Time",
+          "account": "Account", "reservation": "Reservation"}
+# Fields the hub itself adds to a form or a spawn URL.
+IGNORED = {"_xsrf"}
+
+
+class RequestError(ValueError):
+    """Shown to the person on the spawn form (JupyterHub reads `jupyterhub_message`)."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.jupyterhub_message = message
+
+
+@dataclass(frozen=True)
+class SessionRequest:
+    profile: str
+    partition: str
+    gpu_type: str
+    gpus: int
+    cpus: int
+    memory_gb: int
+    walltime: str
+    account: str
+    reservation: str
+    idle_minutes: float
+
+    @property
+    def walltime_min(self) -> int:
+        return walltime_minutes(self.walltime)
+
+    @property
+    def gpu_minutes(self) -> int:
+        return self.gpus * self.walltime_min
+
+    def to_options(self) -> dict:
+        """As user_options: the form's own fields, which `resolve` accepts again as they are."""
+        options = asdict(self)
+        del options["idle_minutes"]
+        return options
+
+    def describe_cost(self) -> str:
+        hours = self.walltime_min / 60
+        return f"{self.gpus} GPU{'s' if self.gpus != 1 else ''} × {hours:g} h = {self.gpu_minutes / 60:g} GPU-hours"
+
+
+def _normalize(raw: Mapping[str, Any], option_names: set[str]) -> dict[str, str]:
+    values = {}
+    allowed = set(FIELDS) | {"profile"} | {f"option_{n}" for n in option_names}
+    for key, value in raw.items():
+        if key in IGNORED:
+            continue
+        if key not in allowed:
+            shown = key if SAFE_VALUE_RE.match(key) else "(unreadable)"
+            raise RequestError(f"Unknown field '{shown[:40]}'.")
+        label = LABELS.get(key, key)
+        if isinstance(value, (list, tuple)):
+            if len(value) != 1:
+                raise RequestError(f"{label}: give exactly one value.")
+            value = value[0]
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            raise RequestError(f"{label}: must be text or a number.")
+        value = value.strip()
+        if not SAFE_VALUE_RE.match(value):
+            raise RequestError(f"{label}: use only letters, digits and . _ : - (at most 64).")
+        values[key] = value
+    return values
+
+
+def _number(label: str, value) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if not NUMBER_RE.match(str(value)):
+        raise RequestError(f"{label} must be a whole number, not '{value}'.")
+    return int(value)
+
+
+def usable_reservations(reservations: Mapping[str, Mapping[str, str]], user: str,
+                        accounts: list[str]) -> dict[str, Mapping[str, str]]:
+    """Reservations `user` may run in: named for them or for one of their accounts."""
+    usable = {}
+    for name, r in reservations.items():
+        if r.get("State") not in ("ACTIVE", "INACTIVE"):
+            continue
+        users = set(r.get("Users", "(null)").split(","))
+        res_accounts = set(r.get("Accounts", "(null)").split(","))
+        if user in users or res_accounts & set(accounts):
+            usable[name] = r
+    return usable
+
+
+def resolve(site: Site, raw: Mapping[str, Any], *, user: str, accounts: list[str],
+            default_account: str, reservations: Mapping[str, Mapping[str, str]]) -> SessionRequest:
+    all_options = {o.name for p in site.profiles for o in p.options}
+    values = _normalize(raw, all_options)
+    slug = values.pop("profile", "") or site.default_profile.slug
+    profile = site.profile(slug)
+    if profile is None:
+        raise RequestError(f"There is no profile '{slug}'.")
+
+    chosen = dict(profile.slurm)
+    for option in profile.options:
+        key = values.pop(f"option_{option.name}", "") or option.default_choice().key
+        choice = next((c for c in option.choices if c.key == key), None)
+        if choice is None:
+            raise RequestError(f"{option.display_name}: '{key}' is not one of the choices.")
+        chosen.update(choice.slurm)
+    leftover = [k for k in values if k.startswith("option_")]
+    if leftover:
+        raise RequestError(f"The {profile.display_name} profile has no option "
+                           f"'{leftover[0][len('option_'):]}'.")
+    for name, value in values.items():
+        if value == "":
+            continue
+        if name in profile.fixed and value != str(chosen.get(name, "")):
+            raise RequestError(f"The {profile.display_name} profile sets the "
+                               f"{LABELS[name].lower()}; it cannot be changed.")
+        chosen[name] = value
+
+    partition = site.partitions.get(chosen["partition"])
+    if partition is None:
+        raise RequestError(f"There is no partition '{chosen['partition']}'.")
+    gpus = _number("GPUs", chosen.get("gpus", 0))
+    cpus = _number("CPUs", chosen.get("cpus", 1))
+    memory = _number("Memory (GB)", chosen.get("memory_gb", 1))
+    gpu_type = chosen.get("gpu_type", "") or ""
+    limits = profile.limits
+
+    if not partition.gpu_types:
+        if gpus or gpu_type:
+            raise RequestError(f"The {partition.name} partition has no GPUs.")
+    else:
+        gpu_type = gpu_type or partition.gpu_types[0]
+        if gpu_type not in partition.gpu_types:
+            raise RequestError(f"The {partition.name} partition has no {gpu_type} GPUs "
+                               f"(it has {', '.join(partition.gpu_types)}).")
+        if gpus > partition.gpus_per_node:
+            raise RequestError(f"A {partition.name} node has {partition.gpus_per_node} GPUs; "
+                               f"you asked for {gpus}.")
+    if gpus > limits.get("gpus", partition.gpus_per_node):
+        raise RequestError(f"The {profile.display_name} profile allows at most "
+                           f"{limits['gpus']} GPUs.")
+    most_cpus = min(partition.cpus_per_node, limits.get("cpus", partition.cpus_per_node))
+    if not 1 <= cpus <= most_cpus:
+        raise RequestError(f"CPUs must be between 1 and {most_cpus}; you asked for {cpus}.")
+    most_memory = min(partition.memory_gb_per_node,
+                      limits.get("memory_gb", partition.memory_gb_per_node))
+    if not 1 <= memory <= most_memory:
+        raise RequestError(f"Memory must be between 1 and {most_memory} GB; you asked for {memory}.")
+
+    walltime = str(chosen.get("walltime", ""))
+    minutes = walltime_minutes(walltime)
+    if not minutes:
+        raise RequestError(f"Time '{walltime}' is not a duration like 02:00:00 or 1-00:00:00.")
+    most_minutes = min(partition.max_walltime_min,
+                       walltime_minutes(limits.get("walltime", "")) or partition.max_walltime_min)
+    if minutes > most_minutes:
+        raise RequestError(f"Time {walltime} is longer than the {format_minutes(most_minutes)} "
+                           f"this profile and partition allow.")
+
+    account = chosen.get("account", "") or default_account
+    if account not in accounts:
+        mine = ", ".join(accounts) or "none"
+        raise RequestError(f"You cannot charge account '{account}'; yours: {mine}.")
+
+    reservation = chosen.get("reservation", "") or ""
+    if reservation:
+        usable = usable_reservations(reservations, user, accounts)
+        if reservation not in usable:
+            raise RequestError(f"Reservation '{reservation}' is not one you may use.")
+        res_accounts = usable[reservation].get("Accounts", "(null)").split(",")
+        if res_accounts != ["(null)"] and account not in res_accounts:
+            raise RequestError(f"Reservation '{reservation}' is for account "
+                               f"{', '.join(res_accounts)}, not {account}.")
+        if usable[reservation].get("State") == "INACTIVE":
+            start = usable[reservation].get("StartTime", "later").replace("T", " ")
+            raise RequestError(f"Reservation '{reservation}' opens at {start}; "
+                               "you can start a session in it then.")
+    return SessionRequest(profile.slug, partition.name, gpu_type if gpus else "", gpus, cpus,
+                          memory, format_minutes(minutes), account, reservation,
+                          profile.idle_minutes)
+
+
+def check_budget(request: SessionRequest, budgets: Mapping[str, slurm.Budget]) -> None:
+    """Refuse a request that the project's GPU budget cannot pay for."""
+    budget = budgets.get(request.account)
+    if not request.gpus or budget is None or budget.granted_min is None:
+        return
+    remaining = budget.remaining_min
+    if remaining <= 0:
+        raise RequestError(
+            f"Project {request.account}'s GPU budget is used up: {budget.used_min / 60:.1f} of "
+            f"{budget.granted_min / 60:g} GPU-hours used, {budget.held_min / 60:.1f} held by "
+            "running jobs. Choose a CPU profile or another project.")
+    if request.gpu_minutes > remaining:
+        raise RequestError(f"{request.describe_cost()}, but project {request.account} has "
+                           f"{remaining / 60:.1f} GPU-hours left. Ask for less time or fewer GPUs.")
