@@ -1,0 +1,141 @@
+"""What a person may ask for on the spawn form: checked before anything reaches Slurm."""
+
+from pathlib import Path
+
+import pytest
+
+from aifactory import site as site_module
+from aifactory import slurm
+from aifactory.spawner.request import RequestError, check_budget, resolve
+
+SITE = site_module.load(Path(__file__).resolve().parents[1] / "hub_config" / "site.yaml")
+RESERVATIONS = {
+    "dl101": {"State": "ACTIVE", "Accounts": "course-dl101", "Users": "(null)", "Nodes": "gpu03"},
+    "later": {"State": "INACTIVE", "Accounts": "proj-climate", "Users": "(null)",
+              "StartTime": "2027-01-10T09:00:00", "Nodes": "gpu02"},
+    "others": {"State": "ACTIVE", "Accounts": "proj-other", "Users": "(null)", "Nodes": "gpu01"},
+}
+
+
+def ask(form, user="bob", accounts=("proj-climate", "proj-tiny"), default="proj-climate"):
+    return resolve(SITE, form, user=user, accounts=list(accounts), default_account=default,
+                   reservations=RESERVATIONS)
+
+
+def test_each_profile_resolves_to_its_slurm_request():
+    cpu = ask({"profile": "cpu"})
+    assert (cpu.partition, cpu.gpus, cpu.gpu_type, cpu.cpus, cpu.memory_gb, cpu.walltime) == (
+        "cpu", 0, "", 4, 8, "02:00:00")
+    one = ask({"profile": "h100-1"})
+    assert (one.partition, one.gpu_type, one.gpus, one.walltime, one.account) == (
+        "gpu", "h100", 1, "04:00:00", "proj-climate")
+    assert ask({"profile": "h100-1", "option_walltime": "1h"}).walltime == "01:00:00"
+    four = ask({"profile": "h100-4", "account": "proj-climate"})
+    assert four.gpus == 4 and four.gpu_minutes == 4 * 8 * 60
+    course = ask({"profile": "course-dl101"}, user="student1", accounts=["course-dl101"],
+                 default="course-dl101")
+    assert (course.account, course.reservation, course.gpus) == ("course-dl101", "dl101", 1)
+    assert ask({}).profile == "cpu"  # the default profile
+
+
+def test_form_lists_and_the_hubs_own_fields_are_understood():
+    request = ask({"profile": ["h100-1"], "gpus": ["2"], "walltime": ["06:30:00"], "_xsrf": ["x"]})
+    assert (request.gpus, request.walltime) == (2, "06:30:00")
+    assert ask({"profile": "h100-1", "gpus": ""}).gpus == 1  # empty: the profile's value
+
+
+BAD = [
+    ({"profile": "h100-1; rm -rf /"}, "use only letters"),
+    ({"profile": "gpu-max"}, "There is no profile 'gpu-max'"),
+    ({"profile": "h100-1", "walltime": "01:00:00\n#SBATCH --uid=0"}, "use only letters"),
+    ({"profile": "h100-1", "walltime": "01:00:00 --uid=0"}, "use only letters"),
+    ({"profile": "h100-1", "account": "proj-climate\n#SBATCH --account=root"}, "use only letters"),
+    ({"profile": "h100-1", "account": "$(id)"}, "use only letters"),
+    ({"profile": "h100-1", "account": "`reboot`"}, "use only letters"),
+    ({"profile": "h100-1", "partition": "gpu&&id"}, "use only letters"),
+    ({"profile": "h100-1", "gpus": "1|id"}, "use only letters"),
+    ({"profile": "h100-1", "gpus": "-1"}, "GPUs must be a whole number"),
+    ({"profile": "h100-1", "gpus": "1.5"}, "GPUs must be a whole number"),
+    ({"profile": "h100-1", "gpus": "99999"}, "has 4 GPUs; you asked for 99999"),
+    ({"profile": "h100-1", "gpus": "3"}, "allows at most 2 GPUs"),
+    ({"profile": "h100-4", "gpus": "5"}, "has 4 GPUs; you asked for 5"),
+    ({"profile": "h100-1", "cpus": "0"}, "CPUs must be between 1 and 16"),
+    ({"profile": "h100-1", "cpus": "33"}, "CPUs must be between 1 and 16"),
+    ({"profile": "h100-1", "memory_gb": "0"}, "Memory must be between 1 and 120 GB"),
+    ({"profile": "h100-1", "memory_gb": "1000"}, "Memory must be between 1 and 120 GB"),
+    ({"profile": "h100-1", "walltime": "9:00:00"}, "longer than the 08:00:00"),
+    ({"profile": "h100-4", "walltime": "3-00:00:00"}, "longer than the 2-00:00:00"),
+    ({"profile": "cpu", "walltime": "1-00:00:00"}, "longer than the 08:00:00"),
+    ({"profile": "h100-1", "walltime": "forever"}, "not a duration"),
+    ({"profile": "h100-1", "walltime": "00:61:00"}, "not a duration"),
+    ({"profile": "h100-1", "walltime": "00:00:00"}, "not a duration"),
+    ({"profile": "cpu", "gpus": "1"}, "The cpu partition has no GPUs"),
+    ({"profile": "cpu", "gpu_type": "h100"}, "The cpu partition has no GPUs"),
+    ({"profile": "h100-1", "gpu_type": "a100"}, "has no a100 GPUs"),
+    ({"profile": "h100-1", "partition": "debug"}, "There is no partition 'debug'"),
+    ({"profile": "h100-1", "account": "course-dl101"}, "You cannot charge account 'course-dl101'"),
+    ({"profile": "h100-1", "account": "root"}, "You cannot charge account 'root'"),
+    ({"profile": "h100-1", "reservation": "others"}, "Reservation 'others' is not one you may use"),
+    ({"profile": "h100-1", "reservation": "nope"}, "Reservation 'nope' is not one you may use"),
+    ({"profile": "h100-1", "reservation": "later"}, "opens at 2027-01-10 09:00:00"),
+    ({"profile": "h100-1", "option_walltime": "12h"}, "'12h' is not one of the choices"),
+    ({"profile": "cpu", "option_walltime": "1h"}, "has no option 'walltime'"),
+    ({"profile": "h100-1", "profile_list": "x"}, "Unknown field 'profile_list'"),
+    ({"profile": "h100-1", "exec_prefix": "sudo"}, "Unknown field 'exec_prefix'"),
+    ({"profile": "h100-1", "batch_script": "#!/bin/sh"}, "Unknown field 'batch_script'"),
+    ({"profile": "h100-1", "x\ny": "1"}, "Unknown field '(unreadable)'"),
+    ({"profile": ["h100-1", "h100-4"]}, "give exactly one value"),
+    ({"profile": "h100-1", "gpus": {"a": 1}}, "must be text or a number"),
+    ({"profile": "h100-1", "gpus": "1" * 70}, "at most 64"),
+]
+
+
+@pytest.mark.parametrize("form,message", BAD, ids=[m for _, m in BAD])
+def test_bad_fields_are_refused_with_a_sentence(form, message):
+    with pytest.raises(RequestError) as err:
+        ask(form)
+    assert message in str(err.value)
+    assert err.value.jupyterhub_message == str(err.value)
+
+
+def test_a_course_profile_keeps_its_account_and_reservation():
+    student = dict(user="student1", accounts=["course-dl101", "proj-climate"], default="proj-climate")
+    for field, value in (("account", "proj-climate"), ("reservation", "others"),
+                         ("partition", "cpu")):
+        with pytest.raises(RequestError, match="profile sets the"):
+            ask({"profile": "course-dl101", field: value}, **student)
+    assert ask({"profile": "course-dl101", "account": "course-dl101"}, **student).account == "course-dl101"
+
+
+def test_the_reservation_must_belong_to_the_account_charged():
+    with pytest.raises(RequestError, match="is for account course-dl101, not proj-climate"):
+        ask({"profile": "h100-1", "reservation": "dl101", "account": "proj-climate"},
+            user="carol", accounts=["course-dl101", "proj-climate"], default="proj-climate")
+
+
+def test_budget_check_gives_the_cost_and_what_is_left():
+    request = ask({"profile": "h100-4", "account": "proj-tiny"})
+    with pytest.raises(RequestError) as err:
+        check_budget(request, {"proj-tiny": slurm.Budget("proj-tiny", 60, 20, 10)})
+    assert str(err.value).startswith("4 GPUs × 8 h = 32 GPU-hours, but project proj-tiny has "
+                                     "0.5 GPU-hours left.")
+    with pytest.raises(RequestError, match="GPU budget is used up"):
+        check_budget(request, {"proj-tiny": slurm.Budget("proj-tiny", 60, 50, 10)})
+    small = ask({"profile": "h100-1", "account": "proj-tiny", "option_walltime": "1h",
+                 "walltime": "00:30:00"})
+    check_budget(small, {"proj-tiny": slurm.Budget("proj-tiny", 60, 20, 10)})  # 30 <= 30
+    check_budget(ask({"profile": "cpu", "account": "proj-tiny"}),
+                 {"proj-tiny": slurm.Budget("proj-tiny", 60, 60, 0)})  # no GPUs: no cost
+    check_budget(request, {})  # an account without a GPU limit
+
+
+def test_broken_site_description_is_refused(tmp_path):
+    text = (Path(__file__).resolve().parents[1] / "hub_config" / "site.yaml").read_text()
+    bad = tmp_path / "site.yaml"
+    bad.write_text(text.replace("slug: h100-4", "slug: 'H100 4'"))
+    with pytest.raises(site_module.SiteError, match="slug 'H100 4' must be"):
+        site_module.load(bad)
+    bad.write_text(text.replace("partition: gpu, gpu_type: h100, gpus: 4",
+                                "partition: gpu2, gpu_type: h100, gpus: 4"))
+    with pytest.raises(site_module.SiteError, match="partition 'gpu2' is not in 'partitions'"):
+        site_module.load(bad)

@@ -1,0 +1,147 @@
+"""The spawner on the live hub and cluster: profiles, refusals, waiting, and faults."""
+
+import json
+import re
+
+import pytest
+import requests
+from conftest import HUB, HubClient, notebook_jobs, sacct_record, submit, wait_until
+from test_cluster_cli import aifactory
+
+from aifactory import slurm
+from aifactory.cluster import services
+
+
+def submitted_jobs() -> int:
+    return slurm.rpc_counts().get("REQUEST_SUBMIT_BATCH_JOB", 0)
+
+
+@pytest.fixture
+def gpus_taken(live_cluster):
+    """Every GPU of gpu01 and gpu02 busy with alice's jobs (gpu03 is the course's)."""
+    jobs = [submit("alice", "--partition=gpu", "--gres=gpu:4", "--time=10", script="sleep 600")
+            for _ in range(2)]
+    wait_until(lambda: all((j := slurm.job(i)) and j.state == "RUNNING" for i in jobs), 30,
+               what="the blocking jobs to run")
+    yield jobs
+    for job_id in jobs:
+        slurm.cancel(job_id)
+
+
+def progress_messages(client: HubClient, until: str, timeout: float = 60) -> list[str]:
+    """Read the pending page's event stream until a message contains `until`."""
+    seen = []
+    with client.http.get(f"{HUB}/hub/api/users/{client.user}/server/progress", stream=True,
+                         timeout=timeout) as r:
+        for line in r.iter_lines(decode_unicode=True):
+            if line and line.startswith("data:"):
+                event = json.loads(line[5:])
+                seen.append(event.get("message", ""))
+                if until in seen[-1] or event.get("failed") or event.get("ready"):
+                    break
+    return seen
+
+
+def test_every_profile_lands_where_it_says(hub_client):
+    expected = {  # user: (profile, partition, gpus, account, reservation, nodes)
+        "alice": ("cpu", "cpu", 0, "proj-climate", "", {"cpu01"}),
+        "bob": ("h100-4", "gpu", 4, "proj-climate", "", {"gpu01", "gpu02"}),
+        "carol": ("h100-1", "gpu", 1, "course-dl101", "", {"gpu01", "gpu02"}),
+        "student1": ("course-dl101", "gpu", 1, "course-dl101", "dl101", {"gpu03"}),
+    }
+    clients = {user: hub_client(user) for user in expected}
+    for user, (profile, *_rest) in expected.items():
+        assert clients[user].submit_form(profile=profile).status_code == 302
+    for user, (profile, partition, gpus, account, reservation, nodes) in expected.items():
+        wait_until(lambda: clients[user].server().get("ready"), 120, what=f"{user}'s session")
+        [job] = notebook_jobs(user)
+        assert (job.partition, job.gpus, job.account, job.reservation) == (
+            partition, gpus, account, reservation), job
+        assert job.nodes in nodes, job
+        home = clients[user].http.get(f"{HUB}/hub/home").content.decode()
+        assert re.search(rf"Slurm job {job.job_id} on\s+<strong>{job.nodes}</strong>", home)
+        assert re.search(r"<strong>\d+ (h \d+ )?min</strong> left", home), "no time left shown"
+
+
+def test_the_form_refuses_bad_fields_and_submits_nothing(hub_client):
+    bob = hub_client("bob")
+    before = submitted_jobs()
+    refusals = {
+        "use only letters": dict(profile="h100-1", walltime="01:00:00\n#SBATCH --uid=0"),
+        "You cannot charge account 'course-dl101'": dict(profile="h100-1", account="course-dl101"),
+        "Reservation 'dl101' is not one you may use": dict(profile="h100-1", reservation="dl101"),
+        "has 4 GPUs; you asked for 8": dict(profile="h100-4", gpus="8"),
+        "Unknown field 'exec_prefix'": dict(profile="h100-1", exec_prefix="touch /tmp/x;"),
+        "longer than the 08:00:00": dict(profile="h100-1", walltime="12:00:00"),
+        "4 GPUs × 8 h = 32 GPU-hours, but project proj-tiny has": dict(profile="h100-4",
+                                                                       account="proj-tiny"),
+    }
+    for message, fields in refusals.items():
+        assert message in bob.form_error(**fields), fields
+    # The REST API is checked the same way (user_options do not skip the checks).
+    r = bob.api("POST", "/users/bob/server", json={"profile": "h100-1", "account": "root"})
+    # JupyterHub may answer before the start runs; the start then fails in our checks.
+    assert r.status_code in (201, 202, 400, 500), r.text
+    wait_until(lambda: not bob.server(), 30, what="the refused API start to be gone")
+    assert submitted_jobs() == before, "a refused request reached sbatch"
+    assert notebook_jobs("bob") == []
+
+
+def test_pending_reason_in_plain_words_and_cancel_from_the_pending_page(hub_client, gpus_taken):
+    carol = hub_client("carol")
+    assert carol.submit_form(profile="h100-1", option_walltime="1h").status_code == 302
+    messages = progress_messages(carol, until="waiting for free H100 GPUs")
+    assert any("waiting for free H100 GPUs (Slurm: Resources); position 1 in gpu" in m
+               for m in messages), messages
+    [job] = notebook_jobs("carol")
+    assert job.state == "PENDING"
+    carol.stop()  # the pending page's "Stop Server" button does this
+    wait_until(lambda: not notebook_jobs("carol"), 30, what="the pending job to be cancelled")
+    assert sacct_record(job.job_id)["state"]["current"] == "CANCELLED"
+
+
+def test_budget_used_up_while_waiting_fails_fast_with_the_reason(hub_client, gpus_taken):
+    bob = hub_client("bob")
+    assert bob.submit_form(profile="h100-1", option_walltime="1h",
+                           account="proj-tiny").status_code == 302
+    progress_messages(bob, until="Slurm: Resources")
+    [job] = notebook_jobs("bob")
+    try:
+        # The project's coordinator (or an admin) lowers the budget under the waiting job.
+        slurm.sacctmgr("modify", "account", "where", "name=proj-tiny", "set",
+                       "GrpTRESMins=gres/gpu=30")
+        messages = progress_messages(bob, until="cannot start", timeout=120)
+    finally:
+        slurm.sacctmgr("modify", "account", "where", "name=proj-tiny", "set",
+                       "GrpTRESMins=gres/gpu=60")
+    assert ("Your session cannot start: your project's GPU budget is used up "
+            "(Slurm: AssocGrpGRESMinutes).") in messages[-1], messages
+    wait_until(lambda: not notebook_jobs("bob"), 30, what="the hopeless job to be cancelled")
+    assert sacct_record(job.job_id)["state"]["current"] == "CANCELLED"
+
+
+def test_session_survives_a_hub_restart(hub_client, passwords):
+    alice = hub_client("alice")
+    alice.start(profile="h100-1")
+    [job] = notebook_jobs("alice")
+    assert services.stop_hub()
+    assert aifactory("cluster", "up").returncode == 0
+    again = HubClient("alice")
+    assert again.login(passwords["alice"]).status_code == 302
+    assert again.server().get("ready")
+    assert notebook_jobs("alice") == [job]
+    assert again.http.get(f"{HUB}/user/alice/lab").status_code == 200
+
+
+def test_a_job_killed_from_outside_shows_as_stopped_with_the_reason(hub_client):
+    bob = hub_client("bob")
+    bob.start(profile="cpu")
+    [job] = notebook_jobs("bob")
+    slurm.run(["scancel", job.job_id], user="bob")  # from a terminal on the login node
+    wait_until(lambda: not notebook_jobs("bob"), 30, what="the job to end")
+    home = bob.http.get(f"{HUB}/hub/home").content.decode()  # the user's next page
+    assert f"Your last session (job {job.job_id}) was cancelled" in home
+    assert "(Slurm: CANCELLED" in home
+    assert not bob.server()
+    # ...and the user can start again at once.
+    bob.start(profile="cpu")
