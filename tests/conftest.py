@@ -147,6 +147,36 @@ def hub_client(live_cluster, passwords):
             pass
 
 
+@pytest.fixture
+def gpus_taken(live_cluster):
+    """Every GPU of gpu01 and gpu02 busy with alice's jobs (gpu03 is the course's)."""
+    jobs = []
+    try:
+        for _ in range(2):
+            jobs.append(submit("alice", "--partition=gpu", "--gres=gpu:4", "--time=10",
+                               script="sleep 600"))
+        wait_until(lambda: all((j := slurm.job(i)) and j.state == "RUNNING" for i in jobs), 30,
+                   what="the blocking jobs to run")
+        yield jobs
+    finally:
+        for job_id in jobs:
+            slurm.cancel(job_id)
+
+
+def progress_messages(client: HubClient, until: str, timeout: float = 60) -> list[str]:
+    """Read the pending page's event stream until a message contains `until`."""
+    seen = []
+    with client.http.get(f"{HUB}/hub/api/users/{client.user}/server/progress", stream=True,
+                         timeout=timeout) as r:
+        for line in r.iter_lines(decode_unicode=True):
+            if line and line.startswith("data:"):
+                event = json.loads(line[5:])
+                seen.append(event.get("message", ""))
+                if until in seen[-1] or event.get("failed") or event.get("ready"):
+                    break
+    return seen
+
+
 def notebook_jobs(user: str) -> list[slurm.Job]:
     return [j for j in slurm.jobs(user=user) if j.name == f"jupyterhub-{user}"
             and j.state in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING")]

@@ -1,11 +1,10 @@
 """The spawner on the live hub and cluster: profiles, refusals, waiting, and faults."""
 
-import json
 import re
+from pathlib import Path
 
-import pytest
-import requests
-from conftest import HUB, HubClient, notebook_jobs, sacct_record, submit, wait_until
+import yaml
+from conftest import HUB, HubClient, notebook_jobs, progress_messages, sacct_record, wait_until
 from test_cluster_cli import aifactory
 
 from aifactory import slurm
@@ -14,32 +13,6 @@ from aifactory.cluster import services
 
 def submitted_jobs() -> int:
     return slurm.rpc_counts().get("REQUEST_SUBMIT_BATCH_JOB", 0)
-
-
-@pytest.fixture
-def gpus_taken(live_cluster):
-    """Every GPU of gpu01 and gpu02 busy with alice's jobs (gpu03 is the course's)."""
-    jobs = [submit("alice", "--partition=gpu", "--gres=gpu:4", "--time=10", script="sleep 600")
-            for _ in range(2)]
-    wait_until(lambda: all((j := slurm.job(i)) and j.state == "RUNNING" for i in jobs), 30,
-               what="the blocking jobs to run")
-    yield jobs
-    for job_id in jobs:
-        slurm.cancel(job_id)
-
-
-def progress_messages(client: HubClient, until: str, timeout: float = 60) -> list[str]:
-    """Read the pending page's event stream until a message contains `until`."""
-    seen = []
-    with client.http.get(f"{HUB}/hub/api/users/{client.user}/server/progress", stream=True,
-                         timeout=timeout) as r:
-        for line in r.iter_lines(decode_unicode=True):
-            if line and line.startswith("data:"):
-                event = json.loads(line[5:])
-                seen.append(event.get("message", ""))
-                if until in seen[-1] or event.get("failed") or event.get("ready"):
-                    break
-    return seen
 
 
 def test_every_profile_lands_where_it_says(hub_client):
@@ -59,7 +32,7 @@ def test_every_profile_lands_where_it_says(hub_client):
             partition, gpus, account, reservation), job
         assert job.nodes in nodes, job
         home = clients[user].http.get(f"{HUB}/hub/home").content.decode()
-        assert re.search(rf"Slurm job {job.job_id} on\s+<strong>{job.nodes}</strong>", home)
+        assert f"Slurm job {job.job_id} on <strong>{job.nodes}</strong>" in home
         assert re.search(r"<strong>\d+ (h \d+ )?min</strong> left", home), "no time left shown"
 
 
@@ -145,3 +118,23 @@ def test_a_job_killed_from_outside_shows_as_stopped_with_the_reason(hub_client):
     assert not bob.server()
     # ...and the user can start again at once.
     bob.start(profile="cpu")
+
+
+def test_an_idle_session_is_stopped_and_its_job_cancelled(hub_client):
+    """Idle limits come from the profile; the installed site description is read live."""
+    site_file = Path("/etc/aifactory/hub_config/site.yaml")
+    original = site_file.read_text()
+    site = yaml.safe_load(original)
+    next(p for p in site["profiles"] if p["slug"] == "cpu")["idle_minutes"] = 1
+    site_file.write_text(yaml.safe_dump(site, sort_keys=False))
+    try:
+        student = hub_client("student2")
+        student.start(profile="cpu")
+        [job] = notebook_jobs("student2")
+        wait_until(lambda: not student.server(), 180, interval=5, what="the idle session to stop")
+    finally:
+        site_file.write_text(original)
+    wait_until(lambda: not notebook_jobs("student2"), 30, what="its job to be cancelled")
+    assert sacct_record(job.job_id)["state"]["current"] == "CANCELLED"
+    home = student.http.get(f"{HUB}/hub/home").content.decode()
+    assert "was stopped after 1 minutes without activity, to free its GPUs" in home

@@ -209,3 +209,15 @@ def load(path: str | Path = DEFAULT_PATH) -> Site:
     if budget_tres != "gres/gpu":
         _fail(path, "budget_tres: only gres/gpu is supported so far")
     return Site(budget_tres, partitions, tuple(profiles))
+
+
+_cache: dict[str, tuple[float, Site]] = {}
+
+
+def load_cached(path: str | Path = DEFAULT_PATH) -> Site:
+    """`load`, again only when the file changed: edits apply without restarting the hub."""
+    key = str(path)
+    mtime = Path(path).stat().st_mtime
+    if key not in _cache or _cache[key][0] != mtime:
+        _cache[key] = (mtime, load(path))
+    return _cache[key][1]

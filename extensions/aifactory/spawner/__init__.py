@@ -60,7 +60,11 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
                    help="The environment (readable by every user) the job runs from.").tag(config=True)
     queue_max_age = Float(5.0, help="Seconds a shared squeue answer may be reused when polling "
                                     "running sessions.").tag(config=True)
-    startup_max_age = Float(1.0, help="The same while sessions start.").tag(config=True)
+    startup_max_age = Float(0.5, help="The same while sessions start (one shared squeue for "
+                                      "all starting sessions, at most this often).").tag(config=True)
+    # Reading the shared snapshot is free; Slurm is asked at most every startup_max_age.
+    startup_poll_interval = Float(0.25, help="Seconds between looks at a starting session's "
+                                             "job (in the shared view).").tag(config=True)
     end_warning_seconds = Float(300, help="Slurm signals the session this long before its "
                                           "walltime ends.").tag(config=True)
 
@@ -73,7 +77,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
 
     @property
     def site(self) -> site_module.Site:
-        return site_module.load(self.site_path)
+        return site_module.load_cached(self.site_path)
 
     # --- the form -------------------------------------------------------------------------
 
@@ -252,7 +256,6 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         self.pending_message = f"Running on {self.ip}; waiting for JupyterLab to start."
         while self.port == 0:
             await asyncio.sleep(self.startup_poll_interval)
-        self.db.commit()
         self.log.info("Notebook job %s running at %s:%s", self.job_id, self.ip, self.port)
         return self.ip, self.port
 

@@ -1,0 +1,216 @@
+"""Spawn speed and slurmctld load: aifactory's spawner against stock batchspawner, one run.
+
+Run as root on the local cluster (`./aif cluster up` first):
+
+    /opt/aifactory/venv/bin/python benchmarks/spawn.py [--rounds 5] [--burst 30]
+
+Two temporary hubs are started beside the demo hub, on their own ports and databases, with the
+same users, partition and session size (1 CPU, 2 GB on the cpu partition):
+
+- "stock": batchspawner 1.3's SlurmSpawner as shipped (its own job script, sudo, one `squeue`
+  per spawner every 0.5 s while starting); only the path to batchspawner-singleuser is set,
+  because sudo resets PATH.
+- "ours": aifactory's SlurmSpawner with hub_config/site.yaml (the `cpu` profile, 1 CPU, 2 GB).
+
+Measured: the median time from the start request to a ready server for one user (several
+rounds), and for a burst of N users started at once the time until all are ready; slurmctld
+RPCs from `sdiag`, reset before each measurement. Users bench01..benchN are created once
+(Unix + a Slurm association in proj-climate) and kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+import secrets
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+from aifactory import slurm
+
+REPO = Path(__file__).resolve().parents[1]
+VENV = Path(os.environ.get("AIFACTORY_VENV", "/opt/aifactory/venv"))
+HUB_IP = "10.77.0.1"
+
+COMMON = """
+c = get_config()
+c.JupyterHub.bind_url = "http://127.0.0.1:{port}"
+c.JupyterHub.hub_bind_url = "http://{hub_ip}:{hub_port}"
+c.JupyterHub.hub_connect_ip = "{hub_ip}"
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api}"
+c.ConfigurableHTTPProxy.pid_file = "{workdir}/proxy.pid"
+c.JupyterHub.db_url = "sqlite:///{workdir}/hub.sqlite"
+c.JupyterHub.cookie_secret_file = "{workdir}/cookie_secret"
+c.JupyterHub.authenticator_class = "null"
+c.JupyterHub.cleanup_servers = True
+c.JupyterHub.services = [{{"name": "bench", "api_token": "{token}"}}]
+c.JupyterHub.load_roles = [{{"name": "bench", "services": ["bench"],
+                             "scopes": ["admin:users", "admin:servers", "list:users"]}}]
+c.Spawner.default_url = "/lab"
+c.Spawner.start_timeout = 600
+c.Spawner.http_timeout = 300
+"""
+
+STOCK = """
+c.JupyterHub.spawner_class = "batchspawner.SlurmSpawner"
+c.SlurmSpawner.batchspawner_singleuser_cmd = "{venv}/bin/batchspawner-singleuser"
+c.Spawner.cmd = ["{venv}/bin/jupyterhub-singleuser"]
+c.SlurmSpawner.req_partition = "cpu"
+c.SlurmSpawner.req_nprocs = "1"
+c.SlurmSpawner.req_memory = "2G"
+c.SlurmSpawner.req_runtime = "01:00:00"
+"""
+
+OURS = """
+c.JupyterHub.spawner_class = "aifactory.spawner.SlurmSpawner"
+c.SlurmSpawner.site_path = "{repo}/hub_config/site.yaml"
+c.SlurmSpawner.venv = "{venv}"
+"""
+OUR_OPTIONS = {"profile": "cpu", "cpus": 1, "memory_gb": 2, "walltime": "01:00:00"}
+
+
+def ensure_users(count: int) -> list[str]:
+    names = [f"bench{i:02d}" for i in range(1, count + 1)]
+    have = {r["user"] for r in slurm.sacctmgr_list("association", "account=proj-climate",
+                                                   fields=["User"])}
+    for name in names:
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
+        if name not in have:
+            slurm.sacctmgr("add", "user", name, "Account=proj-climate")
+    return names
+
+
+class BenchHub:
+    def __init__(self, name: str, port: int, spawner_config: str, options: dict | None):
+        self.name, self.port, self.options = name, port, options
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"aif-bench-{name}-"))
+        self.token = secrets.token_hex(16)
+        config = COMMON.format(port=port, hub_ip=HUB_IP, hub_port=port + 81,
+                               proxy_api=port + 1, workdir=self.workdir, token=self.token)
+        config += spawner_config.format(venv=VENV, repo=REPO)
+        (self.workdir / "jupyterhub_config.py").write_text(config)
+        self.api = f"http://127.0.0.1:{port}/hub/api"
+        self.http = requests.Session()
+        self.http.headers["Authorization"] = f"token {self.token}"
+        env = dict(os.environ, PATH=f"{VENV}/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+        self.log = open(self.workdir / "hub.log", "wb")
+        self.proc = subprocess.Popen([f"{VENV}/bin/jupyterhub", "-f", "jupyterhub_config.py"],
+                                     cwd=self.workdir, env=env, stdout=self.log, stderr=self.log)
+        self._wait(lambda: self._get("/") is not None, 60, "the hub to answer")
+
+    def _get(self, path):
+        try:
+            r = self.http.get(self.api + path, timeout=10)
+            return r.json() if r.ok else None
+        except requests.RequestException:
+            return None
+
+    def _wait(self, check, timeout, what):
+        deadline = time.monotonic() + timeout
+        while not check():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise SystemExit(f"[{self.name}] gave up waiting for {what}; see {self.workdir}/hub.log")
+            time.sleep(0.25)
+
+    def ready(self, users: list[str]) -> int:
+        listing = self._get("/users?state=ready&limit=500") or []
+        return sum(1 for u in listing if u["name"] in users and u["servers"].get("", {}).get("ready"))
+
+    def start_all(self, users: list[str]) -> float:
+        for user in users:
+            self.http.post(f"{self.api}/users", json={"usernames": [user]})
+        def start(user):
+            # JupyterHub answers a start request when the server is up, or after 10 s.
+            r = requests.post(f"{self.api}/users/{user}/server", json=self.options or {},
+                              headers=self.http.headers, timeout=60)
+            if r.status_code not in (201, 202):
+                raise SystemExit(f"[{self.name}] start of {user}: {r.status_code} {r.text[:200]}")
+
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(max_workers=len(users)) as pool:  # all at the same moment
+            list(pool.map(start, users))
+        self._wait(lambda: self.ready(users) == len(users), 600, f"{len(users)} servers")
+        return time.monotonic() - t0
+
+    def stop_all(self, users: list[str]) -> None:
+        for user in users:
+            self.http.delete(f"{self.api}/users/{user}/server")
+        self._wait(lambda: not any(slurm.jobs(user=u) and any(
+            j.state in ("PENDING", "RUNNING") for j in slurm.jobs(user=u)) for u in users)
+            and self.ready(users) == 0, 180, "the servers to stop")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        pidfile = self.workdir / "proxy.pid"
+        if pidfile.exists():
+            try:
+                os.kill(int(pidfile.read_text()), 15)
+            except (ValueError, ProcessLookupError):
+                pass
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def job_info(rpcs: dict[str, int]) -> int:
+    """RPCs that ask slurmctld about jobs (squeue -j, squeue --json, scontrol show job)."""
+    return sum(v for k, v in rpcs.items() if k.startswith(("REQUEST_JOB_INFO", "REQUEST_JOB_USER_INFO")))
+
+
+def measure(hub: BenchHub, users: list[str]) -> tuple[float, dict[str, int]]:
+    slurm.run(["sdiag", "--reset"])
+    elapsed = hub.start_all(users)
+    rpcs = slurm.rpc_counts()
+    hub.stop_all(users)
+    return elapsed, rpcs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--burst", type=int, default=30)
+    args = parser.parse_args()
+    users = ensure_users(max(args.burst, 1))
+    hubs = {"stock": BenchHub("stock", 8300, STOCK, None),
+            "ours": BenchHub("ours", 8400, OURS, OUR_OPTIONS)}
+    try:
+        single = {name: [] for name in hubs}
+        for _ in range(args.rounds):
+            for name, hub in hubs.items():
+                single[name].append(measure(hub, users[:1])[0])
+        burst = {name: measure(hub, users[:args.burst]) for name, hub in hubs.items()}
+    finally:
+        for hub in hubs.values():
+            hub.close()
+
+    print(f"\nsingle user, {args.rounds} rounds: start request -> server ready (s)")
+    for name, times in single.items():
+        print(f"  {name:6} median {statistics.median(times):6.2f}  min {min(times):6.2f}  "
+              f"max {max(times):6.2f}")
+    ratio = statistics.median(single["ours"]) / statistics.median(single["stock"])
+    print(f"  ours / stock median: {ratio:.2f}")
+    print(f"\nburst of {args.burst} users started at once")
+    for name, (elapsed, rpcs) in burst.items():
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(rpcs.items()) if v)
+        print(f"  {name:6} all ready in {elapsed:6.1f} s; slurmctld RPCs {sum(rpcs.values()):6d}; "
+              f"job-info RPCs {job_info(rpcs)}\n         ({kinds})")
+    stock_info, ours_info = job_info(burst["stock"][1]), job_info(burst["ours"][1])
+    print(f"  job-info RPCs ours / stock: {ours_info / max(stock_info, 1):.3f}; "
+          f"time ours / stock: {burst['ours'][0] / burst['stock'][0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
