@@ -71,3 +71,11 @@ def test_sdiag_rpc_counts():
     counts = slurm.parse_sdiag_rpcs((DATA / "sdiag-22.05.txt").read_text())
     assert counts["REQUEST_JOB_INFO"] > 0 and counts["REQUEST_SUBMIT_BATCH_JOB"] >= 1
     assert "REQUEST_PING" in counts and all(isinstance(v, int) for v in counts.values())
+
+
+def test_user_associations_with_qos():
+    text = "bob|proj-climate|proj-tiny|normal\nbob|proj-climate|proj-climate|long,normal\n"
+    access = slurm.parse_user_associations("bob", text)
+    assert access.accounts == ["proj-tiny", "proj-climate"]
+    assert access.default_account == "proj-climate"
+    assert access.qos == {"proj-tiny": ["normal"], "proj-climate": ["long", "normal"]}

@@ -19,7 +19,8 @@ RESERVATIONS = {
 
 def ask(form, user="bob", accounts=("proj-climate", "proj-tiny"), default="proj-climate"):
     return resolve(SITE, form, user=user, accounts=list(accounts), default_account=default,
-                   reservations=RESERVATIONS)
+                   reservations=RESERVATIONS, qos={a: ["normal"] for a in accounts} | {
+                       "proj-climate": ["normal", "long"]})
 
 
 def test_each_profile_resolves_to_its_slurm_request():
@@ -42,6 +43,8 @@ def test_form_lists_and_the_hubs_own_fields_are_understood():
     request = ask({"profile": ["h100-1"], "gpus": ["2"], "walltime": ["06:30:00"], "_xsrf": ["x"]})
     assert (request.gpus, request.walltime) == (2, "06:30:00")
     assert ask({"profile": "h100-1", "gpus": ""}).gpus == 1  # empty: the profile's value
+    assert ask({"profile": "h100-1", "qos": "long"}).qos == "long"
+    assert ask({"profile": "h100-1"}).qos == ""  # Slurm's default for the association
 
 
 BAD = [
@@ -75,6 +78,8 @@ BAD = [
     ({"profile": "h100-1", "partition": "debug"}, "There is no partition 'debug'"),
     ({"profile": "h100-1", "account": "course-dl101"}, "You cannot charge account 'course-dl101'"),
     ({"profile": "h100-1", "account": "root"}, "You cannot charge account 'root'"),
+    ({"profile": "h100-1", "qos": "high"}, "QOS 'high' is not allowed on account proj-climate"),
+    ({"profile": "h100-1", "qos": "long", "account": "proj-tiny"}, "allowed: normal."),
     ({"profile": "h100-1", "reservation": "others"}, "Reservation 'others' is not one you may use"),
     ({"profile": "h100-1", "reservation": "nope"}, "Reservation 'nope' is not one you may use"),
     ({"profile": "h100-1", "reservation": "later"}, "opens at 2027-01-10 09:00:00"),

@@ -112,7 +112,10 @@ def test_a_job_killed_from_outside_shows_as_stopped_with_the_reason(hub_client):
     [job] = notebook_jobs("bob")
     slurm.run(["scancel", job.job_id], user="bob")  # from a terminal on the login node
     wait_until(lambda: not notebook_jobs("bob"), 30, what="the job to end")
-    home = bob.http.get(f"{HUB}/hub/home").content.decode()  # the user's next page
+    # The user's next page (the hub's shared view of Slurm may be up to 5 s old).
+    home = wait_until(lambda: (page := bob.http.get(f"{HUB}/hub/home").content.decode())
+                      and "Your last session" in page and page, 15, interval=1,
+                      what="the home page to show the end")
     assert f"Your last session (job {job.job_id}) was cancelled" in home
     assert "(Slurm: CANCELLED" in home
     assert not bob.server()

@@ -17,7 +17,7 @@ SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 WALLTIME_RE = re.compile(r"^(?:(\d{1,2})-)?(\d{1,3}):(\d{2}):(\d{2})$")
 FIELDS = ("partition", "gpu_type", "gpus", "cpus", "memory_gb", "walltime", "account",
-          "reservation")
+          "qos", "reservation")
 LIMIT_FIELDS = ("gpus", "cpus", "memory_gb", "walltime")
 DEFAULT_PATH = Path(os.environ.get("AIFACTORY_SITE",
                                    os.environ.get("AIFACTORY_HUB_CONFIG", "/etc/aifactory/hub_config")

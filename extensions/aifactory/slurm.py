@@ -384,20 +384,35 @@ def budgets() -> dict[str, Budget]:
     return {b.account: b for b in parse_sshare(out)}
 
 
-def user_associations(user: str) -> tuple[list[str], str]:
-    """(the accounts `user` may charge, their default account), from slurmdbd."""
-    if not re.match(r"^[a-z_][a-z0-9_.-]{0,31}$", user):
-        raise ValueError(f"not a user name: {user!r}")
-    out = run(["sacctmgr", "--noheader", "--parsable2", "list", "user", user, "withassoc",
-               "format=User,DefaultAccount,Account"])
-    accounts, default = [], ""
-    for line in out.splitlines():
-        name, default_account, account = (line.split("|") + ["", "", ""])[:3]
+@dataclass(frozen=True)
+class Associations:
+    """What a user may charge: accounts, the default one, and the QOS allowed on each."""
+    accounts: list[str]
+    default_account: str
+    qos: dict[str, list[str]]
+
+
+def parse_user_associations(user: str, text: str) -> Associations:
+    """`sacctmgr -nP list user USER withassoc format=User,DefaultAccount,Account,QOS`."""
+    accounts, default, qos = [], "", {}
+    for line in text.splitlines():
+        name, default_account, account, allowed = (line.split("|") + ["", "", "", ""])[:4]
         if name == user and account:
             default = default_account
             if account not in accounts:
                 accounts.append(account)
-    return accounts, default
+            qos.setdefault(account, [])
+            qos[account] += [q for q in allowed.split(",") if q and q not in qos[account]]
+    return Associations(accounts, default, qos)
+
+
+def user_associations(user: str) -> Associations:
+    """The accounts and QOS `user` may use, from slurmdbd."""
+    if not re.match(r"^[a-z_][a-z0-9_.-]{0,31}$", user):
+        raise ValueError(f"not a user name: {user!r}")
+    return parse_user_associations(user, run(
+        ["sacctmgr", "--noheader", "--parsable2", "list", "user", user, "withassoc",
+         "format=User,DefaultAccount,Account,QOS"]))
 
 
 def tres_value(tres: str, name: str) -> int | None:

@@ -122,9 +122,9 @@ class SlurmView:
         self.nodes: Cached[list[slurm.Node]] = Cached(slurm.nodes)
         self.budgets: Cached[dict[str, slurm.Budget]] = Cached(slurm.budgets)
         self.reservations: Cached[dict[str, dict[str, str]]] = Cached(slurm.show_reservations)
-        self._associations: dict[str, Cached[tuple[list[str], str]]] = {}
+        self._associations: dict[str, Cached[slurm.Associations]] = {}
 
-    def associations(self, user: str) -> Cached[tuple[list[str], str]]:
+    def associations(self, user: str) -> Cached[slurm.Associations]:
         if user not in self._associations:
             self._associations[user] = Cached(lambda: slurm.user_associations(user))
         return self._associations[user]

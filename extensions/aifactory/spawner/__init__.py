@@ -81,23 +81,26 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
 
     # --- the form -------------------------------------------------------------------------
 
-    async def _user_access(self) -> tuple[list[str], str, dict]:
-        accounts, default = await VIEW.associations(self.user.name).get(60)
-        reservations = usable_reservations(await VIEW.reservations.get(60), self.user.name, accounts)
-        return accounts, default, reservations
+    async def _user_access(self) -> tuple[slurm.Associations, dict]:
+        access = await VIEW.associations(self.user.name).get(60)
+        reservations = usable_reservations(await VIEW.reservations.get(60), self.user.name,
+                                           access.accounts)
+        return access, reservations
 
     async def _options_form(self, spawner=None) -> str:
         site = self.site
-        accounts, default, reservations, availability, budgets = [], "", {}, [], {}
+        access, reservations, availability, budgets = slurm.Associations([], "", {}), {}, [], {}
         unreachable = ""
         try:
-            accounts, default, reservations = await self._user_access()
+            access, reservations = await self._user_access()
             availability = await VIEW.availability(set(reservations))
             budgets = await VIEW.budgets.get(30)
         except slurm.SlurmError as e:
             unreachable = str(e)
         selected = (self.user_options or {}).get("profile") or site.default_profile.slug
-        return render(site, selected=selected, accounts=accounts, default_account=default,
+        return render(site, selected=selected, accounts=access.accounts,
+                      default_account=access.default_account,
+                      qos=sorted({q for qs in access.qos.values() for q in qs}),
                       reservations=sorted(reservations), availability=availability,
                       budgets=budgets, budgets_age=VIEW.budgets.age() if budgets else None,
                       unreachable=unreachable)
@@ -109,13 +112,14 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
     async def resolve_request(self, options: dict) -> SessionRequest:
         """Check options (from a form, a URL or the API) and the budget; RequestError if not."""
         try:
-            accounts, default, reservations = await self._user_access()
+            access, _ = await self._user_access()
             budgets = await VIEW.budgets.get(5)
         except slurm.SlurmUnreachable:
             raise RequestError("The scheduler is unreachable right now; please try again "
                                "in a minute.") from None
-        request = resolve(self.site, options or {}, user=self.user.name, accounts=accounts,
-                          default_account=default, reservations=await VIEW.reservations.get(60))
+        request = resolve(self.site, options or {}, user=self.user.name,
+                          accounts=access.accounts, default_account=access.default_account,
+                          reservations=await VIEW.reservations.get(60), qos=access.qos)
         check_budget(request, budgets)
         return request
 
@@ -148,6 +152,8 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             lines.append(f"#SBATCH --gres=gpu:{request.gpu_type}:{request.gpus}")
         if request.reservation:
             lines.append(f"#SBATCH --reservation={request.reservation}")
+        if request.qos:
+            lines.append(f"#SBATCH --qos={request.qos}")
         command = [self.batchspawner_singleuser_cmd, *self.cmd, *self.get_args()]
         lines += [
             f"export PATH={shlex.quote(self.venv)}/bin:$PATH",

@@ -77,6 +77,8 @@ budgets could not be read just now ({{ unreachable }}). You can still start; the
     <tr><td><label for="aif-walltime">Time</label></td><td><input name="walltime" id="aif-walltime" placeholder="HH:MM:SS" pattern="([0-9]{1,2}-)?[0-9]{1,3}:[0-9]{2}:[0-9]{2}"></td></tr>
     <tr><td><label for="aif-account">Account</label></td><td><select name="account" id="aif-account">
       <option value="">(profile, or your default: {{ default_account }})</option>{% for a in accounts %}<option>{{ a }}</option>{% endfor %}</select></td></tr>
+    <tr><td><label for="aif-qos">QOS</label></td><td><select name="qos" id="aif-qos">
+      <option value="">(the account's default)</option>{% for q in qos %}<option>{{ q }}</option>{% endfor %}</select></td></tr>
     <tr><td><label for="aif-reservation">Reservation</label></td><td><select name="reservation" id="aif-reservation">
       <option value="">(none)</option>{% for r in reservations %}<option>{{ r }}</option>{% endfor %}</select></td></tr>
   </table>
@@ -123,7 +125,7 @@ def _hours(minutes: int | None) -> str:
 
 
 def render(site: Site, *, selected: str, accounts: list[str], default_account: str,
-           reservations: list[str], availability: list[GpuAvailability],
+           qos: list[str], reservations: list[str], availability: list[GpuAvailability],
            budgets: dict[str, slurm.Budget], budgets_age: float | None,
            unreachable: str = "") -> str:
     mine = [budgets[a] for a in accounts if a in budgets]
@@ -141,7 +143,7 @@ def render(site: Site, *, selected: str, accounts: list[str], default_account: s
         as_of=None if budgets_age is None else int(budgets_age),
         partitions=list(site.partitions),
         gpu_types=sorted({t for p in site.partitions.values() for t in p.gpu_types}),
-        accounts=accounts, default_account=default_account, reservations=reservations,
+        accounts=accounts, default_account=default_account, qos=qos, reservations=reservations,
         # No "<" at all inside the script element, so nothing in the data can end it.
         data_json=json.dumps(data).replace("<", "\\u003c"), unreachable=unreachable,
         walltime_minutes=walltime_minutes)

@@ -19,7 +19,7 @@ SAFE_VALUE_RE = re.compile(r"^[A-Za-z0-9_.:-]{0,64}$")
 NUMBER_RE = re.compile(r"^[0-9]{1,5}$")
 LABELS = {"profile": "Profile", "partition": "Partition", "gpu_type": "GPU type",
           "gpus": "GPUs", "cpus": "CPUs", "memory_gb": "Memory (GB)", "walltime": "Time",
-          "account": "Account", "reservation": "Reservation"}
+          "account": "Account", "qos": "QOS", "reservation": "Reservation"}
 # Fields the hub itself adds to a form or a spawn URL.
 IGNORED = {"_xsrf"}
 
@@ -44,6 +44,7 @@ class SessionRequest:
     account: str
     reservation: str
     idle_minutes: float
+    qos: str = ""
 
     @property
     def walltime_min(self) -> int:
@@ -112,7 +113,8 @@ def usable_reservations(reservations: Mapping[str, Mapping[str, str]], user: str
 
 
 def resolve(site: Site, raw: Mapping[str, Any], *, user: str, accounts: list[str],
-            default_account: str, reservations: Mapping[str, Mapping[str, str]]) -> SessionRequest:
+            default_account: str, reservations: Mapping[str, Mapping[str, str]],
+            qos: Mapping[str, list[str]] | None = None) -> SessionRequest:
     all_options = {o.name for p in site.profiles for o in p.options}
     values = _normalize(raw, all_options)
     slug = values.pop("profile", "") or site.default_profile.slug
@@ -185,6 +187,12 @@ def resolve(site: Site, raw: Mapping[str, Any], *, user: str, accounts: list[str
         mine = ", ".join(accounts) or "none"
         raise RequestError(f"You cannot charge account '{account}'; yours: {mine}.")
 
+    chosen_qos = chosen.get("qos", "") or ""
+    if chosen_qos and chosen_qos not in (qos or {}).get(account, []):
+        allowed = ", ".join((qos or {}).get(account, [])) or "none"
+        raise RequestError(f"QOS '{chosen_qos}' is not allowed on account {account}; "
+                           f"allowed: {allowed}.")
+
     reservation = chosen.get("reservation", "") or ""
     if reservation:
         usable = usable_reservations(reservations, user, accounts)
@@ -200,7 +208,7 @@ def resolve(site: Site, raw: Mapping[str, Any], *, user: str, accounts: list[str
                                "you can start a session in it then.")
     return SessionRequest(profile.slug, partition.name, gpu_type if gpus else "", gpus, cpus,
                           memory, format_minutes(minutes), account, reservation,
-                          profile.idle_minutes)
+                          profile.idle_minutes, chosen_qos)
 
 
 def check_budget(request: SessionRequest, budgets: Mapping[str, slurm.Budget]) -> None:
