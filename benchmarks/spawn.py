@@ -162,7 +162,10 @@ class BenchHub:
                 os.kill(int(pidfile.read_text()), 15)
             except (ValueError, ProcessLookupError):
                 pass
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        if os.environ.get("AIF_BENCH_KEEP"):
+            print(f"[{self.name}] hub log kept in {self.workdir}/hub.log")
+        else:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def job_info(rpcs: dict[str, int]) -> int:
@@ -188,9 +191,10 @@ def main() -> None:
             "ours": BenchHub("ours", 8400, OURS, OUR_OPTIONS)}
     try:
         single = {name: [] for name in hubs}
-        for _ in range(args.rounds):
-            for name, hub in hubs.items():
-                single[name].append(measure(hub, users[:1])[0])
+        for i in range(args.rounds):
+            # Alternate who goes first, so neither always follows the other's clean-up.
+            for name in (("stock", "ours") if i % 2 == 0 else ("ours", "stock")):
+                single[name].append(measure(hubs[name], users[:1])[0])
         burst = {name: measure(hub, users[:args.burst]) for name, hub in hubs.items()}
     finally:
         for hub in hubs.values():

@@ -12,9 +12,15 @@ def test_session_survives_slurmctld_going_away(hub_client):
     alice = hub_client("alice")
     alice.start()
     [job] = notebook_jobs("alice")
+    bob = hub_client("bob")
     services.SLURMCTLD.stop()
     try:
         assert not slurm.ping()
+        # Someone else opens the spawn page meanwhile: words, not a traceback.
+        form = bob.http.get(f"{HUB}/hub/spawn")
+        assert form.status_code == 200 and 'id="aif-unreachable"' in form.text
+        assert "Scheduler unreachable" in form.text
+        assert "scheduler is unreachable right now" in bob.form_error(profile="h100-1")
         # The hub polls every server every 30 s; a poll must read "unknown", not "gone".
         time.sleep(70)
         assert alice.server().get("ready"), "the hub dropped the session while Slurm was away"

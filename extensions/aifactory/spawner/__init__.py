@@ -234,7 +234,13 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         if self.server:
             self.server.port = self.port
         self.job_end_time, self.last_end, self.pending_message = 0, "", "Submitting the job."
-        await self.submit_batch_script()
+        try:
+            await self.submit_batch_script()
+        except slurm.SlurmUnreachable:
+            raise StartError("The scheduler is unreachable right now; your session was not "
+                             "submitted. Please try again in a minute.") from None
+        except slurm.SlurmError as e:
+            raise StartError(f"Slurm refused the session: {e}") from None
         while True:
             status = await self.query_job_status(self.startup_max_age)
             if status == JobStatus.RUNNING:
