@@ -146,9 +146,10 @@ class BenchHub:
     def stop_all(self, users: list[str]) -> None:
         for user in users:
             self.http.delete(f"{self.api}/users/{user}/server")
-        self._wait(lambda: not any(slurm.jobs(user=u) and any(
-            j.state in ("PENDING", "RUNNING") for j in slurm.jobs(user=u)) for u in users)
-            and self.ready(users) == 0, 180, "the servers to stop")
+        wanted = set(users)
+        self._wait(lambda: not any(j.user in wanted and j.state in ("PENDING", "RUNNING")
+                                   for j in slurm.jobs())
+                   and self.ready(users) == 0, 180, "the servers to stop")
 
     def close(self) -> None:
         self.proc.terminate()

@@ -27,7 +27,7 @@ def test_session_survives_slurmctld_going_away(hub_client):
         assert alice.http.get(f"{HUB}/user/alice/lab").status_code == 200
     finally:
         services.start_slurmctld()
-    wait_until(lambda: slurm.job(job.job_id) and slurm.job(job.job_id).state == "RUNNING", 30,
+    wait_until(lambda: (j := slurm.job(job.job_id)) and j.state == "RUNNING", 30,
                what="slurmctld to report the session's job again")
     assert alice.server().get("ready")
     alice.stop()

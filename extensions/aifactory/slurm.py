@@ -248,18 +248,9 @@ def jobs(*, user: str | None = None, job_ids: list[str] | None = None) -> list[J
     return _select(parse_squeue_json(run(["squeue", "--json"])), user, job_ids)
 
 
-async def jobs_async(*, user: str | None = None, job_ids: list[str] | None = None) -> list[Job]:
-    return _select(parse_squeue_json(await run_async(["squeue", "--json"])), user, job_ids)
-
-
 def job(job_id: str) -> Job | None:
     """One job as slurmctld sees it, or None once slurmctld has forgotten it."""
     found = jobs(job_ids=[job_id])
-    return found[0] if found else None
-
-
-async def job_async(job_id: str) -> Job | None:
-    found = await jobs_async(job_ids=[job_id])
     return found[0] if found else None
 
 
@@ -448,8 +439,7 @@ PENDING_REASONS = {
 }
 # Reasons that will not go away by waiting: the spawner stops waiting at once.
 HOPELESS_REASONS = {"AssocGrpGRESMinutes", "AssocGrpBillingMinutes", "InvalidAccount",
-                    "PartitionNodeLimit", "PartitionTimeLimit", "InvalidQOS",
-                    "ReqNodeNotAvail, Reserved for maintenance"}
+                    "PartitionNodeLimit", "PartitionTimeLimit", "InvalidQOS"}
 
 END_STATES = {
     "COMPLETED": "ended",

@@ -25,7 +25,6 @@ class Cached(Generic[T]):
         self._fetch = fetch
         self.last: T | None = None
         self.as_of = 0.0  # time.time() of the last good answer
-        self.fetches = 0
         self._inflight: asyncio.Future | None = None
         self._inflight_started = 0.0
 
@@ -50,7 +49,6 @@ class Cached(Generic[T]):
 
     async def _refresh(self, started: float) -> T:
         try:
-            self.fetches += 1
             value = await asyncio.to_thread(self._fetch)
             # Stamped with the start of the fetch: anything older may be missing from it.
             self.last, self.as_of = value, started

@@ -112,7 +112,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
     async def resolve_request(self, options: dict) -> SessionRequest:
         """Check options (from a form, a URL or the API) and the budget; RequestError if not."""
         try:
-            access, _ = await self._user_access()
+            access = await VIEW.associations(self.user.name).get(60)
             budgets = await VIEW.budgets.get(5)
         except slurm.SlurmUnreachable:
             raise RequestError("The scheduler is unreachable right now; please try again "

@@ -10,7 +10,7 @@ import json
 
 from jinja2 import Environment
 
-from ..site import Site, walltime_minutes
+from ..site import Site
 from ..snapshot import GpuAvailability
 from .. import slurm
 
@@ -145,5 +145,4 @@ def render(site: Site, *, selected: str, accounts: list[str], default_account: s
         gpu_types=sorted({t for p in site.partitions.values() for t in p.gpu_types}),
         accounts=accounts, default_account=default_account, qos=qos, reservations=reservations,
         # No "<" at all inside the script element, so nothing in the data can end it.
-        data_json=json.dumps(data).replace("<", "\\u003c"), unreachable=unreachable,
-        walltime_minutes=walltime_minutes)
+        data_json=json.dumps(data).replace("<", "\\u003c"), unreachable=unreachable)
