@@ -40,6 +40,13 @@ def live_cluster():
         down = [n for n, s in state["services"].items() if not s["running"]]
         _missing(f"the cluster is not up (not running: {', '.join(down) or 'checks failed'}); "
                  "run ./aif cluster up")
+    # Killed without `down`, slurmctld can lose a cancel made in its last seconds, so an
+    # earlier run's jobs may come back; the tests expect a queue holding only their own jobs.
+    for job in slurm.jobs():
+        if job.state in ("PENDING", "RUNNING", "CONFIGURING", "SUSPENDED"):
+            slurm.cancel(job.job_id)
+    wait_until(lambda: not any(j.state in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING")
+                               for j in slurm.jobs()), 60, what="an empty queue")
     return state
 
 

@@ -79,3 +79,24 @@ def test_user_associations_with_qos():
     assert access.accounts == ["proj-tiny", "proj-climate"]
     assert access.default_account == "proj-climate"
     assert access.qos == {"proj-tiny": ["normal"], "proj-climate": ["long", "normal"]}
+
+
+def test_queue_position_counts_only_jobs_that_compete_for_the_same_nodes():
+    from aifactory.snapshot import SlurmView
+
+    def pending(job_id, priority, reason="Priority", partition="gpu", reservation=""):
+        return slurm.Job(job_id, "x", "u", "a", partition, "PENDING", reason, "",
+                         reservation=reservation, priority=priority)
+    mine = pending("50", 100, "Resources")
+    jobs = {j.job_id: j for j in [
+        mine,
+        pending("40", 200),                          # ahead
+        pending("41", 100),                          # same priority, submitted first: ahead
+        pending("60", 100),                          # same priority, submitted later
+        pending("42", 300, "AssocGrpGRESMinutes"),   # held by its own budget
+        pending("43", 300, "Dependency"),
+        pending("44", 300, partition="cpu"),
+        pending("45", 300, reservation="dl101"),
+        pending("46", 50),                           # behind
+    ]}
+    assert SlurmView().queue_position(mine, jobs) == 3

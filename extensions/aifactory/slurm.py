@@ -438,6 +438,9 @@ PENDING_REASONS = {
     "None": "about to be scheduled",
 }
 # Reasons that will not go away by waiting: the spawner stops waiting at once.
+# Pending jobs with these reasons wait for nodes, so they come before later jobs.
+COMPETING_REASONS = {"None", "Priority", "Resources", "ReqNodeNotAvail"}
+
 HOPELESS_REASONS = {"AssocGrpGRESMinutes", "AssocGrpBillingMinutes", "InvalidAccount",
                     "PartitionNodeLimit", "PartitionTimeLimit", "InvalidQOS"}
 

@@ -138,9 +138,14 @@ class SlurmView:
         return gpu_availability(nodes, held)
 
     def queue_position(self, job: slurm.Job, jobs: dict[str, slurm.Job]) -> int:
-        """1 + the pending jobs in the same partition that Slurm ranks before this one."""
+        """1 + the pending jobs competing for the same partition that Slurm ranks first.
+
+        Jobs held back by their own limits (a spent budget, a dependency) are not ahead
+        of anyone: Slurm passes over them."""
         return 1 + sum(1 for j in jobs.values() if j.state == "PENDING"
-                       and j.partition == job.partition and j.job_id != job.job_id
+                       and j.reason in slurm.COMPETING_REASONS
+                       and j.partition == job.partition and j.reservation == job.reservation
+                       and j.job_id != job.job_id
                        and (j.priority, -int(j.job_id)) > (job.priority, -int(job.job_id)))
 
 
