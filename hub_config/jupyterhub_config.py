@@ -38,3 +38,27 @@ c.Spawner.http_timeout = 120
 c.Spawner.poll_interval = 30
 # Sessions are Slurm jobs: they outlive a hub restart, and the hub finds them again.
 c.JupyterHub.cleanup_servers = False
+
+# The allocations service: one cached view of Slurm (budgets, jobs, GPUs) for the widgets and
+# the CLI. It listens where compute nodes reach it; the proxy serves it to browsers too.
+allocations_url = f"http://{hub_ip}:8090"
+c.JupyterHub.services = [{
+    "name": "allocations",
+    "url": allocations_url,
+    "command": [os.environ.get("AIFACTORY_VENV", "/opt/aifactory/venv") + "/bin/python",
+                "-m", "aifactory.service"],
+    "environment": {"AIFACTORY_SITE": str(here / "site.yaml")},
+    "oauth_no_confirm": True,
+    "display": False,
+}]
+c.JupyterHub.load_roles = [
+    # Every user may ask the service (it shows each only what is theirs).
+    {"name": "user", "scopes": ["self", "access:services!service=allocations"]},
+    # The service learns who is an admin and who is in which group.
+    {"name": "allocations-service", "services": ["allocations"],
+     "scopes": ["read:users", "read:groups"]},
+]
+# A session's own token reaches the service too, so widgets in the notebook can use it.
+c.Spawner.server_token_scopes = ["users:activity!user", "access:servers!server",
+                                 "access:services!service=allocations"]
+c.Spawner.environment = {"AIFACTORY_ALLOCATIONS_URL": f"{allocations_url}/services/allocations/"}

@@ -100,3 +100,15 @@ def test_queue_position_counts_only_jobs_that_compete_for_the_same_nodes():
         pending("46", 50),                           # behind
     ]}
     assert SlurmView().queue_position(mine, jobs) == 3
+
+
+def test_sshare_gives_budgets_and_members_shares_in_gpu_minutes():
+    rows = slurm.parse_sshare((DATA / "sshare-22.05.txt").read_text())
+    by_key = {(b.account, b.user): b for b in rows}
+    climate, alice = by_key[("proj-climate", "")], by_key[("proj-climate", "alice")]
+    assert climate.granted_min == 500 * 60
+    assert climate.used_min == 40010 / 60  # RawUsage: GPU-seconds, partitions bill GPUs only
+    assert alice.held_min == 120  # a running 2-GPU job with 60 minutes left
+    assert alice.granted_min is None
+    assert by_key[("proj-tiny", "")].remaining_min == 60
+    assert not any(b.account == "root" for b in rows)

@@ -43,6 +43,28 @@ def _cluster_status(args) -> int:
     return 0 if result["ok"] else 1
 
 
+def _allocation(args) -> int:
+    """budget, jobs, gpus: the same answers as the widgets, from the service or from Slurm."""
+    from . import report
+    from .client import AllocationsError, default_client
+    client = default_client()
+    try:
+        if args.command == "budget":
+            answer, text = client.budgets(args.project), report.budgets_text
+        elif args.command == "jobs":
+            answer, text = client.jobs(args.user), report.jobs_text
+        else:
+            answer, text = client.gpus(), report.gpus_text
+    except AllocationsError as e:
+        print(f"aifactory: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    else:
+        print("\n".join([text(answer), *report.footer(answer)]))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aifactory", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -58,6 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     st = csub.add_parser("status", help="what runs and what does not")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=_cluster_status)
+
+    budget_p = sub.add_parser("budget", help="GPU-hours of your projects: granted, used, held, left")
+    budget_p.add_argument("project", nargs="?", help="only this project")
+    jobs_p = sub.add_parser("jobs", help="your pending, running and recent jobs")
+    jobs_p.add_argument("--user", help="someone else's jobs (admins only)")
+    gpus_p = sub.add_parser("gpus", help="free and total GPUs per partition; nodes down")
+    for p in (budget_p, jobs_p, gpus_p):
+        p.add_argument("--json", action="store_true", help="the answer as JSON")
+        p.set_defaults(func=_allocation)
     args = parser.parse_args(argv)
 
     from .cluster.demo import DemoFileError

@@ -92,6 +92,8 @@ class Site:
     budget_tres: str
     partitions: dict[str, Partition]
     profiles: tuple[Profile, ...]
+    # Hub groups whose members see per-user usage of a project, besides its Slurm coordinators.
+    coordinator_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def profile(self, slug: str) -> Profile | None:
         return next((p for p in self.profiles if p.slug == slug), None)
@@ -134,7 +136,7 @@ def load(path: str | Path = DEFAULT_PATH) -> Site:
         raise SiteError(f"{path}: is not valid YAML.") from None
     if not isinstance(data, dict):
         _fail(path, "must be a mapping")
-    unknown = set(data) - {"budget_tres", "partitions", "profiles"}
+    unknown = set(data) - {"budget_tres", "partitions", "profiles", "coordinator_groups"}
     if unknown:
         _fail(path, f"unknown key '{sorted(unknown)[0]}'")
 
@@ -208,7 +210,14 @@ def load(path: str | Path = DEFAULT_PATH) -> Site:
     budget_tres = data.get("budget_tres", "gres/gpu")
     if budget_tres != "gres/gpu":
         _fail(path, "budget_tres: only gres/gpu is supported so far")
-    return Site(budget_tres, partitions, tuple(profiles))
+    coordinator_groups = data.get("coordinator_groups") or {}
+    if not isinstance(coordinator_groups, dict) or not all(
+            NAME_RE.match(str(a)) and isinstance(g, list) and g
+            and all(isinstance(x, str) and NAME_RE.match(x) for x in g)
+            for a, g in coordinator_groups.items()):
+        _fail(path, "coordinator_groups must map account names to lists of hub group names")
+    return Site(budget_tres, partitions, tuple(profiles),
+                {str(a): tuple(g) for a, g in coordinator_groups.items()})
 
 
 _cache: dict[str, tuple[float, Site]] = {}

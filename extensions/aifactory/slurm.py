@@ -18,6 +18,7 @@ import os
 import pwd
 import re
 import subprocess
+import time
 from dataclasses import dataclass, field
 
 DEFAULT_TIMEOUT = 30.0
@@ -63,6 +64,7 @@ class Job:
     start_time: int = 0  # for a pending job: Slurm's estimate, 0 if none yet
     end_time: int = 0
     priority: int = 0
+    comment: str = ""  # our tag, e.g. "aifactory-session:h100-1"
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class Node:
     gres: str = ""  # e.g. "gpu:h100:4"
     gres_used: str = ""  # e.g. "gpu:h100:2(IDX:0-1)"
     flags: tuple[str, ...] = field(default_factory=tuple)  # e.g. ("RESERVED",)
+    reason: str = ""  # why an admin took it out, e.g. "disk failure"
 
     def gpus(self, used: bool = False) -> dict[str, int]:
         """GPUs by type on this node (all, or in use)."""
@@ -210,6 +213,7 @@ def _job_from_json(j: dict) -> Job:
         start_time=_int(j.get("start_time")),
         end_time=_int(j.get("end_time")),
         priority=_int(j.get("priority")),
+        comment=j.get("comment", "") or "",
     )
 
 
@@ -284,7 +288,8 @@ def parse_sinfo_json(text: str) -> list[Node]:
                            address=n.get("address", ""),
                            partitions=tuple(n.get("partitions", []) or ()),
                            gres=n.get("gres", "") or "", gres_used=n.get("gres_used", "") or "",
-                           flags=tuple(n.get("state_flags", []) or ())))
+                           flags=tuple(n.get("state_flags", []) or ()),
+                           reason=n.get("reason", "") or ""))
     return result
 
 
@@ -342,37 +347,121 @@ def sacctmgr_list(entity: str, *conditions: str, fields: list[str]) -> list[dict
 
 @dataclass(frozen=True)
 class Budget:
-    """A project's GPU budget in GPU-minutes, as slurmctld enforces it (from sshare)."""
+    """A project's GPU budget in GPU-minutes, as slurmctld enforces it (from sshare).
+
+    With `user` set, one member's share of the project (no grant of its own)."""
     account: str
     granted_min: int | None  # None: no GPU limit on this account
-    used_min: int  # in this budget period (GrpTRESRaw; does not decay)
+    used_min: float  # this budget period: RawUsage, GPU-seconds as partitions bill GPUs only
     held_min: int  # remaining walltime x GPUs of running jobs (TRESRunMins)
+    user: str = ""
 
     @property
-    def remaining_min(self) -> int | None:
+    def remaining_min(self) -> float | None:
         if self.granted_min is None:
             return None
         return self.granted_min - self.used_min - self.held_min
 
 
+SSHARE_FIELDS = "Account,User,RawUsage,GrpTRESMins,TRESRunMins"
+
+
 def parse_sshare(text: str) -> list[Budget]:
-    """Account rows of `sshare -P -o Account,User,GrpTRESMins,GrpTRESRaw,TRESRunMins`."""
-    budgets = []
+    """Account and user rows of `sshare -aP -o Account,User,RawUsage,GrpTRESMins,TRESRunMins`."""
+    rows = []
     for line in text.splitlines():
         values = [v.strip() for v in line.split("|")]
-        if len(values) != 5 or values[1] or values[0] in ("", "Account"):
+        if len(values) != 5 or values[0] in ("", "Account", "root"):
             continue
-        account, _, granted, used, held = values
-        budgets.append(Budget(account, tres_value(granted, "gres/gpu"),
-                              tres_value(used, "gres/gpu") or 0, tres_value(held, "gres/gpu") or 0))
-    return budgets
+        account, user, raw_usage, granted, held = values
+        rows.append(Budget(account, tres_value(granted, "gres/gpu"), int(raw_usage or 0) / 60,
+                           tres_value(held, "gres/gpu") or 0, user))
+    return rows
+
+
+def shares() -> list[Budget]:
+    """Every project's budget and every member's share of it, from slurmctld."""
+    return parse_sshare(run(["sshare", "--noheader", "--parsable2", "--all",
+                             f"--format={SSHARE_FIELDS}"]))
 
 
 def budgets() -> dict[str, Budget]:
     """GPU budgets of every account, from slurmctld's association manager."""
-    out = run(["sshare", "--noheader", "--parsable2", "--all",
-               "--format=Account,User,GrpTRESMins,GrpTRESRaw,TRESRunMins"])
-    return {b.account: b for b in parse_sshare(out)}
+    return {b.account: b for b in shares() if not b.user}
+
+
+def all_associations() -> dict[str, list[str]]:
+    """{user: [accounts]} for every user association, from slurmdbd."""
+    members: dict[str, list[str]] = {}
+    for row in sacctmgr_list("associations", fields=["User", "Account"]):
+        if row["user"]:
+            members.setdefault(row["user"], []).append(row["account"])
+    return members
+
+
+def coordinators() -> dict[str, list[str]]:
+    """{account: [coordinator users]}, from slurmdbd."""
+    return {row["account"]: [c for c in row["coordinators"].split(",") if c]
+            for row in sacctmgr_list("account", "withcoord", fields=["Account", "Coordinators"])}
+
+
+def usage_reset_period() -> str:
+    """PriorityUsageResetPeriod: when budgets start again (QUARTERLY, MONTHLY, NONE, ...)."""
+    for line in run(["scontrol", "show", "config"]).splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "PriorityUsageResetPeriod":
+            return value.strip().upper()
+    return "NONE"
+
+
+@dataclass(frozen=True)
+class PastJob:
+    """A job as slurmdbd recorded it (running or ended)."""
+    job_id: str
+    name: str
+    user: str
+    account: str
+    partition: str
+    state: str
+    gpus: int
+    cpus: int
+    start_time: int  # 0 if it never started
+    end_time: int  # 0 while running
+    elapsed_s: int
+    time_limit_min: int
+    cpu_time_s: float
+    nodes: str = ""
+    comment: str = ""
+
+
+def _allocated(tres: list[dict], kind: str, name: str | None = None) -> int:
+    return sum(_int(t.get("count")) for t in tres or []
+               if t.get("type") == kind and t.get("name") == name)
+
+
+def past_job_from_json(j: dict) -> PastJob:
+    t = j.get("time", {})
+    total = t.get("total", {}) or {}
+    state = j.get("state", {}).get("current", "")
+    allocated = (j.get("tres") or {}).get("allocated") or []
+    comment = j.get("comment", {})
+    return PastJob(
+        job_id=str(j.get("job_id")), name=j.get("name", ""), user=j.get("user", ""),
+        account=j.get("account", ""), partition=j.get("partition", ""), state=state,
+        gpus=_allocated(allocated, "gres", "gpu"), cpus=_allocated(allocated, "cpu"),
+        start_time=_int(t.get("start")), end_time=_int(t.get("end")),
+        elapsed_s=_int(t.get("elapsed")), time_limit_min=_int(t.get("limit")),
+        cpu_time_s=_int(total.get("seconds")) + _int(total.get("microseconds")) / 1e6,
+        nodes=j.get("nodes", "") or "",
+        comment=(comment.get("job") or "") if isinstance(comment, dict) else str(comment or ""))
+
+
+def job_history(since: int) -> list[PastJob]:
+    """Every user's jobs that ran at some point since `since` (epoch seconds), from slurmdbd."""
+    start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since))
+    out = run(["sacct", "--json", "--allusers", "--allocations", "--starttime", start,
+               "--endtime", "now"])
+    return [past_job_from_json(j) for j in parse_sacct_json(out)]
 
 
 @dataclass(frozen=True)
@@ -437,10 +526,10 @@ PENDING_REASONS = {
     "JobHeldUser": "held (by you)",
     "None": "about to be scheduled",
 }
-# Reasons that will not go away by waiting: the spawner stops waiting at once.
 # Pending jobs with these reasons wait for nodes, so they come before later jobs.
 COMPETING_REASONS = {"None", "Priority", "Resources", "ReqNodeNotAvail"}
 
+# Reasons that will not go away by waiting: the spawner stops waiting at once.
 HOPELESS_REASONS = {"AssocGrpGRESMinutes", "AssocGrpBillingMinutes", "InvalidAccount",
                     "PartitionNodeLimit", "PartitionTimeLimit", "InvalidQOS"}
 

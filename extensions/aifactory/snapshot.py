@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Callable, Generic, TypeVar
+from typing import Callable, Generic, Mapping, TypeVar
 
 from . import slurm
 
@@ -80,6 +80,20 @@ def gpu_availability(nodes: list[slurm.Node], reserved_nodes: set[str]) -> list[
                 elif node.name not in reserved_nodes:
                     row[1] += max(count - used.get(gpu_type, 0), 0)
     return [GpuAvailability(p, t, *v) for (p, t), v in sorted(rows.items())]
+
+
+def usable_reservations(reservations: Mapping[str, Mapping[str, str]], user: str,
+                        accounts: list[str]) -> dict[str, Mapping[str, str]]:
+    """Reservations `user` may run in: named for them or for one of their accounts."""
+    usable = {}
+    for name, r in reservations.items():
+        if r.get("State") not in ("ACTIVE", "INACTIVE"):
+            continue
+        users = set(r.get("Users", "(null)").split(","))
+        res_accounts = set(r.get("Accounts", "(null)").split(","))
+        if user in users or res_accounts & set(accounts):
+            usable[name] = r
+    return usable
 
 
 def expand_nodes(nodelist: str) -> set[str]:

@@ -56,7 +56,8 @@ def render_slurm_conf(demo: Demo, template: str) -> str:
         nodes.append(f"NodeName={n.name} NodeAddr={n.address} NodeHostname={n.name} "
                      f"CPUs={n.cpus} RealMemory={n.memory_mb}{gres} State=UNKNOWN")
     parts = [f"PartitionName={p.name} Nodes={','.join(p.nodes)} MaxTime={p.max_time} "
-             f"DefaultTime=01:00:00 State=UP{' Default=YES' if p.default else ''}"
+             f"DefaultTime=01:00:00 State=UP TRESBillingWeights=GRES/gpu=1.0"
+             f"{' Default=YES' if p.default else ''}"
              for p in demo.partitions]
     gpu_types = sorted({n.gpu_type for n in demo.gpu_nodes}) or ["none"]
     return string.Template(template).substitute(

@@ -28,10 +28,10 @@ from traitlets import Float, Unicode, default
 
 from .. import site as site_module
 from .. import slurm
-from ..snapshot import VIEW
+from ..snapshot import VIEW, usable_reservations
 from . import callback  # noqa: F401  (closes batchspawner's port-callback hole)
 from .form import render
-from .request import RequestError, SessionRequest, check_budget, resolve, usable_reservations
+from .request import RequestError, SessionRequest, check_budget, resolve
 
 
 class StartError(RuntimeError):

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from .. import slurm
 from ..site import FIELDS, Site, format_minutes, walltime_minutes
+from ..snapshot import usable_reservations
 
 SAFE_VALUE_RE = re.compile(r"^[A-Za-z0-9_.:-]{0,64}$")
 NUMBER_RE = re.compile(r"^[0-9]{1,5}$")
@@ -96,20 +97,6 @@ def _number(label: str, value) -> int:
     if not NUMBER_RE.match(str(value)):
         raise RequestError(f"{label} must be a whole number, not '{value}'.")
     return int(value)
-
-
-def usable_reservations(reservations: Mapping[str, Mapping[str, str]], user: str,
-                        accounts: list[str]) -> dict[str, Mapping[str, str]]:
-    """Reservations `user` may run in: named for them or for one of their accounts."""
-    usable = {}
-    for name, r in reservations.items():
-        if r.get("State") not in ("ACTIVE", "INACTIVE"):
-            continue
-        users = set(r.get("Users", "(null)").split(","))
-        res_accounts = set(r.get("Accounts", "(null)").split(","))
-        if user in users or res_accounts & set(accounts):
-            usable[name] = r
-    return usable
 
 
 def resolve(site: Site, raw: Mapping[str, Any], *, user: str, accounts: list[str],

@@ -1,0 +1,328 @@
+"""What a person may see of their allocation, computed from one snapshot of Slurm.
+
+The allocations service computes these answers from its cache for everyone; the CLI and the
+widgets outside a hub compute them from a snapshot they take themselves. Either way the
+answers are plain dicts (the API's JSON), so the API, the widgets and the CLI show the same
+numbers. Budgets are in GPU-hours:
+
+- granted: the project's GrpTRESMins on gres/gpu;
+- used: GPU-hours spent this budget period (the association's RawUsage; partitions bill
+  GPUs only, so this is GPU-seconds, and Slurm enforces the budget against it);
+- held: what running jobs are about to spend (remaining walltime x GPUs, TRESRunMins);
+- remaining = granted - used - held;
+- burn rate: GPU-hours per day over the last 7 days (from the job records), and from it the
+  projected exhaustion date and what will go unused when the budget period ends.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass, field
+
+from . import slurm
+from .snapshot import expand_nodes, gpu_availability, usable_reservations
+
+BURN_WINDOW_DAYS = 7
+RECENT_JOBS = 20
+
+# Where each part of a snapshot comes from, as the answers name it.
+SOURCES = {
+    "queue": "slurmctld (squeue)",
+    "nodes": "slurmctld (sinfo)",
+    "reservations": "slurmctld (scontrol show reservation)",
+    "shares": "slurmctld (sshare)",
+    "members": "slurmdbd (sacctmgr associations)",
+    "coordinators": "slurmdbd (sacctmgr coordinators)",
+    "history": "slurmdbd (sacct)",
+    "period": "slurmctld (PriorityUsageResetPeriod)",
+}
+FETCH = {
+    "queue": lambda: {j.job_id: j for j in slurm.jobs()},
+    "nodes": slurm.nodes,
+    "reservations": slurm.show_reservations,
+    "shares": slurm.shares,
+    "members": slurm.all_associations,
+    "coordinators": slurm.coordinators,
+    "history": lambda: slurm.job_history(int(time.time()) - BURN_WINDOW_DAYS * 86400),
+    "period": slurm.usage_reset_period,
+}
+
+
+class AccessError(Exception):
+    """A request the viewer may not make (403) or about something that does not exist (404)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Snapshot:
+    """Slurm's answers, each with the time it was fetched and the error of its last refresh."""
+    parts: dict[str, object] = field(default_factory=dict)
+    as_of: dict[str, float] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def __getattr__(self, name):
+        try:
+            return self.parts[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @classmethod
+    def take(cls, names=tuple(FETCH)) -> "Snapshot":
+        """Ask Slurm directly (outside a hub): one command per part."""
+        snap = cls()
+        for name in names:
+            started = time.time()
+            try:
+                snap.parts[name], snap.as_of[name] = FETCH[name](), started
+            except slurm.SlurmError as e:
+                snap.errors[name] = str(e)
+                snap.parts[name] = EMPTY[name]()
+        return snap
+
+
+EMPTY = {"queue": dict, "nodes": list, "reservations": dict, "shares": list, "members": dict,
+         "coordinators": dict, "history": list, "period": lambda: "NONE"}
+
+
+@dataclass(frozen=True)
+class Viewer:
+    name: str
+    admin: bool = False
+    groups: frozenset[str] = frozenset()
+
+
+def _iso(t: float | None) -> str | None:
+    if not t:
+        return None
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _meta(snap: Snapshot, parts: tuple[str, ...], now: float) -> dict:
+    """as_of (the oldest part), the sources, and a warning for each part Slurm did not renew."""
+    times = [snap.as_of.get(p, 0) for p in parts]
+    oldest = min(times) if all(times) else 0
+    warnings = []
+    for p in parts:
+        if p in snap.errors:
+            when = snap.as_of.get(p)
+            age = f"numbers from {_iso(when)} ({now - when:.0f} s ago)" if when else "no numbers yet"
+            warnings.append(f"{snap.errors[p]} ({SOURCES[p]}); showing {age}")
+    return {"as_of": _iso(oldest), "age_s": round(now - oldest, 1) if oldest else None,
+            "source": [SOURCES[p] for p in parts], "warnings": warnings}
+
+
+# --- budgets ----------------------------------------------------------------------------
+
+def period_end(period: str, now: float) -> float | None:
+    """When Slurm next resets usage (local time), for PriorityUsageResetPeriod `period`."""
+    t = dt.datetime.fromtimestamp(now)
+    day = t.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "DAILY":
+        end = day + dt.timedelta(days=1)
+    elif period == "WEEKLY":  # Slurm resets on Sunday at 00:00
+        end = day + dt.timedelta(days=(6 - day.weekday()) or 7)
+    elif period in ("MONTHLY", "QUARTERLY", "YEARLY"):
+        step = {"MONTHLY": 1, "QUARTERLY": 3, "YEARLY": 12}[period]
+        month = (t.month - 1) // step * step + step  # months since January at the next reset
+        end = day.replace(year=t.year + month // 12, month=month % 12 + 1, day=1)
+    else:
+        return None
+    return end.timestamp()
+
+
+def gpu_seconds_between(job: slurm.PastJob, start: float, end: float, now: float) -> float:
+    if not job.start_time or not job.gpus:
+        return 0.0
+    job_end = job.end_time or now
+    return max(0.0, min(job_end, end) - max(job.start_time, start)) * job.gpus
+
+
+def project_budget(account: slurm.Budget, history: list[slurm.PastJob], period: str,
+                   now: float) -> dict:
+    granted = account.granted_min / 60 if account.granted_min is not None else None
+    used, held = account.used_min / 60, account.held_min / 60
+    remaining = granted - used - held if granted is not None else None
+    window = BURN_WINDOW_DAYS * 86400
+    burned = sum(gpu_seconds_between(j, now - window, now, now)
+                 for j in history if j.account == account.account)
+    burn_per_day = burned / 3600 / BURN_WINDOW_DAYS
+    end = period_end(period, now)
+    exhaustion = unused = None
+    if remaining is not None:
+        if remaining <= 0:
+            exhaustion = now
+        elif burn_per_day > 0:
+            exhaustion = now + remaining / burn_per_day * 86400
+        if end is not None:
+            unused = max(0.0, remaining - burn_per_day * (end - now) / 86400)
+    if exhaustion is not None and end is not None and exhaustion > end:
+        exhaustion = None  # the period ends first
+    return {
+        "account": account.account,
+        "granted_gpu_h": _round(granted), "used_gpu_h": _round(used), "held_gpu_h": _round(held),
+        "remaining_gpu_h": _round(remaining),
+        "percent_used": round((used + held) / granted * 100, 1) if granted else None,
+        "burn_gpu_h_per_day": _round(burn_per_day),
+        "exhaustion_date": _iso(exhaustion),
+        "period_end": _iso(end),
+        "unused_at_period_end_gpu_h": _round(unused),
+    }
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
+
+
+def roles(viewer: Viewer, snap: Snapshot, coordinator_groups: dict) -> dict[str, str]:
+    """{account: "admin" | "coordinator" | "member"} for the projects `viewer` may see."""
+    accounts = {b.account for b in snap.shares if not b.user}
+    result = {}
+    for account in sorted(accounts):
+        if viewer.admin:
+            result[account] = "admin"
+        elif (viewer.name in snap.coordinators.get(account, [])
+              or viewer.groups & set(coordinator_groups.get(account, ()))):
+            result[account] = "coordinator"
+        elif account in snap.members.get(viewer.name, []):
+            result[account] = "member"
+    return result
+
+
+def budgets(viewer: Viewer, snap: Snapshot, coordinator_groups: dict | None = None,
+            account: str | None = None, now: float | None = None) -> dict:
+    """The projects `viewer` may see; per-user usage where they coordinate (or are admin)."""
+    now = now or time.time()
+    visible = roles(viewer, snap, coordinator_groups or {})
+    if account is not None:
+        if account not in {b.account for b in snap.shares}:
+            raise AccessError(404, f"There is no project '{account}'.")
+        if account not in visible:
+            raise AccessError(403, f"You are not a member of project '{account}'.")
+        visible = {account: visible[account]}
+    projects = []
+    for row in snap.shares:
+        if row.user or row.account not in visible:
+            continue
+        project = project_budget(row, snap.history, snap.period, now)
+        project["role"] = visible[row.account]
+        if project["role"] in ("admin", "coordinator"):
+            project["users"] = [{"user": u.user, "used_gpu_h": _round(u.used_min / 60),
+                                 "held_gpu_h": _round(u.held_min / 60)}
+                                for u in snap.shares if u.account == row.account and u.user]
+        projects.append(project)
+    return {**_meta(snap, ("shares", "members", "coordinators", "history", "period"), now),
+            "user": viewer.name, "projects": projects}
+
+
+# --- jobs -------------------------------------------------------------------------------
+
+def kind_of(comment: str) -> str:
+    if comment.startswith("aifactory-session"):
+        return "notebook session"
+    if comment.startswith("aifactory-dask"):
+        return "Dask workers"
+    return "batch job"
+
+
+def job_row(job: slurm.Job, now: float) -> dict:
+    gpu_type = next(iter(slurm.parse_gres_gpus(job.gres.replace("gres:", ""))), "")
+    running = job.state == "RUNNING"
+    return {
+        "job_id": job.job_id, "name": job.name, "user": job.user, "account": job.account,
+        "partition": job.partition, "state": job.state, "kind": kind_of(job.comment),
+        "reason": job.reason if job.state == "PENDING" else None,
+        "reason_text": slurm.explain_reason(job.reason, gpu_type) if job.state == "PENDING"
+        else None,
+        "estimated_start": _iso(job.start_time) if job.state == "PENDING" else None,
+        "start_time": _iso(job.start_time) if running else None,
+        "end_time": _iso(job.end_time) if running else None,
+        "elapsed_s": int(now - job.start_time) if running and job.start_time else 0,
+        "time_left_s": max(0, int(job.end_time - now)) if running and job.end_time else None,
+        "gpus": job.gpus, "gpu_type": gpu_type, "nodes": job.nodes,
+        "reservation": job.reservation or None,
+        "gpu_h_so_far": _round(job.gpus * (now - job.start_time) / 3600)
+        if running and job.start_time else 0.0,
+    }
+
+
+def past_job_row(job: slurm.PastJob) -> dict:
+    return {
+        "job_id": job.job_id, "name": job.name, "user": job.user, "account": job.account,
+        "partition": job.partition, "state": job.state, "kind": kind_of(job.comment),
+        "state_text": slurm.END_STATES.get(job.state, job.state.lower()),
+        "end_time": _iso(job.end_time), "elapsed_s": job.elapsed_s, "gpus": job.gpus,
+        "gpu_h": _round(job.gpus * job.elapsed_s / 3600),
+        # Efficiency: CPU time used of CPU time held, and walltime used of walltime asked.
+        "cpu_efficiency_percent": round(100 * job.cpu_time_s / (job.elapsed_s * job.cpus), 1)
+        if job.elapsed_s and job.cpus else None,
+        "walltime_used_percent": round(100 * job.elapsed_s / (job.time_limit_min * 60), 1)
+        if job.time_limit_min else None,
+    }
+
+
+ACTIVE_STATES = ("PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "COMPLETING")
+
+
+def jobs(viewer: Viewer, snap: Snapshot, user: str | None = None,
+         now: float | None = None) -> dict:
+    """`user`'s active jobs and recent finished ones (only admins may name someone else)."""
+    now = now or time.time()
+    user = user or viewer.name
+    if user != viewer.name and not viewer.admin:
+        raise AccessError(403, "You may see only your own jobs.")
+    active = sorted((j for j in snap.queue.values()
+                     if j.user == user and j.state in ACTIVE_STATES), key=lambda j: int(j.job_id))
+    ended = sorted((j for j in snap.history if j.user == user and j.end_time
+                    and j.state not in ACTIVE_STATES), key=lambda j: -j.end_time)
+    return {**_meta(snap, ("queue", "history"), now), "user": user,
+            "active": [job_row(j, now) for j in active],
+            "recent": [past_job_row(j) for j in ended[:RECENT_JOBS]]}
+
+
+def job(viewer: Viewer, snap: Snapshot, job_id: str, now: float | None = None) -> dict:
+    """One active job of the viewer's (admins: anyone's)."""
+    now = now or time.time()
+    found = snap.queue.get(job_id)
+    if found is None or found.state not in ACTIVE_STATES:
+        raise AccessError(404, f"There is no active job {job_id}.")
+    if found.user != viewer.name and not viewer.admin:
+        # Same answer as for a job that does not exist: do not tell who runs what.
+        raise AccessError(404, f"There is no active job {job_id}.")
+    return {**_meta(snap, ("queue",), now), "job": job_row(found, now)}
+
+
+# --- GPUs -------------------------------------------------------------------------------
+
+def gpus(viewer: Viewer, snap: Snapshot, now: float | None = None) -> dict:
+    """Free and total GPUs per partition and type (free for this viewer), and nodes down."""
+    now = now or time.time()
+    mine = usable_reservations(snap.reservations, viewer.name, snap.members.get(viewer.name, []))
+    held = set()
+    for name, r in snap.reservations.items():
+        if r.get("State") == "ACTIVE" and name not in mine:
+            held |= expand_nodes(r.get("Nodes", ""))
+    down = [{"node": n.name, "state": n.state, "reason": n.reason} for n in snap.nodes
+            if any(s in n.state for s in ("DOWN", "DRAIN", "NOT_RESPONDING", "FAIL"))]
+    return {**_meta(snap, ("nodes", "reservations"), now),
+            "partitions": [a.__dict__ for a in gpu_availability(snap.nodes, held)],
+            "nodes_down": down}
+
+
+# --- words ------------------------------------------------------------------------------
+
+def gpu_h(x: float | None) -> str:
+    """GPU-hours as every view prints them."""
+    return "no limit" if x is None else f"{x:,.2f}"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    text = f"{rest // 3600}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
+    return f"{days}-{text}" if days else text

@@ -1,0 +1,101 @@
+"""Ask about one's allocation: from the allocations service in a hub session, or from Slurm.
+
+Both clients return the same answers (the service's JSON, computed by `aifactory.allocations`),
+so the widgets and the CLI work the same in a notebook and on a login node.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+
+import requests
+
+from . import allocations, slurm
+from .allocations import Snapshot, Viewer
+
+
+class AllocationsError(RuntimeError):
+    """The answer could not be had; the message is for people."""
+
+
+class ServiceClient:
+    """The hub's allocations service, with this session's JupyterHub token."""
+
+    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 10):
+        self.url = (url or os.environ["AIFACTORY_ALLOCATIONS_URL"]).rstrip("/") + "/api/"
+        self.token = token or os.environ["JUPYTERHUB_API_TOKEN"]
+        self.timeout = timeout
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"token {self.token}"
+
+    def _call(self, method: str, path: str, **params) -> dict:
+        try:
+            r = self.session.request(method, self.url + path, timeout=self.timeout,
+                                     params={k: v for k, v in params.items() if v is not None})
+        except requests.RequestException:
+            raise AllocationsError("the allocations service is unreachable") from None
+        try:
+            body = r.json()
+        except ValueError:
+            body = {}
+        if r.status_code >= 400:
+            raise AllocationsError(body.get("error") or f"the allocations service answered "
+                                                       f"{r.status_code}")
+        return body
+
+    def budgets(self, account: str | None = None) -> dict:
+        return self._call("GET", "budgets", account=account)
+
+    def jobs(self, user: str | None = None) -> dict:
+        return self._call("GET", "jobs", user=user)
+
+    def job(self, job_id: str) -> dict:
+        return self._call("GET", f"jobs/{job_id}")
+
+    def gpus(self) -> dict:
+        return self._call("GET", "gpus")
+
+    def cancel(self, job_id: str) -> dict:
+        return self._call("DELETE", f"jobs/{job_id}")
+
+
+class DirectClient:
+    """Outside a hub (a terminal on a login node): ask Slurm directly, as this Unix user."""
+
+    def __init__(self, user: str | None = None):
+        name = user or getpass.getuser()
+        self.viewer = Viewer(name, admin=name == "root")
+
+    def _answer(self, compute, parts, *args):
+        try:
+            return compute(self.viewer, Snapshot.take(parts), *args)
+        except allocations.AccessError as e:
+            raise AllocationsError(str(e)) from None
+
+    def budgets(self, account: str | None = None) -> dict:
+        return self._answer(allocations.budgets, ("shares", "members", "coordinators",
+                                                  "history", "period"), {}, account)
+
+    def jobs(self, user: str | None = None) -> dict:
+        return self._answer(allocations.jobs, ("queue", "history"), user)
+
+    def job(self, job_id: str) -> dict:
+        return self._answer(allocations.job, ("queue",), job_id)
+
+    def gpus(self) -> dict:
+        return self._answer(allocations.gpus, ("nodes", "reservations", "members"))
+
+    def cancel(self, job_id: str) -> dict:
+        try:  # as this process's user: Slurm refuses other people's jobs
+            slurm.cancel(job_id)
+        except (slurm.SlurmError, ValueError) as e:
+            raise AllocationsError(str(e)) from None
+        return {"job_id": job_id, "cancelled": True}
+
+
+def default_client():
+    """The service when this runs in a hub session, Slurm directly otherwise."""
+    if os.environ.get("AIFACTORY_ALLOCATIONS_URL") and os.environ.get("JUPYTERHUB_API_TOKEN"):
+        return ServiceClient()
+    return DirectClient()

@@ -1,0 +1,92 @@
+"""Allocation answers in words: the CLI's output and the widgets' text form (same numbers)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from .allocations import duration, gpu_h
+
+
+def when(iso: str | None) -> str:
+    """An answer's ISO time in local time, to the minute."""
+    if not iso:
+        return "-"
+    return dt.datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+def footer(answer: dict) -> list[str]:
+    lines = [f"warning: {x}" for x in answer.get("warnings", [])]
+    if answer.get("as_of"):
+        lines.append(f"as of {when(answer['as_of'])} ({answer['age_s']} s old), from "
+                     f"{', '.join(answer['source'])}")
+    return lines
+
+
+def project_rows(p: dict) -> list[tuple[str, str, str]]:
+    """(label, key, value) for one project's budget."""
+    runs_out = when(p["exhaustion_date"]) if p["exhaustion_date"] else (
+        "not this period" if p["granted_gpu_h"] else "-")
+    unused = p["unused_at_period_end_gpu_h"]
+    return [
+        ("granted (GPU-h)", "granted", gpu_h(p["granted_gpu_h"])),
+        ("used this period", "used", gpu_h(p["used_gpu_h"])),
+        ("held by running jobs", "held", gpu_h(p["held_gpu_h"])),
+        ("remaining", "remaining", gpu_h(p["remaining_gpu_h"])),
+        ("burn rate, last 7 days (GPU-h/day)", "burn", gpu_h(p["burn_gpu_h_per_day"])),
+        ("runs out at this rate", "runs-out", runs_out),
+        ("budget period ends", "period-end", when(p["period_end"])),
+        ("unused at period end at this rate", "unused", "-" if unused is None else gpu_h(unused)),
+    ]
+
+
+def budgets_text(answer: dict) -> str:
+    lines = []
+    for p in answer["projects"]:
+        lines.append(f"{p['account']} ({p['role']})"
+                     + (f": {p['percent_used']} % used or held" if p["granted_gpu_h"] else ""))
+        lines += [f"  {label}: {value}" for label, _, value in project_rows(p)]
+        lines += [f"    {u['user']}: used {gpu_h(u['used_gpu_h'])}, held "
+                  f"{gpu_h(u['held_gpu_h'])}" for u in p.get("users", [])]
+    return "\n".join(lines) or "You are not a member of any project."
+
+
+ACTIVE_HEAD = ["job", "name", "kind", "project", "state", "GPUs", "status"]
+RECENT_HEAD = ["job", "name", "project", "state", "ran", "GPU-h", "CPU eff.", "walltime used",
+               "ended"]
+
+
+def active_cells(j: dict) -> list[str]:
+    if j["state"] == "PENDING":
+        status = f"{j['reason_text']} (Slurm: {j['reason']})"
+        if j["estimated_start"]:
+            status += f"; estimated start {when(j['estimated_start'])}"
+    else:
+        status = (f"running on {j['nodes']}, {duration(j['elapsed_s'])} elapsed, "
+                  f"{duration(j['time_left_s'])} left")
+    return [j["job_id"], j["name"], j["kind"], j["account"], j["state"], str(j["gpus"]), status]
+
+
+def recent_cells(j: dict) -> list[str]:
+    eff = "-" if j["cpu_efficiency_percent"] is None else f"{j['cpu_efficiency_percent']} %"
+    wall = "-" if j["walltime_used_percent"] is None else f"{j['walltime_used_percent']} %"
+    return [j["job_id"], j["name"], j["account"], j["state_text"], duration(j["elapsed_s"]),
+            gpu_h(j["gpu_h"]), eff, wall, when(j["end_time"])]
+
+
+def jobs_text(answer: dict) -> str:
+    lines = ["pending and running:"]
+    lines += ["  " + " | ".join(active_cells(j)) for j in answer["active"]] or ["  none"]
+    lines.append("recently ended:")
+    lines += ["  " + " | ".join(recent_cells(j)) for j in answer["recent"]] or ["  none"]
+    return "\n".join(lines)
+
+
+def gpus_text(answer: dict) -> str:
+    lines = []
+    for p in answer["partitions"]:
+        down = f", {p['down']} down" if p["down"] else ""
+        lines.append(f"{p['partition']} {p['gpu_type'] or '-'}: {p['free']} free of "
+                     f"{p['total']}{down}")
+    lines += [f"node down: {n['node']} {n['state']} {n['reason']}".rstrip()
+              for n in answer["nodes_down"]]
+    return "\n".join(lines)

@@ -1,0 +1,276 @@
+"""The allocations service: one cached view of Slurm for everyone, over a REST API.
+
+A JupyterHub-managed service (`python -m aifactory.service`). Each part of the snapshot is
+refreshed on its own fixed interval, however many people look: requests only read the cache,
+so slurmctld's load does not grow with the number of widgets. Authentication is JupyterHub's
+(a token with the scope access:services!service=allocations, or the OAuth cookie of a
+browser); what each person may see is decided in `aifactory.allocations`.
+
+API, under /services/allocations/api/ (JSON; every answer has as_of, age_s, source, warnings):
+  GET    budgets[?account=NAME]  budgets/NAME  projects you belong to (per user if you coordinate)
+  GET    jobs[?user=NAME]        your active and recent jobs (another user's: admins only)
+  GET    jobs/ID                 one of your active jobs
+  DELETE jobs/ID                 cancel one of your jobs (run as you, so Slurm checks it too)
+  GET    gpus                    free and total GPUs per partition and type; nodes down
+  GET    health                  age and last error of each part of the cache (no login needed)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import logging
+import os
+import re
+import time
+from urllib.parse import urlparse
+
+from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
+from tornado import web
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+
+from . import allocations, site, slurm
+from .allocations import FETCH, AccessError, Snapshot, Viewer
+
+log = logging.getLogger("aifactory.service")
+
+# Seconds between refreshes of each part; requests never trigger one.
+INTERVALS = {"queue": 5, "nodes": 10, "reservations": 30, "shares": 15, "members": 60,
+             "coordinators": 60, "history": 60, "period": 3600}
+ACCOUNT_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+JOB_ID_RE = re.compile(r"^[0-9]{1,12}$")
+
+
+class Cache:
+    """The service's snapshot of Slurm, renewed part by part in the background."""
+
+    def __init__(self, intervals: dict[str, float] = INTERVALS):
+        self.snap = Snapshot()
+        self.intervals = intervals
+        self.ready = asyncio.Event()
+        self._wakeups = {name: asyncio.Event() for name in FETCH}
+
+    async def refresh(self, name: str) -> None:
+        started = time.time()
+        try:
+            value = await asyncio.to_thread(FETCH[name])
+        except slurm.SlurmError as e:
+            if name not in self.snap.errors:
+                log.warning("%s: %s", allocations.SOURCES[name], e)
+            self.snap.errors[name] = str(e)
+            self.snap.parts.setdefault(name, allocations.EMPTY[name]())
+        else:
+            self.snap.parts[name], self.snap.as_of[name] = value, started
+            if self.snap.errors.pop(name, None):
+                log.info("%s answers again", allocations.SOURCES[name])
+
+    def soon(self, name: str) -> None:
+        """Refresh `name` now rather than at its next interval (after a change we made)."""
+        self._wakeups[name].set()
+
+    async def _loop(self, name: str) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wakeups[name].wait(), self.intervals[name])
+            except asyncio.TimeoutError:
+                pass
+            self._wakeups[name].clear()
+            await self.refresh(name)
+
+    async def run(self) -> None:
+        await asyncio.gather(*(self.refresh(name) for name in FETCH))
+        self.ready.set()
+        await asyncio.gather(*(self._loop(name) for name in FETCH))
+
+
+class BaseHandler(HubOAuthenticated, web.RequestHandler):
+    @property
+    def cache(self) -> Cache:
+        return self.settings["cache"]
+
+    def write_error(self, status_code, **kwargs):
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = exc.log_message if isinstance(exc, web.HTTPError) and exc.log_message else (
+            self._reason)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"status": status_code, "error": message}))
+
+    def send(self, answer: dict) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps(answer))
+
+
+class ApiHandler(BaseHandler):
+    """Token-authenticated JSON; the viewer is known before any method runs."""
+
+    allowed_arguments: tuple[str, ...] = ()
+
+    async def prepare(self):
+        unknown = set(self.request.arguments) - set(self.allowed_arguments)
+        if unknown:
+            raise web.HTTPError(400, f"Unknown parameter '{sorted(unknown)[0]}'.")
+        token = self.hub_auth.get_token(self, in_cookie=False)
+        if not token:
+            raise web.HTTPError(401, "No token: send 'Authorization: token <your JupyterHub "
+                                     "API token>'.")
+        model = await self.hub_auth.user_for_token(token, sync=False)
+        if not model or model.get("kind", "user") != "user":
+            raise web.HTTPError(401, "The token is not valid (wrong, expired or revoked).")
+        if not self.hub_auth.check_scopes(self.hub_auth.access_scopes, model):
+            raise web.HTTPError(403, "This token may not use the allocations service (it needs "
+                                     "the scope access:services!service=allocations).")
+        self.viewer = await self.settings["viewers"].get(model["name"])
+        await self.cache.ready.wait()
+
+    def argument(self, name: str, pattern: re.Pattern) -> str | None:
+        value = self.get_argument(name, None)
+        if value is not None and not pattern.match(value):
+            raise web.HTTPError(400, f"Parameter '{name}' is not valid.")
+        return value
+
+    def answer(self, compute, *args, **kwargs) -> None:
+        try:
+            self.send(compute(self.viewer, self.cache.snap, *args, **kwargs))
+        except AccessError as e:
+            raise web.HTTPError(e.status, str(e)) from None
+
+
+def _path_value(value: str, pattern: re.Pattern, what: str) -> str:
+    if not pattern.match(value):
+        raise web.HTTPError(400, f"'{value[:40]}' is not a valid {what}.")
+    return value
+
+
+class BudgetsHandler(ApiHandler):
+    allowed_arguments = ("account",)
+
+    def get(self, account: str | None = None):
+        if account is not None:
+            account = _path_value(account, ACCOUNT_RE, "project name")
+        else:
+            account = self.argument("account", ACCOUNT_RE)
+        self.answer(allocations.budgets, site.load_cached().coordinator_groups, account)
+
+
+class JobsHandler(ApiHandler):
+    allowed_arguments = ("user",)
+
+    def get(self):
+        self.answer(allocations.jobs, self.argument("user", USER_RE))
+
+
+class JobHandler(ApiHandler):
+    def get(self, job_id: str):
+        self.answer(allocations.job, _path_value(job_id, JOB_ID_RE, "job id"))
+
+    async def delete(self, job_id: str):
+        job_id = _path_value(job_id, JOB_ID_RE, "job id")
+        known = self.cache.snap.queue.get(job_id)
+        not_yours = web.HTTPError(404, f"There is no active job {job_id} of yours.")
+        if known is not None and known.user != self.viewer.name and not self.viewer.admin:
+            raise not_yours
+        try:
+            # As the viewer: Slurm checks the job is theirs too (admins cancel as root).
+            await slurm.cancel_async(job_id, user=None if self.viewer.admin else self.viewer.name)
+        except slurm.SlurmUnreachable:
+            raise web.HTTPError(503, "scheduler unreachable: nothing was cancelled; "
+                                     "try again in a minute.") from None
+        except slurm.SlurmError:
+            raise not_yours from None
+        self.cache.soon("queue")
+        self.send({"job_id": job_id, "cancelled": True})
+
+
+class GpusHandler(ApiHandler):
+    def get(self):
+        self.answer(allocations.gpus)
+
+
+class HealthHandler(BaseHandler):
+    def get(self):
+        snap, now = self.cache.snap, time.time()
+        self.send({name: {"source": allocations.SOURCES[name],
+                          "age_s": round(now - snap.as_of[name], 1) if name in snap.as_of else None,
+                          "error": snap.errors.get(name)} for name in FETCH})
+
+
+class PageHandler(BaseHandler):
+    """A browser's view (OAuth login through the hub): the viewer's budgets as a table."""
+
+    @web.authenticated
+    async def get(self):
+        await self.cache.ready.wait()
+        viewer = await self.settings["viewers"].get(self.current_user["name"])
+        answer = allocations.budgets(viewer, self.cache.snap,
+                                     site.load_cached().coordinator_groups)
+        rows = "".join(
+            f"<tr><td>{html.escape(p['account'])}</td><td>{allocations.gpu_h(p['granted_gpu_h'])}"
+            f"</td><td>{allocations.gpu_h(p['used_gpu_h'])}</td>"
+            f"<td>{allocations.gpu_h(p['held_gpu_h'])}</td>"
+            f"<td>{allocations.gpu_h(p['remaining_gpu_h'])}</td></tr>"
+            for p in answer["projects"])
+        warnings = "".join(f"<p><b>{html.escape(w)}</b></p>" for w in answer["warnings"])
+        self.finish(f"<!doctype html><title>Allocations</title><h1>GPU-hours of "
+                    f"{html.escape(viewer.name)}</h1>{warnings}<table border=1><tr><th>project"
+                    f"<th>granted<th>used<th>held<th>remaining</tr>{rows}</table>"
+                    f"<p>as of {answer['as_of']}</p>")
+
+
+class Viewers:
+    """Who a user is to the hub (admin, groups), asked with the service's own token."""
+
+    def __init__(self, hub_api: str, token: str, max_age: float = 60):
+        self.hub_api, self.token, self.max_age = hub_api.rstrip("/"), token, max_age
+        self._known: dict[str, tuple[float, Viewer]] = {}
+
+    async def get(self, name: str) -> Viewer:
+        seen = self._known.get(name)
+        if seen and time.monotonic() - seen[0] < self.max_age:
+            return seen[1]
+        try:
+            response = await AsyncHTTPClient().fetch(
+                f"{self.hub_api}/users/{name}",
+                headers={"Authorization": f"token {self.token}"}, request_timeout=10)
+            model = json.loads(response.body)
+            viewer = Viewer(name, bool(model.get("admin")), frozenset(model.get("groups") or ()))
+        except (HTTPClientError, OSError) as e:
+            if seen:  # the hub did not answer: keep what we knew
+                return seen[1]
+            log.warning("cannot look up %s at the hub: %s", name, e)
+            viewer = Viewer(name)
+        self._known[name] = (time.monotonic(), viewer)
+        return viewer
+
+
+def make_app(cache: Cache, prefix: str) -> web.Application:
+    api = prefix + "api/"
+    return web.Application([
+        (prefix, PageHandler),
+        (prefix + "oauth_callback", HubOAuthCallbackHandler),
+        (api + "budgets", BudgetsHandler),
+        (api + r"budgets/([^/]+)", BudgetsHandler),
+        (api + "jobs", JobsHandler),
+        (api + r"jobs/([^/]+)", JobHandler),
+        (api + "gpus", GpusHandler),
+        (api + "health", HealthHandler),
+    ], cache=cache, cookie_secret=os.urandom(32),
+        viewers=Viewers(os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"]))
+
+
+async def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s %(asctime)s allocations] "
+                                                   "%(message)s")
+    url = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
+    prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/allocations/")
+    cache = Cache()
+    app = make_app(cache, prefix)
+    app.listen(url.port, url.hostname)
+    log.info("serving %s on %s", prefix, url.geturl())
+    await cache.run()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,316 @@
+"""Notebook panels of one's allocation: `from aifactory.widgets import Dashboard`.
+
+Each panel asks the allocations service (in a hub session) or Slurm (elsewhere) through
+`aifactory.client`, refreshes in a background thread without blocking the kernel, and stops
+when closed. Each also has a text and an HTML form, so executed and exported notebooks show
+the numbers too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import os
+import threading
+import time
+
+import ipywidgets as w
+
+from .allocations import duration, gpu_h
+from .client import AllocationsError, default_client
+from .report import (ACTIVE_HEAD, RECENT_HEAD, active_cells, budgets_text, footer, gpus_text,
+                     jobs_text, project_rows, recent_cells, when)
+
+UNREACHABLE_WORDS = "scheduler unreachable"
+
+
+def bar_colour(percent: float) -> str:
+    """Green below 75 %, amber to 90 %, orange to 100 %, red at 100 % and over."""
+    if percent >= 100:
+        return "#c62828"
+    if percent >= 90:
+        return "#ef6c00"
+    if percent >= 75:
+        return "#f9a825"
+    return "#2e7d32"
+
+
+def _e(value) -> str:
+    return html.escape(str(value))
+
+
+def _footer_html(answer: dict) -> str:
+    parts = [f'<div class="aif-warning" style="color:#c62828"><b>{_e(x)}</b></div>'
+             for x in answer.get("warnings", [])]
+    if answer.get("as_of"):
+        parts.append(f'<div class="aif-source" style="color:#666;font-size:smaller">as of '
+                     f'{_e(when(answer["as_of"]))} ({_e(answer["age_s"])} s old), from '
+                     f'{_e(", ".join(answer["source"]))}</div>')
+    return "".join(parts)
+
+
+class Panel(w.VBox):
+    """Base: fetch an answer, render it, refresh every `refresh_s` seconds until closed."""
+
+    title = ""
+
+    def __init__(self, client=None, refresh_s: float = 30, **kwargs):
+        self.client = client or default_client()
+        self.refresh_s = refresh_s
+        self.answer: dict | None = None
+        self.error: str | None = None
+        self.view = w.HTML()
+        super().__init__(self.children_for(), **kwargs)
+        self._stop = threading.Event()
+        self.refresh()
+        if refresh_s:
+            threading.Thread(target=self._run, daemon=True, name=f"aif-{self.title}").start()
+
+    def children_for(self) -> list:
+        return [self.view]
+
+    # What each panel defines.
+    def fetch(self) -> dict:
+        raise NotImplementedError
+
+    def body_html(self, answer: dict) -> str:
+        raise NotImplementedError
+
+    def body_text(self, answer: dict) -> str:
+        raise NotImplementedError
+
+    def refresh(self) -> None:
+        try:
+            self.answer, self.error = self.fetch(), None
+        except AllocationsError as e:
+            self.error = str(e)
+        self.view.value = self.html()
+        self.after_refresh()
+
+    def after_refresh(self) -> None:
+        pass
+
+    def tick(self) -> None:
+        """Once a second, between refreshes (for countdowns)."""
+
+    def _run(self) -> None:
+        last = time.monotonic()
+        while not self._stop.wait(1):
+            if time.monotonic() - last >= self.refresh_s:
+                last = time.monotonic()
+                self.refresh()
+            else:
+                self.tick()
+
+    def close(self):
+        self._stop.set()
+        super().close()
+
+    def html(self) -> str:
+        out = f'<div class="aif-panel aif-{self.title.lower()}">'
+        if self.error:
+            out += f'<div class="aif-error" style="color:#c62828"><b>{_e(self.error)}</b></div>'
+        if self.answer is not None:
+            out += self.body_html(self.answer) + _footer_html(self.answer)
+        return out + "</div>"
+
+    def text(self) -> str:
+        lines = [self.title]
+        if self.error:
+            lines.append(f"error: {self.error}")
+        if self.answer is not None:
+            lines += [self.body_text(self.answer), *footer(self.answer)]
+        return "\n".join(x for x in lines if x)
+
+    def _repr_mimebundle_(self, **kwargs):
+        data = super()._repr_mimebundle_(**kwargs) or {}
+        data["text/plain"], data["text/html"] = self.text(), self.html()
+        return data
+
+
+class AllocationPanel(Panel):
+    """Per project: a bar of used + held of granted, and the numbers behind it."""
+
+    title = "Allocation"
+
+    def fetch(self) -> dict:
+        return self.client.budgets()
+
+    def body_html(self, answer: dict) -> str:
+        if not answer["projects"]:
+            return "<p>You are not a member of any project.</p>"
+        out = ""
+        for p in answer["projects"]:
+            acct = _e(p["account"])
+            out += f'<div class="aif-project" data-account="{acct}"><h4>{acct} <small>' \
+                   f'({_e(p["role"])})</small></h4>'
+            if p["granted_gpu_h"]:
+                used = p["used_gpu_h"] / p["granted_gpu_h"] * 100
+                held = p["held_gpu_h"] / p["granted_gpu_h"] * 100
+                colour = bar_colour(p["percent_used"])
+                out += (f'<div style="background:#eee;width:100%;height:14px;display:flex">'
+                        f'<div class="aif-bar" data-percent="{p["percent_used"]}" '
+                        f'style="background:{colour};width:{min(used, 100):.1f}%"></div>'
+                        f'<div style="background:{colour};opacity:.45;'
+                        f'width:{min(held, max(0, 100 - used)):.1f}%"></div></div>')
+            out += "<table>" + "".join(
+                f'<tr><td>{label}</td><td class="aif-{key}" style="text-align:right">'
+                f'{_e(value)}</td></tr>' for label, key, value in project_rows(p)) + "</table>"
+            if p.get("users"):
+                out += "<table><tr><th>member</th><th>used</th><th>held</th></tr>" + "".join(
+                    f'<tr class="aif-member"><td>{_e(u["user"])}</td><td>{gpu_h(u["used_gpu_h"])}'
+                    f'</td><td>{gpu_h(u["held_gpu_h"])}</td></tr>' for u in p["users"]) + "</table>"
+            out += "</div>"
+        return out
+
+    def body_text(self, answer: dict) -> str:
+        return budgets_text(answer)
+
+
+class JobsPanel(Panel):
+    """My pending and running jobs (with a cancel button that asks first), and recent ones."""
+
+    title = "Jobs"
+
+    def children_for(self) -> list:
+        self.buttons = w.VBox()
+        self.message = w.HTML()
+        return [self.view, self.buttons, self.message]
+
+    def fetch(self) -> dict:
+        return self.client.jobs()
+
+    def after_refresh(self) -> None:
+        rows = []
+        for job in (self.answer or {}).get("active", []):
+            button = w.Button(description=f"Cancel {job['job_id']}", button_style="warning",
+                              layout=w.Layout(width="auto"))
+            button.on_click(lambda _, j=job: self._ask(j))
+            rows.append(button)
+        self.buttons.children = rows
+
+    def _ask(self, job: dict) -> None:
+        yes = w.Button(description="Yes, cancel it", button_style="danger")
+        no = w.Button(description="No")
+        question = w.HBox([w.Label(f"Cancel job {job['job_id']} ({job['name']})? "), yes, no])
+        yes.on_click(lambda _: self._cancel(job["job_id"], question))
+        no.on_click(lambda _: question.close())
+        self.buttons.children = (*self.buttons.children, question)
+
+    def _cancel(self, job_id: str, question) -> None:
+        question.close()
+        self.message.value = self.cancel(job_id)
+        self.refresh()
+
+    def cancel(self, job_id: str) -> str:
+        """Cancel one of my jobs; returns what happened, in words."""
+        try:
+            self.client.cancel(job_id)
+            return f"Job {_e(job_id)} cancelled."
+        except AllocationsError as e:
+            return f'<span style="color:#c62828">Job {_e(job_id)} not cancelled: {_e(e)}</span>'
+
+    def body_html(self, answer: dict) -> str:
+        def table(cls, head, rows):
+            return (f'<table class="{cls}"><tr>' + "".join(f"<th>{h}</th>" for h in head) + "</tr>"
+                    + "".join(f'<tr data-job="{_e(r[0])}">' + "".join(f"<td>{_e(c)}</td>" for c in r)
+                              + "</tr>" for r in rows) + "</table>")
+        active = [active_cells(j) for j in answer["active"]]
+        recent = [recent_cells(j) for j in answer["recent"]]
+        return ("<h4>Pending and running</h4>"
+                + (table("aif-active", ACTIVE_HEAD, active) if active else "<p>none</p>")
+                + "<h4>Recently ended</h4>"
+                + (table("aif-recent", RECENT_HEAD, recent) if recent else "<p>none</p>"))
+
+    def body_text(self, answer: dict) -> str:
+        return jobs_text(answer)
+
+
+class ClusterPanel(Panel):
+    """Free and total GPUs per partition and GPU type; nodes that are down."""
+
+    title = "Cluster"
+
+    def fetch(self) -> dict:
+        return self.client.gpus()
+
+    def body_html(self, answer: dict) -> str:
+        rows = "".join(
+            f'<tr class="aif-gpus" data-partition="{_e(p["partition"])}"><td>{_e(p["partition"])}'
+            f'</td><td>{_e(p["gpu_type"] or "-")}</td><td class="aif-free">{p["free"]}</td>'
+            f'<td>{p["total"]}</td><td>{p["down"]}</td></tr>' for p in answer["partitions"])
+        down = "".join(f"<li>{_e(n['node'])}: {_e(n['state'])}"
+                       f"{' (' + _e(n['reason']) + ')' if n['reason'] else ''}</li>"
+                       for n in answer["nodes_down"])
+        return ("<table><tr><th>partition</th><th>GPU</th><th>free</th><th>total</th>"
+                f"<th>down</th></tr>{rows}</table>"
+                + (f"<p>Nodes down:</p><ul>{down}</ul>" if down else "<p>All nodes up.</p>"))
+
+    def body_text(self, answer: dict) -> str:
+        return gpus_text(answer)
+
+
+class SessionPanel(Panel):
+    """This notebook session's own job: time left (counting down), project, GPU-hours so far."""
+
+    title = "Session"
+
+    def __init__(self, client=None, refresh_s: float = 30, job_id: str | None = None, **kwargs):
+        self.job_id = job_id or os.environ.get("SLURM_JOB_ID", "")
+        super().__init__(client, refresh_s, **kwargs)
+
+    def fetch(self) -> dict:
+        if not self.job_id:
+            raise AllocationsError("This kernel does not run in a Slurm job.")
+        return self.client.job(self.job_id)
+
+    def tick(self) -> None:
+        if self.answer is not None:
+            self.view.value = self.html()
+
+    def _numbers(self, job: dict) -> list[tuple[str, str]]:
+        now = time.time()
+        end = dt.datetime.fromisoformat(job["end_time"]).timestamp() if job["end_time"] else None
+        start = (dt.datetime.fromisoformat(job["start_time"]).timestamp()
+                 if job["start_time"] else None)
+        spent = job["gpus"] * (now - start) / 3600 if start else 0.0
+        return [("job", job["job_id"]), ("node", job["nodes"] or "-"),
+                ("project charged", job["account"]), ("GPUs", str(job["gpus"])),
+                ("time left", duration(max(0, end - now)) if end else "-"),
+                ("GPU-hours so far", gpu_h(spent))]
+
+    def body_html(self, answer: dict) -> str:
+        return "<table>" + "".join(
+            f'<tr><td>{label}</td><td class="aif-{label.split()[0].lower()}">{_e(value)}</td></tr>'
+            for label, value in self._numbers(answer["job"])) + "</table>"
+
+    def body_text(self, answer: dict) -> str:
+        return "\n".join(f"{label}: {value}" for label, value in self._numbers(answer["job"]))
+
+
+class Dashboard(w.Tab):
+    """All panels in tabs, sharing one client."""
+
+    def __init__(self, client=None, refresh_s: float = 30, **kwargs):
+        client = client or default_client()
+        self.panels = [cls(client, refresh_s) for cls in
+                       (AllocationPanel, JobsPanel, ClusterPanel, SessionPanel)]
+        super().__init__(children=self.panels, **kwargs)
+        for i, panel in enumerate(self.panels):
+            self.set_title(i, panel.title)
+
+    def close(self):
+        for panel in self.panels:
+            panel.close()
+        super().close()
+
+    def text(self) -> str:
+        return "\n\n".join(p.text() for p in self.panels)
+
+    def html(self) -> str:
+        return "".join(f"<h3>{p.title}</h3>{p.html()}" for p in self.panels)
+
+    def _repr_mimebundle_(self, **kwargs):
+        data = super()._repr_mimebundle_(**kwargs) or {}
+        data["text/plain"], data["text/html"] = self.text(), self.html()
+        return data
