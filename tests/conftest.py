@@ -102,6 +102,15 @@ class HubClient:
         headers = {"X-XSRFToken": self.xsrf()}
         return self.http.request(method, f"{HUB}/hub/api{path}", headers=headers, **kwargs)
 
+    def token(self, scopes: list[str] | None = None) -> str:
+        """A new API token of this user's (all their scopes, or only `scopes`)."""
+        body = {"note": "test", "expires_in": 3600}
+        if scopes is not None:
+            body["scopes"] = scopes
+        r = self.api("POST", f"/users/{self.user}/tokens", json=body)
+        assert r.status_code == 201, r.text
+        return r.json()["token"]
+
     def server(self) -> dict:
         r = self.api("GET", "/user")
         r.raise_for_status()

@@ -174,7 +174,7 @@ def project_budget(account: slurm.Budget, history: list[slurm.PastJob], period: 
 
 
 def _round(x: float | None) -> float | None:
-    return None if x is None else round(x, 3)
+    return None if x is None else round(x, 4)
 
 
 def roles(viewer: Viewer, snap: Snapshot, coordinator_groups: dict) -> dict[str, str]:

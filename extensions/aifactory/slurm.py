@@ -107,7 +107,8 @@ def _check(argv: list[str], returncode: int, out: str, err: str) -> str:
     # Slurm often ends with a generic line ("Use keyword 'where'..."); its error line says why.
     last = next((l for l in lines if "error:" in l), lines[-1]).strip()
     if any(p in message for p in _UNREACHABLE_PATTERNS):
-        raise SlurmUnreachable(f"{argv[0]}: scheduler unreachable ({last})")
+        what = "accounting database" if argv[0] in ("sacct", "sacctmgr") else "scheduler"
+        raise SlurmUnreachable(f"{argv[0]}: {what} unreachable ({last})")
     raise SlurmError(f"{argv[0]}: {last}")
 
 

@@ -1,0 +1,198 @@
+"""The allocations service, its widgets and the CLI against the live cluster and hub."""
+
+import json
+import subprocess
+import time
+
+import pytest
+import requests
+from conftest import HUB, submit, wait_until
+
+from aifactory import report, slurm
+from aifactory.client import ServiceClient
+from aifactory.cluster import services
+from aifactory.widgets import AllocationPanel, ClusterPanel, JobsPanel
+
+SERVICE = f"{HUB}/services/allocations/"
+AUDIT = "audit-usage"  # a project the tests make, spend from, and remove
+
+
+def api(token: str | None, path: str, method: str = "GET") -> requests.Response:
+    headers = {"Authorization": f"token {token}"} if token else {}
+    return requests.request(method, SERVICE + "api/" + path, headers=headers, timeout=30)
+
+
+def cli(user: str, *args: str) -> dict:
+    """`aifactory ... --json` run by `user` in a login-node terminal (asks Slurm directly)."""
+    out = subprocess.run(["runuser", "-u", user, "--", "/opt/aifactory/venv/bin/aifactory",
+                          *args, "--json"], capture_output=True, text=True, cwd="/tmp", check=True)
+    return json.loads(out.stdout)
+
+
+def project(answer: dict, account: str) -> dict:
+    return next(p for p in answer["projects"] if p["account"] == account)
+
+
+@pytest.fixture
+def audit_project(live_cluster):
+    """A fresh project of alice's with 10 GPU-hours and no usage yet."""
+    try:  # left by a run that was killed
+        slurm.sacctmgr("delete", "account", AUDIT)
+    except slurm.SlurmError:
+        pass
+    slurm.sacctmgr("add", "account", AUDIT, "Description=usage audit", "Organization=tests")
+    slurm.sacctmgr("add", "user", "alice", f"Account={AUDIT}")
+    slurm.sacctmgr("modify", "account", "where", f"name={AUDIT}", "set", "GrpTRESMins=gres/gpu=600")
+    slurm.sacctmgr("modify", "account", "where", f"name={AUDIT}", "set", "RawUsage=0")
+    jobs = []
+    yield jobs
+    for job_id in jobs:
+        slurm.cancel(job_id)
+    wait_until(lambda: not any(j.account == AUDIT and j.state in ("PENDING", "RUNNING",
+                                                                "COMPLETING")
+                               for j in slurm.jobs()), 60, what="the audit jobs to end")
+    slurm.sacctmgr("delete", "account", AUDIT)
+
+
+def test_used_equals_sacct_and_the_api_widget_and_cli_agree(hub_client, audit_project):
+    token = hub_client("alice").token()
+    started = int(time.time())
+    # Jobs of known size and length: 2 nodes x 2 GPUs, 2 GPUs and 1 GPU, together.
+    audit_project += [
+        submit("alice", f"--account={AUDIT}", "--partition=gpu", "--nodes=2", "--gres=gpu:2",
+               "--time=5", script="sleep 45"),
+        submit("alice", f"--account={AUDIT}", "--partition=gpu", "--gres=gpu:2", "--time=5",
+               script="sleep 60"),
+        submit("alice", f"--account={AUDIT}", "--partition=gpu", "--gres=gpu:1", "--time=5",
+               script="sleep 50"),
+    ]
+    # While they run, their remaining walltime x GPUs is held from the budget.
+    held = wait_until(lambda: (r := api(token, f"budgets/{AUDIT}")).ok
+                      and project(r.json(), AUDIT)["held_gpu_h"] > 0 and r.json(), 60,
+                      what="the running jobs' hold in the service")
+    p = project(held, AUDIT)
+    assert p["remaining_gpu_h"] == pytest.approx(
+        p["granted_gpu_h"] - p["used_gpu_h"] - p["held_gpu_h"], abs=1e-3)
+    # Walltime 5 min x 7 GPUs = 0.58 GPU-h at most, less what already ran.
+    assert 0 < p["held_gpu_h"] <= 7 * 5 / 60
+
+    wait_until(lambda: all((r := sacct_job(j)) and r["state"]["current"] == "COMPLETED"
+                           for j in audit_project), 120, what="the audit jobs to complete")
+    records = [sacct_job(j) for j in audit_project]
+    # The independent sum: elapsed x allocated GPUs, from slurmdbd's job records.
+    expected = sum(r["time"]["elapsed"] * gpus_of(r) for r in records
+                   if r["time"]["start"] >= started - 5) / 3600
+    assert expected == pytest.approx((2 * 2 * 45 + 2 * 60 + 1 * 50) / 3600, rel=0.1)
+
+    def settled():
+        p = project(api(token, f"budgets/{AUDIT}").json(), AUDIT)
+        return p["held_gpu_h"] == 0 and abs(p["used_gpu_h"] - expected) <= 0.01 * expected and p
+    settled_budget = wait_until(settled, 180, interval=3,
+                                what=f"used to reach {expected:.4f} GPU-h with nothing held")
+    assert settled_budget["burn_gpu_h_per_day"] >= round(expected / 7, 4) - 1e-4
+
+    # The same numbers in the API, the CLI on the login node and the widget in a notebook.
+    panel = AllocationPanel(ServiceClient(SERVICE, token), refresh_s=0)
+
+    def agree():
+        from_api = project(api(token, f"budgets/{AUDIT}").json(), AUDIT)
+        from_cli = project(cli("alice", "budget", AUDIT), AUDIT)
+        panel.refresh()
+        return from_api == from_cli and report.budgets_text({"projects": [from_cli]}) in panel.text()
+    wait_until(agree, 90, interval=5, what="the API, the CLI and the widget to agree")
+    assert f'data-account="{AUDIT}"' in panel.html()
+    panel.close()
+
+
+def sacct_job(job_id: str) -> dict | None:
+    found = slurm.accounting_jobs(job_ids=[job_id])
+    return found[0] if found else None
+
+
+def gpus_of(record: dict) -> int:
+    return sum(t["count"] for t in record["tres"]["allocated"]
+               if t["type"] == "gres" and t["name"] == "gpu")
+
+
+def test_people_see_only_their_own_jobs_and_projects(hub_client):
+    alice, bob = hub_client("alice").token(), hub_client("bob").token()
+    job_id = submit("bob", "--partition=cpu", "--time=5", script="sleep 300")
+    try:
+        wait_until(lambda: any(j["job_id"] == job_id for j in api(bob, "jobs").json()["active"]),
+                   30, what="bob's job in the service")
+        assert not any(j["job_id"] == job_id for j in api(alice, "jobs").json()["active"])
+        assert api(alice, "jobs?user=bob").status_code == 403
+        assert api(alice, f"jobs/{job_id}").status_code == 404
+        refused = api(alice, f"jobs/{job_id}", "DELETE")
+        assert refused.status_code == 404 and "no active job" in refused.json()["error"]
+        # The widget's cancel button goes the same way.
+        panel = JobsPanel(ServiceClient(SERVICE, alice), refresh_s=0)
+        assert "not cancelled" in panel.cancel(job_id)
+        panel.close()
+        assert slurm.job(job_id).state == "RUNNING"
+        # Bob cancels his own job through the service.
+        assert api(bob, f"jobs/{job_id}", "DELETE").json() == {"job_id": job_id, "cancelled": True}
+        wait_until(lambda: slurm.job(job_id).state == "CANCELLED", 30, what="the cancel")
+    finally:
+        slurm.cancel(job_id)
+
+
+def test_students_do_not_see_each_other_but_the_instructor_does(hub_client):
+    student = api(hub_client("student1").token(), "budgets").json()
+    course = project(student, "course-dl101")
+    assert course["role"] == "member" and "users" not in course
+    assert "student2" not in json.dumps(student)
+    carol = project(api(hub_client("carol").token(), "budgets").json(), "course-dl101")
+    assert carol["role"] == "coordinator"
+    assert {"student1", "student2"} <= {u["user"] for u in carol["users"]}
+
+
+def test_bad_requests_get_a_status_and_a_message(hub_client):
+    alice = hub_client("alice")
+    token, narrow = alice.token(), alice.token(scopes=["read:users:name!user"])
+    cases = [
+        (None, "budgets", 401), ("not-a-token", "budgets", 401), (narrow, "budgets", 403),
+        (token, "budgets/proj-nothing", 404), (token, "budgets/proj-tiny", 403),
+        (token, "budgets?account=..%2Fetc", 400), (token, "jobs/12;rm", 400),
+        (token, "jobs?user=Bob%20Smith", 400), (token, "gpus?verbose=1", 400),
+    ]
+    for who, path, status in cases:
+        r = api(who, path)
+        assert r.status_code == status, (path, r.status_code, r.text)
+        assert r.json()["error"], path
+    assert api(token, "budgets").status_code == 200
+
+
+def test_with_slurmdbd_away_the_last_numbers_come_with_their_age(hub_client):
+    token = hub_client("alice").token()
+    before = project(api(token, "budgets").json(), "proj-climate")
+    services.SLURMDBD.stop()
+    try:
+        answer = wait_until(lambda: (a := api(token, "budgets").json())["warnings"] and a, 90,
+                            interval=2, what="a warning about slurmdbd")
+        assert any("accounting database unreachable" in w and "s ago" in w
+                   for w in answer["warnings"]), answer["warnings"]
+        after = project(answer, "proj-climate")
+        assert after["granted_gpu_h"] == before["granted_gpu_h"]
+        assert after["burn_gpu_h_per_day"] == before["burn_gpu_h_per_day"]
+    finally:
+        services.start_slurmdbd()
+    wait_until(lambda: not api(token, "budgets").json()["warnings"], 90, interval=2,
+               what="the service to recover by itself")
+
+
+def test_with_slurmctld_away_the_widgets_say_scheduler_unreachable(hub_client):
+    client = ServiceClient(SERVICE, hub_client("alice").token())
+    panels = [JobsPanel(client, refresh_s=0), ClusterPanel(client, refresh_s=0)]
+    services.SLURMCTLD.stop()
+    try:
+        for panel in panels:
+            wait_until(lambda: (panel.refresh(), "scheduler unreachable" in panel.text())[1], 60,
+                       interval=2, what=f"{panel.title} to say so")
+            assert "scheduler unreachable" in panel.html()
+    finally:
+        services.start_slurmctld()
+    for panel in panels:
+        wait_until(lambda: (panel.refresh(), "unreachable" not in panel.text())[1], 60,
+                   interval=2, what=f"{panel.title} to recover")
+        panel.close()
