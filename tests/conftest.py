@@ -68,7 +68,8 @@ def wait_until(check, timeout: float, interval: float = 0.5, what: str = "condit
 
 def submit(user: str, *sbatch_args: str, script: str = "sleep 1") -> str:
     """sbatch as `user` with the given options; returns the job id."""
-    out = slurm.run(["sbatch", "--parsable", *sbatch_args, "--wrap", script], user=user)
+    out = slurm.run(["sbatch", "--parsable", "--output=/dev/null", *sbatch_args, "--wrap", script],
+                    user=user)
     return out.strip().split(";")[0]
 
 

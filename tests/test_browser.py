@@ -4,11 +4,18 @@ wait with the reason shown, land in JupyterLab, stop.
 Screenshots are kept in tests/artifacts/ for a human to look at.
 """
 
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
+import requests
 from conftest import ARTIFACTS, HUB, notebook_jobs, wait_until
 from playwright import sync_api as playwright
 
 from aifactory import slurm
+from aifactory.allocations import gpu_h
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -75,3 +82,66 @@ def test_choose_a_profile_wait_with_the_reason_and_reach_jupyterlab(page, passwo
     page.click("#stop")
     page.wait_for_selector("#start", timeout=60_000)
     wait_until(lambda: not notebook_jobs("carol"), 60, what="carol's job to be cancelled")
+
+
+DASHBOARD_NOTEBOOK = {
+    "cells": [{"cell_type": "code", "execution_count": None, "id": "dash", "metadata": {},
+               "outputs": [], "source": "from aifactory.widgets import Dashboard\nDashboard()"}],
+    "metadata": {"kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python",
+                                "name": "python3"}},
+    "nbformat": 4, "nbformat_minor": 5,
+}
+
+
+def test_the_dashboard_in_jupyterlab_shows_the_clis_numbers(page, passwords, hub_client):
+    alice = hub_client("alice")
+    alice.start(profile="cpu")  # costs no GPU-hours, so the project's numbers stay put
+    [job] = notebook_jobs("alice")
+    notebook = Path("/home/alice/aif-dashboard.ipynb")
+    notebook.write_text(json.dumps(DASHBOARD_NOTEBOOK))
+    shutil.chown(notebook, "alice", "alice")
+    # The numbers a terminal on the login node gives, once the service has caught up with them.
+    token = alice.token()
+    expected = wait_until(
+        lambda: (c := cli_budget("alice")) == service_budget(token) and c, 120, interval=5,
+        what="the service and the CLI to agree")
+
+    page.goto(f"{HUB}/hub/login")
+    page.fill("#username_input", "alice")
+    page.fill("#password_input", passwords["alice"])
+    page.click("#login_submit")
+    page.goto(f"{HUB}/user/alice/lab/tree/aif-dashboard.ipynb")
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    page.wait_for_selector("text=Python 3 (ipykernel) | Idle", timeout=60_000)
+    page.click(".jp-Notebook .jp-Cell .cm-content")
+    page.keyboard.press("Shift+Enter")
+    try:
+        page.wait_for_selector(".aif-allocation .aif-project", timeout=90_000)
+    finally:
+        page.screenshot(path=ARTIFACTS / "06-dashboard-allocation.png", full_page=True)
+
+    climate = ".aif-allocation [data-account='proj-climate']"
+    for key in ("granted", "used", "held", "remaining"):
+        shown = page.text_content(f"{climate} .aif-{key}")
+        assert shown == gpu_h(expected[f"{key}_gpu_h"]), (key, shown, expected)
+    assert "(coordinator)" in page.text_content(f"{climate} h4")  # alice leads proj-climate
+    page.get_by_role("tab", name="Session").click()
+    assert page.text_content(".aif-session .aif-job") == job.job_id
+    assert page.text_content(".aif-session .aif-project") == job.account
+    page.screenshot(path=ARTIFACTS / "07-dashboard-session.png", full_page=True)
+    page.get_by_role("tab", name="Cluster").click()
+    assert page.text_content(".aif-cluster .aif-gpus[data-partition='gpu'] .aif-free").isdigit()
+    notebook.unlink()
+
+
+def cli_budget(user: str) -> dict:
+    out = subprocess.run(["runuser", "-u", user, "--", "/opt/aifactory/venv/bin/aifactory",
+                          "budget", "proj-climate", "--json"], capture_output=True, text=True,
+                         cwd="/tmp", check=True)
+    return json.loads(out.stdout)["projects"][0]
+
+
+def service_budget(token: str) -> dict:
+    r = requests.get(f"{HUB}/services/allocations/api/budgets/proj-climate",
+                     headers={"Authorization": f"token {token}"}, timeout=30)
+    return r.json()["projects"][0]

@@ -214,7 +214,7 @@ def budgets(viewer: Viewer, snap: Snapshot, coordinator_groups: dict | None = No
                                  "held_gpu_h": _round(u.held_min / 60)}
                                 for u in snap.shares if u.account == row.account and u.user]
         projects.append(project)
-    return {**_meta(snap, ("shares", "members", "coordinators", "history", "period"), now),
+    return {**_meta(snap, ("shares", "members", "coordinators", "history"), now),
             "user": viewer.name, "projects": projects}
 
 
