@@ -61,4 +61,6 @@ c.JupyterHub.load_roles = [
 # A session's own token reaches the service too, so widgets in the notebook can use it.
 c.Spawner.server_token_scopes = ["users:activity!user", "access:servers!server",
                                  "access:services!service=allocations"]
-c.Spawner.environment = {"AIFACTORY_ALLOCATIONS_URL": f"{allocations_url}/services/allocations/"}
+c.Spawner.environment = {"AIFACTORY_ALLOCATIONS_URL": f"{allocations_url}/services/allocations/",
+                         # GPUCluster reads its defaults from the site description.
+                         "AIFACTORY_SITE": str(here / "site.yaml")}

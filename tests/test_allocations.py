@@ -55,7 +55,7 @@ def test_budget_numbers_granted_used_held_remaining_and_the_burn_rate():
     assert (p["granted_gpu_h"], p["used_gpu_h"], p["held_gpu_h"], p["remaining_gpu_h"]) == (
         100, 30, 10, 60)
     assert p["percent_used"] == 40.0
-    assert p["burn_gpu_h_per_day"] == round((12 + 48 + 1) / 7, 3)
+    assert p["burn_gpu_h_per_day"] == round((12 + 48 + 1) / 7, 4)
     # 60 left at ~8.7 a day runs out in about a week, well before the period ends.
     exhausted = dt.datetime.fromisoformat(p["exhaustion_date"]).timestamp()
     assert exhausted == pytest.approx(NOW + 60 / (61 / 7) * DAY, abs=60)
@@ -122,7 +122,7 @@ def test_jobs_are_each_users_own():
     assert [j["job_id"] for j in mine["active"]] == ["7"]
     row = mine["active"][0]
     assert (row["kind"], row["elapsed_s"], row["time_left_s"], row["gpu_h_so_far"]) == (
-        "notebook session", 600, 3000, round(2 * 600 / 3600, 3))
+        "notebook session", 600, 3000, round(2 * 600 / 3600, 4))
     bobs = allocations.jobs(Viewer("bob"), snap, now=NOW)["active"][0]
     assert bobs["reason_text"] == "your project's GPU budget is used up"
     for ask in (lambda: allocations.jobs(Viewer("alice"), snap, user="bob"),

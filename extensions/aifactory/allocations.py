@@ -221,9 +221,9 @@ def budgets(viewer: Viewer, snap: Snapshot, coordinator_groups: dict | None = No
 # --- jobs -------------------------------------------------------------------------------
 
 def kind_of(comment: str) -> str:
-    if comment.startswith("aifactory-session"):
+    if comment.startswith(slurm.SESSION_TAG):
         return "notebook session"
-    if comment.startswith("aifactory-dask"):
+    if comment.startswith(slurm.DASK_TAG):
         return "Dask workers"
     return "batch job"
 

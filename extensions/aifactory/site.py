@@ -24,6 +24,13 @@ DEFAULT_PATH = Path(os.environ.get("AIFACTORY_SITE",
                                    + "/site.yaml"))
 
 
+DASK_DEFAULTS = {
+    "partition": "gpu", "gpu_type": "", "gpus_per_job": 1, "cpus_per_gpu": 8,
+    "memory_gb_per_gpu": 60, "walltime": "01:00:00", "interface": "eth0",
+    "local_directory": "/tmp", "python": "/opt/aifactory/venv/bin/python",
+}
+
+
 class SiteError(ValueError):
     """The site description is wrong; one sentence naming the entry."""
 
@@ -94,6 +101,8 @@ class Site:
     profiles: tuple[Profile, ...]
     # Hub groups whose members see per-user usage of a project, besides its Slurm coordinators.
     coordinator_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Defaults of aifactory.dask.GPUCluster (DASK_DEFAULTS, overridden by the file's `dask`).
+    dask: dict = field(default_factory=lambda: dict(DASK_DEFAULTS))
 
     def profile(self, slug: str) -> Profile | None:
         return next((p for p in self.profiles if p.slug == slug), None)
@@ -136,7 +145,7 @@ def load(path: str | Path = DEFAULT_PATH) -> Site:
         raise SiteError(f"{path}: is not valid YAML.") from None
     if not isinstance(data, dict):
         _fail(path, "must be a mapping")
-    unknown = set(data) - {"budget_tres", "partitions", "profiles", "coordinator_groups"}
+    unknown = set(data) - {"budget_tres", "partitions", "profiles", "coordinator_groups", "dask"}
     if unknown:
         _fail(path, f"unknown key '{sorted(unknown)[0]}'")
 
@@ -216,8 +225,18 @@ def load(path: str | Path = DEFAULT_PATH) -> Site:
             and all(isinstance(x, str) and NAME_RE.match(x) for x in g)
             for a, g in coordinator_groups.items()):
         _fail(path, "coordinator_groups must map account names to lists of hub group names")
+    dask = dict(DASK_DEFAULTS)
+    given = data.get("dask") or {}
+    if not isinstance(given, dict) or set(given) - set(DASK_DEFAULTS):
+        _fail(path, f"dask may set only {', '.join(DASK_DEFAULTS)}")
+    for key, value in given.items():
+        if type(value) is not type(DASK_DEFAULTS[key]):
+            _fail(path, f"dask: {key} must be a {type(DASK_DEFAULTS[key]).__name__}")
+    dask.update(given)
+    if dask["partition"] not in partitions or walltime_minutes(dask["walltime"]) is None:
+        _fail(path, "dask: partition must be one of the partitions, walltime [D-]HH:MM:SS")
     return Site(budget_tres, partitions, tuple(profiles),
-                {str(a): tuple(g) for a, g in coordinator_groups.items()})
+                {str(a): tuple(g) for a, g in coordinator_groups.items()}, dask)
 
 
 _cache: dict[str, tuple[float, Site]] = {}

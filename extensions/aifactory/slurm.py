@@ -507,6 +507,11 @@ def tres_value(tres: str, name: str) -> int | None:
 
 # --- words for people -------------------------------------------------------------------
 
+# Our jobs' --comment tags: "aifactory-session:PROFILE" for notebook sessions,
+# "aifactory-dask:NOTEBOOK_JOB_ID:CLUSTER" for Dask workers started from a session.
+SESSION_TAG = "aifactory-session"
+DASK_TAG = "aifactory-dask"
+
 # Pending reasons in plain words; the Slurm code is always shown beside them for support.
 PENDING_REASONS = {
     "Resources": "waiting for free {gpus}",

@@ -144,7 +144,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             f"#SBATCH --mem={request.memory_gb}G",
             f"#SBATCH --chdir={home}",
             f"#SBATCH --output={home}/.jupyterhub-slurm-%j.log",
-            f"#SBATCH --comment=aifactory-session:{request.profile}",
+            f"#SBATCH --comment={slurm.SESSION_TAG}:{request.profile}",
             "#SBATCH --export=ALL",
             f"#SBATCH --signal=B:USR2@{int(self.end_warning_seconds)}",
         ]
@@ -319,7 +319,25 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
                 if "already completing or completed" not in str(e) and "Invalid job id" not in str(e):
                     raise
 
+    async def cancel_dask_jobs(self):
+        """The session's Dask worker jobs end with it, pending or running."""
+        tag = f"{slurm.DASK_TAG}:{self.job_id}:"
+        try:
+            queue = await VIEW.queue.get(0)
+        except slurm.SlurmError:
+            return  # nothing known now; the workers' watcher and death timeout remain
+        for job in queue.values():
+            if (job.user == self.user.name and job.comment.startswith(tag)
+                    and job.state in ("PENDING", "RUNNING", "CONFIGURING")):
+                self.log.info("Cancelling %s's Dask job %s", self.user.name, job.job_id)
+                try:
+                    await slurm.cancel_async(job.job_id)
+                except slurm.SlurmError:
+                    pass
+
     async def stop(self, now=False):
+        if self.job_id:
+            await self.cancel_dask_jobs()
         await self.cancel_batch_job()
         if now:
             return

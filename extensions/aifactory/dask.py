@@ -1,0 +1,262 @@
+"""Dask on GPU nodes: one worker per GPU, a clean environment, and no jobs left behind.
+
+    from aifactory.dask import GPUCluster
+    cluster = GPUCluster(gpus_per_job=4, walltime="1:00:00")   # site defaults from hub_config
+    cluster.scale(jobs=2)                                      # says what it costs first
+    client = Client(cluster)
+
+On top of dask-jobqueue's SLURMCluster:
+
+- each job starts one `dask worker` per GPU, each with its own CUDA_VISIBLE_DEVICES and a
+  `GPU` resource of 1; threads and memory are split per GPU; `scale(jobs=)`, `scale(workers=)`
+  and `adapt()` count workers as GPUs;
+- jobs are submitted through `aifactory.slurm` with the notebook job's SLURM_*/SBATCH_*
+  variables removed, named `dask-<notebook job>` and tagged (`--comment`) so the jobs widget
+  shows them as the notebook's Dask workers;
+- they are cancelled when the cluster closes, when the kernel exits or is killed (a small
+  watcher process outlives it), and when the hub stops the notebook session;
+- scaling up first compares jobs x GPUs x walltime with the project's remaining GPU-hours and
+  refuses what does not fit, unless `allow_over_budget=True`.
+"""
+
+from __future__ import annotations
+
+import getpass
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from urllib.parse import urlparse
+
+from dask_jobqueue import SLURMCluster
+from dask_jobqueue.slurm import SLURMJob
+
+from . import site as site_module
+from . import slurm
+from .allocations import gpu_h
+from .client import AllocationsError, default_client
+
+INHERITED = ("SLURM_", "SBATCH_", "SRUN_", "SALLOC_")
+
+
+class BudgetExceeded(ValueError):
+    """A scale whose GPU-hours do not fit in what the project has left."""
+
+
+def clean_environment(env: dict | None = None) -> dict[str, str]:
+    """The environment for worker jobs: the notebook job's own Slurm variables removed."""
+    env = dict(os.environ if env is None else env)
+    return {k: v for k, v in env.items() if not k.startswith(INHERITED)}
+
+
+def session_tag(notebook_job: str) -> str:
+    """The comment prefix of every Dask job started from one notebook session."""
+    return f"{slurm.DASK_TAG}:{notebook_job or 'none'}:"
+
+
+class GPUJob(SLURMJob):
+    """One Slurm job running one Dask worker per GPU, each pinned to its own GPU."""
+
+    def job_script(self) -> str:
+        script = super().job_script()
+        n = self.worker_processes
+        if n <= 1:  # Slurm gives the one GPU; the worker sees just it
+            return script
+        single = self._command_template.replace(f" --nworkers {n}", "")
+        single = single.replace(f" --name {self.name} ", f" --name {self.name}-$i ")
+        assert single != self._command_template, "unexpected dask-jobqueue worker command"
+        per_gpu = (
+            'IFS=, read -r -a gpus <<< "${CUDA_VISIBLE_DEVICES:-}"\n'
+            f"for i in $(seq 0 {n - 1}); do\n"
+            f'    CUDA_VISIBLE_DEVICES="${{gpus[$i]:-}}" {single} &\n'
+            "done\n"
+            "wait\n")
+        return script.replace(self._command_template, per_gpu)
+
+    async def _submit_job(self, script_filename):
+        with open(script_filename) as f:
+            script = f.read()
+        return await slurm.submit_async(script, user=None, env=clean_environment())
+
+    async def close(self):
+        await self._close_job(self.job_id, self.cancel_command)
+
+    @classmethod
+    async def _close_job(cls, job_id, cancel_command):
+        if job_id:
+            try:
+                await slurm.cancel_async(job_id)
+            except slurm.SlurmError:
+                pass  # already gone
+
+
+def _address_towards(host: str) -> str | None:
+    """This machine's address on the network that reaches `host` (no packet is sent)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((host, 9))
+            return s.getsockname()[0]
+    except OSError:
+        return None
+
+
+class GPUCluster(SLURMCluster):
+    job_cls = GPUJob
+
+    def __init__(self, gpus_per_job: int | None = None, gpu_type: str | None = None,
+                 walltime: str | None = None, account: str | None = None,
+                 partition: str | None = None, cpus_per_gpu: int | None = None,
+                 memory_gb_per_gpu: int | None = None, allow_over_budget: bool = False,
+                 budget_client=None, **kwargs):
+        site = site_module.load_cached()
+        d = site.dask
+        partition = partition or d["partition"]
+        part = site.partitions.get(partition)
+        if part is None or not part.gpus_per_node:
+            raise ValueError(f"Partition {partition!r} has no GPUs here; GPU partitions: "
+                             f"{', '.join(p for p, v in site.partitions.items() if v.gpus_per_node)}.")
+        gpu_type = gpu_type or d.get("gpu_type") or part.gpu_types[0]
+        if gpu_type not in part.gpu_types:
+            raise ValueError(f"GPU type {gpu_type!r} is not in partition {partition} "
+                             f"({', '.join(part.gpu_types)}).")
+        gpus = _whole(gpus_per_job if gpus_per_job is not None else d["gpus_per_job"],
+                      "gpus_per_job", 1, part.gpus_per_node)
+        cpus = _whole(cpus_per_gpu or d["cpus_per_gpu"], "cpus_per_gpu", 1,
+                      part.cpus_per_node // gpus)
+        memory = _whole(memory_gb_per_gpu or d["memory_gb_per_gpu"], "memory_gb_per_gpu", 1,
+                        part.memory_gb_per_node // gpus)
+        walltime = walltime or d["walltime"]
+        minutes = site_module.walltime_minutes(str(walltime))
+        if not minutes or minutes > part.max_walltime_min:
+            raise ValueError(f"walltime {walltime!r} must be [D-]HH:MM:SS, at most the "
+                             f"partition's {site_module.format_minutes(part.max_walltime_min)}.")
+        account = account or self._notebook_account()
+        if not site_module.NAME_RE.match(account):
+            raise ValueError(f"account {account!r} is not a Slurm account name.")
+
+        self.gpus_per_job, self.gpu_type, self.account = gpus, gpu_type, account
+        self.walltime_min = minutes
+        self.allow_over_budget = allow_over_budget
+        self._budget_client = budget_client
+        self.notebook_job = os.environ.get("SLURM_JOB_ID", "")
+        self.tag = session_tag(self.notebook_job) + uuid.uuid4().hex[:8]
+        hub = urlparse(os.environ.get("JUPYTERHUB_API_URL", "")).hostname
+        if hub and "scheduler_options" not in kwargs:
+            if (address := _address_towards(hub)):
+                kwargs["scheduler_options"] = {"host": address}
+        kwargs.setdefault("interface", d["interface"])
+        kwargs.setdefault("local_directory", d["local_directory"])
+        kwargs.setdefault("log_directory", os.path.expanduser("~/.aifactory/dask-logs"))
+        kwargs.setdefault("python", d["python"])
+        kwargs.setdefault("death_timeout", 60)
+        super().__init__(
+            queue=partition, account=account, cores=cpus * gpus, processes=gpus,
+            memory=f"{memory * gpus}GB", walltime=site_module.format_minutes(minutes),
+            job_name=f"dask-{self.notebook_job or getpass.getuser()}",
+            job_extra_directives=[f"--gres=gpu:{gpu_type}:{gpus}", f"--comment={self.tag}",
+                                  *kwargs.pop("job_extra_directives", [])],
+            worker_extra_args=["--resources", "GPU=1", *kwargs.pop("worker_extra_args", [])],
+            **kwargs)
+        self._watcher = subprocess.Popen(
+            [sys.executable, "-m", "aifactory.dask", str(os.getpid()), self.tag],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+
+    @staticmethod
+    def _notebook_account() -> str:
+        """The notebook session's own account, else the user's default one."""
+        if os.environ.get("SLURM_JOB_ACCOUNT"):
+            return os.environ["SLURM_JOB_ACCOUNT"]
+        if os.environ.get("SLURM_JOB_ID") and (job := slurm.job(os.environ["SLURM_JOB_ID"])):
+            return job.account
+        return slurm.user_associations(getpass.getuser()).default_account
+
+    # --- cost before scale --------------------------------------------------------------
+
+    def cost_gpu_h(self, jobs: int) -> float:
+        return jobs * self.gpus_per_job * self.walltime_min / 60
+
+    def check_budget(self, target_jobs: int) -> None:
+        """Say what a scale to `target_jobs` adds; refuse it if the project cannot pay."""
+        new = target_jobs - len(self.worker_spec)
+        if new <= 0:
+            return
+        cost = self.cost_gpu_h(new)
+        what = (f"{new} job{'s' if new > 1 else ''} x {self.gpus_per_job} {self.gpu_type.upper()} "
+                f"x {site_module.format_minutes(self.walltime_min)} = {gpu_h(cost)} GPU-hours")
+        try:
+            answer = (self._budget_client or default_client()).budgets(self.account)
+            left = answer["projects"][0]["remaining_gpu_h"]
+        except (AllocationsError, IndexError, KeyError) as e:
+            print(f"Scaling up by {what}; the budget could not be checked ({e}).")
+            return
+        if left is not None and cost > left and not self.allow_over_budget:
+            raise BudgetExceeded(
+                f"Not scaled: {what}, but project {self.account} has {gpu_h(left)} GPU-hours "
+                "left. Ask for fewer jobs or less walltime, or pass allow_over_budget=True.")
+        of = "no limit" if left is None else f"the {gpu_h(left)} left"
+        print(f"Scaling up by {what}, of {of} on project {self.account}.")
+
+    def scale(self, n=None, jobs=0, memory=None, cores=None, workers=None):
+        """Scale to `jobs` jobs, or to `n` (= `workers`) GPU workers, after the budget check."""
+        workers = workers if workers is not None else n
+        if workers is not None:
+            jobs = int(math.ceil(workers / self.gpus_per_job))
+        if memory is None and cores is None:
+            self.check_budget(jobs)
+        return super().scale(jobs=jobs, memory=memory, cores=cores)
+
+    def adapt(self, *args, minimum_jobs=None, maximum_jobs=None, **kwargs):
+        """Adapt between limits; the largest must fit in the budget."""
+        if maximum_jobs is None and kwargs.get("maximum") is not None:
+            maximum_jobs = int(math.ceil(kwargs.pop("maximum") / self.gpus_per_job))
+        if maximum_jobs is None:
+            raise ValueError("adapt() needs maximum_jobs (or maximum workers): it is what the "
+                             "budget is checked against.")
+        self.check_budget(maximum_jobs)
+        return super().adapt(*args, minimum_jobs=minimum_jobs, maximum_jobs=maximum_jobs,
+                             **kwargs)
+
+    # --- behind the hub -----------------------------------------------------------------
+
+    @property
+    def dashboard_link(self) -> str:
+        """The dashboard through the hub (jupyter-server-proxy), or directly elsewhere."""
+        port = self.scheduler_info.get("services", {}).get("dashboard")
+        prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX")
+        if prefix and port:
+            return f"{prefix}proxy/{port}/status"
+        return super().dashboard_link
+
+
+def _whole(value, name: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be a whole number from {lo} to {hi}, not {value!r}.")
+    return value
+
+
+def watch(pid: int, tag: str, interval: float = 2.0) -> None:
+    """Wait for process `pid` (the kernel) to end, then cancel the jobs tagged `tag`."""
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        except PermissionError:
+            pass
+        time.sleep(interval)
+    for attempt in range(30):  # slurmctld may be away just now: keep trying for a while
+        try:
+            for job in slurm.jobs(user=getpass.getuser()):
+                if job.comment == tag and job.state in ("PENDING", "RUNNING", "CONFIGURING"):
+                    slurm.cancel(job.job_id)
+            return
+        except slurm.SlurmError:
+            time.sleep(10)
+
+
+if __name__ == "__main__":
+    watch(int(sys.argv[1]), sys.argv[2])

@@ -1,0 +1,96 @@
+"""What a notebook does with GPUCluster, run by the tests as a demo user (`python -c`).
+
+    python -c "$(cat dask_driver.py)" MODE [ARGS]    prints one JSON line per result
+
+Modes:
+  workers   2 jobs x 4 GPUs: where each worker runs and which GPU it has, a GPU-resource task,
+            the worker jobs as Slurm sees them, then run_ddp with gloo; closes the cluster
+  hold N    scale to N jobs of 4 GPUs, print the tag, then wait (to be killed, or stopped)
+  budget    GPUCluster on proj-tiny, scale beyond its budget: prints the refusal
+"""
+
+import getpass
+import json
+import os
+import sys
+import time
+
+
+def say(**fields):
+    print(json.dumps(fields), flush=True)
+
+
+def train(steps):
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(0)  # same start on every rank; DDP keeps them the same
+    model = DDP(torch.nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    gen = torch.Generator().manual_seed(100 + rank)  # each rank its own data
+    true_w = torch.arange(8, dtype=torch.float32).unsqueeze(1) / 8
+    losses = []
+    for _ in range(steps):
+        x = torch.randn(64, 8, generator=gen)
+        loss = torch.nn.functional.mse_loss(model(x), x @ true_w)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    params = [p.detach().flatten().tolist() for p in model.module.parameters()]
+    return {"rank": rank, "world": world, "losses": losses, "params": params,
+            "env": {k: os.environ[k] for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE",
+                                               "MASTER_ADDR", "MASTER_PORT")},
+            "node": os.environ.get("SLURMD_NODENAME")}
+
+
+def where():
+    return {"node": os.environ.get("SLURMD_NODENAME"),
+            "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "inherited": sorted(k for k in os.environ if k.startswith(("SBATCH_",)))}
+
+
+def main(mode, *args):
+    from distributed import Client
+
+    from aifactory import slurm
+    from aifactory.dask import BudgetExceeded, GPUCluster
+    from aifactory.torch import run_ddp
+
+    if mode == "budget":
+        cluster = GPUCluster(gpus_per_job=4, walltime="01:00:00", account="proj-tiny")
+        try:
+            cluster.scale(jobs=1)
+            say(refused=None)
+        except BudgetExceeded as e:
+            say(refused=str(e), tag=cluster.tag)
+        cluster.close()
+        return
+
+    if mode == "hold":
+        cluster = GPUCluster(gpus_per_job=4, walltime="00:10:00")
+        cluster.scale(jobs=int(args[0]))
+        say(tag=cluster.tag)
+        while True:
+            time.sleep(60)
+
+    cluster = GPUCluster(gpus_per_job=4, walltime="00:10:00")
+    cluster.scale(jobs=2)
+    client = Client(cluster)
+    client.wait_for_workers(8, timeout=240)
+    say(workers=list(client.run(where).values()))
+    say(gpu_task=client.submit(where, resources={"GPU": 1}, pure=False).result())
+    jobs = [j for j in slurm.jobs(user=getpass.getuser()) if j.comment == cluster.tag]
+    say(jobs=[{"id": j.job_id, "name": j.name, "partition": j.partition, "gpus": j.gpus,
+               "account": j.account} for j in jobs], tag=cluster.tag,
+        dashboard=cluster.dashboard_link)
+    say(ddp=run_ddp(client, train, 30))
+    client.close()
+    cluster.close()
+    say(closed=True)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -1,0 +1,129 @@
+"""Dask GPU clusters from a notebook, and torch DDP across them, on the live cluster."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import notebook_jobs, wait_until
+
+from aifactory import slurm
+
+DRIVER = (Path(__file__).parent / "dask_driver.py").read_text()
+PYTHON = "/opt/aifactory/venv/bin/python"
+SITE = "/etc/aifactory/hub_config/site.yaml"
+# What a notebook job's environment holds that must not reach the worker jobs.
+NOTEBOOK_ENV = {"SLURM_JOB_ID": "990001", "SLURM_JOB_ACCOUNT": "proj-climate",
+                "SLURM_MEM_PER_NODE": "1024", "SLURM_CPUS_ON_NODE": "1",
+                "SBATCH_PARTITION": "cpu", "SBATCH_TIMELIMIT": "1"}
+
+
+def driver(user: str, *args: str, env: dict | None = None, prefix: tuple = ()) -> subprocess.Popen:
+    """The driver as `user` in /tmp, as a notebook kernel would run it."""
+    environment = {"PATH": "/opt/aifactory/venv/bin:/usr/bin:/bin", "AIFACTORY_SITE": SITE,
+                   "HOME": f"/home/{user}", **(env or {})}
+    return subprocess.Popen(["runuser", "-u", user, "--", "env", "-i",
+                             *(f"{k}={v}" for k, v in environment.items()),
+                             *prefix, PYTHON, "-c", DRIVER, *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/tmp")
+
+
+def lines(proc: subprocess.Popen, count: int, timeout: float = 300) -> dict:
+    """The first `count` JSON lines the driver prints, merged; other lines under "printed"."""
+    printed = []
+    result = {"printed": printed}
+    deadline = time.monotonic() + timeout
+    while len(result) < count + 1:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"driver ended: {proc.stderr.read()[-3000:]}")
+        if line.startswith("{"):
+            result.update(json.loads(line))
+        else:  # what the notebook would show
+            printed.append(line.strip())
+        assert time.monotonic() < deadline, "driver too slow"
+    return result
+
+
+def tagged(tag: str) -> list[slurm.Job]:
+    return [j for j in slurm.jobs() if j.comment == tag
+            and j.state in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING")]
+
+
+def test_eight_gpu_workers_on_two_nodes_and_ddp_across_them(live_cluster):
+    proc = driver("alice", "workers", env=NOTEBOOK_ENV)
+    try:
+        out = lines(proc, 7, timeout=600)
+        assert proc.wait(120) == 0, proc.stderr.read()[-3000:]
+    finally:
+        proc.kill()
+    assert "Scaling up by 2 jobs x 4 H100 x 00:10:00 = 1.33 GPU-hours, of the" in out["printed"][0]
+    workers = out["workers"]
+    assert len(workers) == 8
+    assert {w["node"] for w in workers} == {"gpu01", "gpu02"}
+    pairs = {(w["node"], w["gpu"]) for w in workers}
+    assert len(pairs) == 8 and all(w["gpu"] in "0123" and len(w["gpu"]) == 1 for w in workers)
+    # The notebook job's SBATCH_PARTITION=cpu did not reach sbatch: the jobs are GPU jobs.
+    assert all(not w["inherited"] for w in workers)
+    assert len(out["jobs"]) == 2
+    for job in out["jobs"]:
+        assert (job["name"], job["partition"], job["gpus"], job["account"]) == (
+            "dask-990001", "gpu", 4, "proj-climate")
+    assert out["tag"].startswith("aifactory-dask:990001:")
+    task = out["gpu_task"]
+    assert task["gpu"] in "0123" and len(task["gpu"]) == 1
+
+    ranks = out["ddp"]
+    assert [r["rank"] for r in ranks] == list(range(8)) and {r["world"] for r in ranks} == {8}
+    assert {r["node"] for r in ranks} == {"gpu01", "gpu02"}
+    assert len({r["env"]["MASTER_ADDR"] for r in ranks}) == 1
+    assert sorted(int(r["env"]["LOCAL_RANK"]) for r in ranks) == [0, 0, 1, 1, 2, 2, 3, 3]
+    for r in ranks:
+        assert r["losses"][-1] < r["losses"][0] / 4, r["losses"]
+        assert r["params"] == ranks[0]["params"]  # DDP kept every replica the same
+    assert out["closed"]
+    wait_until(lambda: not tagged(out["tag"]), 90, what="the worker jobs to go")
+
+
+def test_a_killed_kernel_leaves_no_jobs_pending_or_running(live_cluster):
+    proc = driver("alice", "hold", "3", env=NOTEBOOK_ENV)  # 3 x 4 GPUs: one must wait
+    try:
+        tag = lines(proc, 1)["tag"]
+        wait_until(lambda: {j.state for j in tagged(tag)} == {"RUNNING", "PENDING"}, 60,
+                   what="two running worker jobs and one pending")
+    finally:  # the kernel dies at once: no atexit, no close()
+        kernel = subprocess.run(["pgrep", "-u", "alice", "-f", "hold 3$"], capture_output=True,
+                                text=True).stdout.split()
+        for pid in kernel:
+            os.kill(int(pid), signal.SIGKILL)
+        proc.wait(30)
+    wait_until(lambda: not tagged(tag), 90, what="the killed kernel's jobs to be cancelled")
+
+
+def test_a_scale_over_the_budget_is_refused_and_submits_nothing(live_cluster):
+    before = {j.job_id for j in slurm.jobs(user="bob")}
+    proc = driver("bob", "budget")
+    out = lines(proc, 1)
+    proc.wait(60)
+    assert "Not scaled: 1 job x 4 H100 x 01:00:00 = 4.00 GPU-hours" in out["refused"]
+    assert "project proj-tiny has" in out["refused"]
+    assert {j.job_id for j in slurm.jobs(user="bob")} == before
+
+
+def test_stopping_the_session_cancels_its_dask_jobs(hub_client):
+    alice = hub_client("alice")
+    alice.start(profile="cpu")
+    [session] = notebook_jobs("alice")
+    # Inside the session's job, as a kernel of that session is.
+    proc = driver("alice", "hold", "1",
+                  prefix=("srun", f"--jobid={session.job_id}", "--overlap", "--ntasks=1"))
+    try:
+        tag = lines(proc, 1)["tag"]
+        assert tag.startswith(f"aifactory-dask:{session.job_id}:")
+        wait_until(lambda: tagged(tag), 30, what="the worker job")
+        alice.stop()
+        wait_until(lambda: not tagged(tag), 90, what="the session's Dask jobs to be cancelled")
+    finally:
+        proc.kill()
