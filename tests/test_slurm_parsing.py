@@ -112,3 +112,11 @@ def test_sshare_gives_budgets_and_members_shares_in_gpu_minutes():
     assert alice.granted_min is None
     assert by_key[("proj-tiny", "")].remaining_min == 60
     assert not any(b.account == "root" for b in rows)
+
+
+def test_each_worker_of_a_job_keeps_its_own_gpu():
+    from aifactory.gpu_pin import pin
+    assert [pin(f"GPUCluster-3-{i}", "0,1,2,3") for i in range(4)] == ["0", "1", "2", "3"]
+    assert pin("GPUCluster-3-1", "2,3") == "3"
+    assert pin("GPUCluster-7", "2") == "2"  # one GPU per job: nothing to split
+    assert pin("GPUCluster-7", "") == ""

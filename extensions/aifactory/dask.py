@@ -7,8 +7,8 @@
 
 On top of dask-jobqueue's SLURMCluster:
 
-- each job starts one `dask worker` per GPU, each with its own CUDA_VISIBLE_DEVICES and a
-  `GPU` resource of 1; threads and memory are split per GPU; `scale(jobs=)`, `scale(workers=)`
+- each job runs one Dask worker per GPU, each with only its own GPU in CUDA_VISIBLE_DEVICES
+  and a `GPU` resource of 1; threads and memory are split per GPU; `scale(jobs=)`, `scale(workers=)`
   and `adapt()` count workers as GPUs;
 - jobs are submitted through `aifactory.slurm` with the notebook job's SLURM_*/SBATCH_*
   variables removed, named `dask-<notebook job>` and tagged (`--comment`) so the jobs widget
@@ -27,7 +27,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from urllib.parse import urlparse
 
@@ -37,7 +36,7 @@ from dask_jobqueue.slurm import SLURMJob
 from . import site as site_module
 from . import slurm
 from .allocations import gpu_h
-from .client import AllocationsError, default_client
+from .client import AllocationsError, ServiceClient, default_client
 
 INHERITED = ("SLURM_", "SBATCH_", "SRUN_", "SALLOC_")
 
@@ -58,23 +57,7 @@ def session_tag(notebook_job: str) -> str:
 
 
 class GPUJob(SLURMJob):
-    """One Slurm job running one Dask worker per GPU, each pinned to its own GPU."""
-
-    def job_script(self) -> str:
-        script = super().job_script()
-        n = self.worker_processes
-        if n <= 1:  # Slurm gives the one GPU; the worker sees just it
-            return script
-        single = self._command_template.replace(f" --nworkers {n}", "")
-        single = single.replace(f" --name {self.name} ", f" --name {self.name}-$i ")
-        assert single != self._command_template, "unexpected dask-jobqueue worker command"
-        per_gpu = (
-            'IFS=, read -r -a gpus <<< "${CUDA_VISIBLE_DEVICES:-}"\n'
-            f"for i in $(seq 0 {n - 1}); do\n"
-            f'    CUDA_VISIBLE_DEVICES="${{gpus[$i]:-}}" {single} &\n'
-            "done\n"
-            "wait\n")
-        return script.replace(self._command_template, per_gpu)
+    """One Slurm job of Dask workers, submitted and cancelled through `aifactory.slurm`."""
 
     async def _submit_job(self, script_filename):
         with open(script_filename) as f:
@@ -158,10 +141,12 @@ class GPUCluster(SLURMCluster):
             job_name=f"dask-{self.notebook_job or getpass.getuser()}",
             job_extra_directives=[f"--gres=gpu:{gpu_type}:{gpus}", f"--comment={self.tag}",
                                   *kwargs.pop("job_extra_directives", [])],
-            worker_extra_args=["--resources", "GPU=1", *kwargs.pop("worker_extra_args", [])],
+            # One worker per GPU, each keeping only its own GPU (aifactory.gpu_pin).
+            worker_extra_args=["--resources", "GPU=1", "--preload", "aifactory.gpu_pin",
+                               *kwargs.pop("worker_extra_args", [])],
             **kwargs)
         self._watcher = subprocess.Popen(
-            [sys.executable, "-m", "aifactory.dask", str(os.getpid()), self.tag],
+            [sys.executable, "-m", "aifactory.reaper", str(os.getpid()), self.tag],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True)
 
@@ -188,9 +173,8 @@ class GPUCluster(SLURMCluster):
         what = (f"{new} job{'s' if new > 1 else ''} x {self.gpus_per_job} {self.gpu_type.upper()} "
                 f"x {site_module.format_minutes(self.walltime_min)} = {gpu_h(cost)} GPU-hours")
         try:
-            answer = (self._budget_client or default_client()).budgets(self.account)
-            left = answer["projects"][0]["remaining_gpu_h"]
-        except (AllocationsError, IndexError, KeyError) as e:
+            left = self._remaining_gpu_h()
+        except (AllocationsError, slurm.SlurmError, IndexError, KeyError) as e:
             print(f"Scaling up by {what}; the budget could not be checked ({e}).")
             return
         if left is not None and cost > left and not self.allow_over_budget:
@@ -199,6 +183,17 @@ class GPUCluster(SLURMCluster):
                 "left. Ask for fewer jobs or less walltime, or pass allow_over_budget=True.")
         of = "no limit" if left is None else f"the {gpu_h(left)} left"
         print(f"Scaling up by {what}, of {of} on project {self.account}.")
+
+    def _remaining_gpu_h(self) -> float | None:
+        """What the project has left: from the allocations service in a hub session, else
+        from Slurm (one sshare, not the whole allocation view)."""
+        client = self._budget_client or default_client()
+        if isinstance(client, ServiceClient):
+            return client.budgets(self.account)["projects"][0]["remaining_gpu_h"]
+        budget = slurm.budgets().get(self.account)
+        if budget is None:
+            raise AllocationsError(f"Slurm has no project {self.account!r}")
+        return None if budget.remaining_min is None else budget.remaining_min / 60
 
     def scale(self, n=None, jobs=0, memory=None, cores=None, workers=None):
         """Scale to `jobs` jobs, or to `n` (= `workers`) GPU workers, after the budget check."""
@@ -236,27 +231,3 @@ def _whole(value, name: str, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise ValueError(f"{name} must be a whole number from {lo} to {hi}, not {value!r}.")
     return value
-
-
-def watch(pid: int, tag: str, interval: float = 2.0) -> None:
-    """Wait for process `pid` (the kernel) to end, then cancel the jobs tagged `tag`."""
-    while True:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        except PermissionError:
-            pass
-        time.sleep(interval)
-    for attempt in range(30):  # slurmctld may be away just now: keep trying for a while
-        try:
-            for job in slurm.jobs(user=getpass.getuser()):
-                if job.comment == tag and job.state in ("PENDING", "RUNNING", "CONFIGURING"):
-                    slurm.cancel(job.job_id)
-            return
-        except slurm.SlurmError:
-            time.sleep(10)
-
-
-if __name__ == "__main__":
-    watch(int(sys.argv[1]), sys.argv[2])
