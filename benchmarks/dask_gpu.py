@@ -2,7 +2,7 @@
 
 Run as root on the local cluster (`./aif cluster up` first):
 
-    /opt/aifactory/venv/bin/python benchmarks/dask_gpu.py [--rounds 2] [--tasks 5000]
+    /opt/aifactory/venv/bin/python benchmarks/dask_gpu.py [--rounds 5] [--tasks 5000]
 
 Both get 2 jobs of 4 GPUs (32 CPUs, 240 GB, 10 minutes) on the gpu partition, workers on
 the nodes' eth0, the scheduler here on the login node's cluster address:
@@ -13,8 +13,8 @@ the nodes' eth0, the scheduler here on the login node's cluster address:
   cost checked before the scale.
 
 Measured per round (the order alternates): seconds from scale(jobs=2) to 8 workers
-connected, and the throughput of many small tasks (client.map of a trivial function), with
-slurmctld RPCs from sdiag.
+connected, and the throughput of many small tasks (client.map of a trivial function; the
+median of three batches), with slurmctld RPCs from sdiag.
 """
 
 from __future__ import annotations
@@ -62,10 +62,13 @@ def measure(make, tasks: int) -> dict:
         client.wait_for_workers(8, timeout=300)
         ready = time.monotonic() - began
         client.gather(client.map(inc, range(100)))  # warm-up
-        began = time.monotonic()
-        results = client.gather(client.map(inc, range(tasks), pure=False))
-        throughput = tasks / (time.monotonic() - began)
-        assert sum(results) == tasks * (tasks + 1) // 2
+        rates = []
+        for _ in range(3):  # this 2-core machine is noisy: the median of three batches
+            began = time.monotonic()
+            results = client.gather(client.map(inc, range(tasks), pure=False))
+            rates.append(tasks / (time.monotonic() - began))
+            assert sum(results) == tasks * (tasks + 1) // 2
+        throughput = statistics.median(rates)
     finally:
         client.close()
         cluster.close()
@@ -78,7 +81,7 @@ def measure(make, tasks: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tasks", type=int, default=5000)
     args = parser.parse_args()
     os.environ.setdefault("AIFACTORY_SITE", "/etc/aifactory/hub_config/site.yaml")

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from . import slurm
-from .snapshot import expand_nodes, gpu_availability, usable_reservations
+from .snapshot import gpu_availability, held_nodes, usable_reservations
 
 BURN_WINDOW_DAYS = 7
 RECENT_JOBS = 20
@@ -301,14 +301,11 @@ def gpus(viewer: Viewer, snap: Snapshot, now: float | None = None) -> dict:
     """Free and total GPUs per partition and type (free for this viewer), and nodes down."""
     now = now or time.time()
     mine = usable_reservations(snap.reservations, viewer.name, snap.members.get(viewer.name, []))
-    held = set()
-    for name, r in snap.reservations.items():
-        if r.get("State") == "ACTIVE" and name not in mine:
-            held |= expand_nodes(r.get("Nodes", ""))
+    held = held_nodes(snap.reservations, mine)
     down = [{"node": n.name, "state": n.state, "reason": n.reason} for n in snap.nodes
             if any(s in n.state for s in ("DOWN", "DRAIN", "NOT_RESPONDING", "FAIL"))]
     return {**_meta(snap, ("nodes", "reservations"), now),
-            "partitions": [a.__dict__ for a in gpu_availability(snap.nodes, held)],
+            "partitions": [asdict(a) for a in gpu_availability(snap.nodes, held)],
             "nodes_down": down}
 
 

@@ -96,6 +96,15 @@ def usable_reservations(reservations: Mapping[str, Mapping[str, str]], user: str
     return usable
 
 
+def held_nodes(reservations: Mapping[str, Mapping[str, str]], usable: set[str] | Mapping) -> set[str]:
+    """Nodes held now by active reservations other than the `usable` ones."""
+    held = set()
+    for name, r in reservations.items():
+        if r.get("State") == "ACTIVE" and name not in usable:
+            held |= expand_nodes(r.get("Nodes", ""))
+    return held
+
+
 def expand_nodes(nodelist: str) -> set[str]:
     """"gpu[01-02],cpu01" -> {"gpu01", "gpu02", "cpu01"} (the forms Slurm prints here)."""
     names = set()
@@ -145,11 +154,7 @@ class SlurmView:
                            ) -> list[GpuAvailability]:
         nodes = await self.nodes.get(max_age)
         reservations = await self.reservations.get(60)
-        held = set()
-        for name, r in reservations.items():
-            if r.get("State") == "ACTIVE" and name not in user_reservations:
-                held |= expand_nodes(r.get("Nodes", ""))
-        return gpu_availability(nodes, held)
+        return gpu_availability(nodes, held_nodes(reservations, user_reservations))
 
     def queue_position(self, job: slurm.Job, jobs: dict[str, slurm.Job]) -> int:
         """1 + the pending jobs competing for the same partition that Slurm ranks first.
