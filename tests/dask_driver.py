@@ -7,6 +7,7 @@ Modes:
             the worker jobs as Slurm sees them, then run_ddp with gloo; closes the cluster
   hold N    scale to N jobs of 4 GPUs, print the tag, then wait (to be killed, or stopped)
   budget    GPUCluster on proj-tiny, scale beyond its budget: prints the refusal
+  fail      run_ddp where rank 1 raises: the error, and how long until it came
 """
 
 import getpass
@@ -46,6 +47,15 @@ def train(steps):
             "node": os.environ.get("SLURMD_NODENAME")}
 
 
+def fail_on_rank_1():
+    import torch
+    import torch.distributed as dist
+    if dist.get_rank() == 1:
+        raise ValueError("bad batch on rank 1")
+    dist.all_reduce(torch.ones(1))  # waits for rank 1 forever
+    return "unreachable"
+
+
 def where():
     return {"node": os.environ.get("SLURMD_NODENAME"),
             "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"),
@@ -66,6 +76,22 @@ def main(mode, *args):
             say(refused=None)
         except BudgetExceeded as e:
             say(refused=str(e), tag=cluster.tag)
+        cluster.close()
+        return
+
+    if mode == "fail":  # rank 1 of 2 fails while rank 0 waits for it in a collective
+        cluster = GPUCluster(gpus_per_job=2, walltime="00:10:00")
+        cluster.scale(jobs=1)
+        client = Client(cluster)
+        client.wait_for_workers(2, timeout=240)
+        began = time.monotonic()
+        try:
+            run_ddp(client, fail_on_rank_1)
+            say(error=None)
+        except Exception as e:
+            say(error=f"{type(e).__name__}: {e}", seconds=time.monotonic() - began)
+        say(after=client.submit(where, pure=False).result())  # the workers are usable again
+        client.close()
         cluster.close()
         return
 

@@ -158,3 +158,33 @@ def test_sacct_records_become_past_jobs_with_gpus_and_cpu_time():
     [record] = [j for j in slurm.parse_sacct_json((DATA / "sacct-22.05.json").read_text())][:1]
     job = slurm.past_job_from_json(record)
     assert job.gpus == 2 and job.cpus == 1 and job.elapsed_s == 15 and job.state == "CANCELLED"
+
+
+class CountingClient:
+    """Answers like the service; counts how often it is asked (for the refresh thread)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def gpus(self):
+        self.calls += 1
+        return {"as_of": None, "age_s": None, "source": [], "warnings": [],
+                "partitions": [{"partition": "gpu", "gpu_type": "h100", "total": 12,
+                                "free": self.calls, "down": 0}], "nodes_down": []}
+
+
+def test_panels_refresh_in_the_background_and_stop_when_closed():
+    import time
+
+    from aifactory.widgets import ClusterPanel
+    client = CountingClient()
+    panel = ClusterPanel(client, refresh_s=1)
+    time.sleep(3.5)
+    assert client.calls >= 3  # the first answer, then every second, without being asked
+    bundle = panel._repr_mimebundle_()  # what an exported notebook keeps
+    assert "h100: " in bundle["text/plain"] and "aif-gpus" in bundle["text/html"]
+    panel.close()
+    stopped_at = client.calls
+    time.sleep(2.5)
+    assert client.calls == stopped_at
+    assert f'class="aif-free">{stopped_at}</td>' in panel.html()  # the newest answer is shown

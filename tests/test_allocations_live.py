@@ -90,6 +90,7 @@ def test_used_equals_sacct_and_the_api_widget_and_cli_agree(hub_client, audit_pr
     settled_budget = wait_until(settled, 180, interval=3,
                                 what=f"used to reach {expected:.4f} GPU-h with nothing held")
     assert settled_budget["burn_gpu_h_per_day"] >= round(expected / 7, 4) - 1e-4
+    print(f"\nused {settled_budget['used_gpu_h']} GPU-h; sacct sum {expected:.4f} GPU-h")
 
     # The same numbers in the API, the CLI on the login node and the widget in a notebook.
     panel = AllocationPanel(ServiceClient(SERVICE, token), refresh_s=0)
@@ -196,3 +197,13 @@ def test_with_slurmctld_away_the_widgets_say_scheduler_unreachable(hub_client):
         wait_until(lambda: (panel.refresh(), "unreachable" not in panel.text())[1], 60,
                    interval=2, what=f"{panel.title} to recover")
         panel.close()
+
+
+def test_a_browser_reaches_the_service_through_the_hubs_login(hub_client):
+    alice = hub_client("alice")  # logged in to the hub: OAuth needs no further question
+    page = alice.http.get(SERVICE, timeout=30)
+    assert page.status_code == 200 and page.url.rstrip("/") == SERVICE.rstrip("/")
+    assert "GPU-hours of alice" in page.text and "proj-climate" in page.text
+    assert "proj-tiny" not in page.text
+    anonymous = requests.get(SERVICE, allow_redirects=False, timeout=30)
+    assert anonymous.status_code == 302 and "/hub/api/oauth2/authorize" in anonymous.headers["Location"]

@@ -127,3 +127,24 @@ def test_stopping_the_session_cancels_its_dask_jobs(hub_client):
         wait_until(lambda: not tagged(tag), 90, what="the session's Dask jobs to be cancelled")
     finally:
         proc.kill()
+
+
+def test_a_failing_rank_stops_every_rank_and_the_error_names_it(live_cluster):
+    proc = driver("alice", "fail", env=NOTEBOOK_ENV)
+    try:
+        out = lines(proc, 3, timeout=400)
+        proc.wait(120)
+    finally:
+        proc.kill()
+    assert out["error"].startswith("DDPError: rank 1 (on tcp://")
+    assert "bad batch on rank 1" in out["error"] and "all 2 ranks were stopped" in out["error"]
+    assert out["seconds"] < 60  # not the collective's 10-minute timeout
+    assert out["after"]["gpu"] in "0123"
+
+
+def test_the_dask_sidebar_in_jupyterlab_makes_gpu_clusters():
+    out = subprocess.run([PYTHON, "-c", "import dask, json; "
+                          "print(json.dumps(dask.config.get('labextension.factory')))"],
+                         capture_output=True, text=True, check=True)
+    factory = json.loads(out.stdout)
+    assert (factory["module"], factory["class"]) == ("aifactory.dask", "GPUCluster")

@@ -75,6 +75,8 @@ def test_pending_reason_in_plain_words_and_cancel_from_the_pending_page(hub_clie
 
 def test_budget_used_up_while_waiting_fails_fast_with_the_reason(hub_client, gpus_taken):
     bob = hub_client("bob")
+    # proj-tiny's 1 GPU-hour, unspent (earlier tests may have run a second on it).
+    slurm.sacctmgr("modify", "account", "where", "name=proj-tiny", "set", "RawUsage=0")
     assert bob.submit_form(profile="h100-1", option_walltime="1h",
                            account="proj-tiny").status_code == 302
     progress_messages(bob, until="Slurm: Resources")
