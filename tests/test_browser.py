@@ -103,8 +103,8 @@ def run_notebook(page, passwords, user: str, name: str, *cells: str) -> None:
     page.fill("#username_input", user)
     page.fill("#password_input", passwords[user])
     page.click("#login_submit")
-    page.goto(f"{HUB}/user/{user}/lab/tree/{name}")
-    # JupyterLab may reopen earlier notebooks in hidden tabs: act on the visible one.
+    # ?reset: a fresh workspace, not the tabs an earlier test left open.
+    page.goto(f"{HUB}/user/{user}/lab/tree/{name}?reset")
     page.wait_for_selector(".jp-Notebook .jp-Cell >> visible=true", timeout=60_000)
     page.wait_for_selector("text=Python 3 (ipykernel) | Idle", timeout=60_000)
     page.click(".jp-Notebook .jp-Cell .cm-content >> visible=true")
