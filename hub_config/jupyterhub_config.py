@@ -6,6 +6,8 @@
 import os
 from pathlib import Path
 
+from aifactory import courses, site
+
 c = get_config()  # noqa: F821
 here = Path(__file__).resolve().parent
 
@@ -51,16 +53,23 @@ c.JupyterHub.services = [{
     "oauth_no_confirm": True,
     "display": False,
 }]
-c.JupyterHub.load_roles = [
+# Courses (site.yaml `courses`): their hub groups come from the Unix groups of the same names,
+# read when the hub starts (this adds members; remove one on the hub's admin page). Each
+# course's instructors get a role to start and stop its participants' servers.
+site_description = site.load(here / "site.yaml")
+c.JupyterHub.load_groups = courses.hub_groups(site_description)
+c.JupyterHub.load_roles = [*courses.hub_roles(site_description),
     # Every user may ask the service (it shows each only what is theirs).
     {"name": "user", "scopes": ["self", "access:services!service=allocations"]},
     # The service learns who is an admin and who is in which group.
     {"name": "allocations-service", "services": ["allocations"],
-     "scopes": ["read:users", "read:groups"]},
+     "scopes": ["read:users", "read:groups", "read:servers"]},
 ]
-# A session's own token reaches the service too, so widgets in the notebook can use it.
+# A session's own token reaches the service too, so widgets in the notebook can use it; an
+# instructor's also carries their course role (the hub grants nobody scopes they lack).
 c.Spawner.server_token_scopes = ["users:activity!user", "access:servers!server",
-                                 "access:services!service=allocations"]
+                                 "access:services!service=allocations",
+                                 *courses.session_token_scopes(site_description)]
 c.Spawner.environment = {"AIFACTORY_ALLOCATIONS_URL": f"{allocations_url}/services/allocations/",
                          # GPUCluster reads its defaults from the site description.
                          "AIFACTORY_SITE": str(here / "site.yaml")}

@@ -17,10 +17,14 @@ RESERVATIONS = {
 }
 
 
-def ask(form, user="bob", accounts=("proj-climate", "proj-tiny"), default="proj-climate"):
+PARTICIPANT = ("dl101-participants",)
+
+
+def ask(form, user="bob", accounts=("proj-climate", "proj-tiny"), default="proj-climate",
+        groups=(), reservations=RESERVATIONS):
     return resolve(SITE, form, user=user, accounts=list(accounts), default_account=default,
-                   reservations=RESERVATIONS, qos={a: ["normal"] for a in accounts} | {
-                       "proj-climate": ["normal", "long"]})
+                   reservations=reservations, qos={a: ["normal"] for a in accounts} | {
+                       "proj-climate": ["normal", "long"]}, groups=groups)
 
 
 def test_each_profile_resolves_to_its_slurm_request():
@@ -34,7 +38,7 @@ def test_each_profile_resolves_to_its_slurm_request():
     four = ask({"profile": "h100-4", "account": "proj-climate"})
     assert four.gpus == 4 and four.gpu_minutes == 4 * 8 * 60
     course = ask({"profile": "course-dl101"}, user="student1", accounts=["course-dl101"],
-                 default="course-dl101")
+                 default="course-dl101", groups=PARTICIPANT)
     assert (course.account, course.reservation, course.gpus) == ("course-dl101", "dl101", 1)
     assert ask({}).profile == "cpu"  # the default profile
 
@@ -104,12 +108,46 @@ def test_bad_fields_are_refused_with_a_sentence(form, message):
 
 
 def test_a_course_profile_keeps_its_account_and_reservation():
-    student = dict(user="student1", accounts=["course-dl101", "proj-climate"], default="proj-climate")
+    student = dict(user="student1", accounts=["course-dl101", "proj-climate"],
+                   default="proj-climate", groups=PARTICIPANT)
     for field, value in (("account", "proj-climate"), ("reservation", "others"),
                          ("partition", "cpu")):
         with pytest.raises(RequestError, match="profile sets the"):
             ask({"profile": "course-dl101", field: value}, **student)
     assert ask({"profile": "course-dl101", "account": "course-dl101"}, **student).account == "course-dl101"
+
+
+def test_a_course_profile_is_for_its_participants_and_instructors_only():
+    others = dict(user="bob", accounts=["course-dl101", "proj-climate"], default="proj-climate")
+    with pytest.raises(RequestError, match="There is no profile 'course-dl101'"):
+        ask({"profile": "course-dl101"}, **others)
+    with pytest.raises(RequestError, match="There is no profile 'course-dl101'"):
+        ask({"profile": "course-dl101"}, **others, groups=("ml202-participants",))
+    assert ask({"profile": "course-dl101"}, **others,
+               groups=("dl101-instructors",)).reservation == "dl101"
+
+
+def test_the_course_budget_pays_for_gpus_only_in_the_course():
+    student = dict(user="student1", accounts=["course-dl101"], default="course-dl101",
+                   groups=PARTICIPANT)
+    for form in ({"profile": "h100-1"}, {"profile": "h100-4", "account": "course-dl101"},
+                 {"profile": "cpu", "account": "course-dl101", "gpus": "1", "partition": "gpu"}):
+        with pytest.raises(RequestError, match="is the GPU budget of DL101"):
+            ask(form, **student)
+    assert ask({"profile": "cpu"}, **student).account == "course-dl101"  # no GPUs: no cost
+
+
+def test_before_and_after_the_window_the_course_says_when():
+    later = dict(RESERVATIONS, ml202={"State": "INACTIVE", "Accounts": "course-ml202",
+                                       "Users": "(null)", "StartTime": "2027-01-10T09:00:00",
+                                       "EndTime": "2027-01-15T09:00:00"})
+    student = dict(user="student3", accounts=["course-ml202"], default="course-ml202",
+                   groups=("ml202-participants",))
+    with pytest.raises(RequestError, match=r"ML202: scaling out \(starts next month\) opens at "
+                                           r"Sun 10 Jan 2027 09:00 \(in \d+ days\)"):
+        ask({"profile": "course-ml202"}, **student, reservations=later)
+    with pytest.raises(RequestError, match="has no reservation now"):
+        ask({"profile": "course-ml202"}, **student)
 
 
 def test_the_reservation_must_belong_to_the_account_charged():

@@ -20,6 +20,7 @@ import datetime as dt
 import time
 from dataclasses import asdict, dataclass, field
 
+from . import courses as courses_module
 from . import slurm
 from .snapshot import gpu_availability, held_nodes, usable_reservations
 
@@ -323,3 +324,89 @@ def duration(seconds: float | None) -> str:
     days, rest = divmod(seconds, 86400)
     text = f"{rest // 3600}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
     return f"{days}-{text}" if days else text
+
+
+# --- courses ----------------------------------------------------------------------------
+
+def _course_role(viewer: Viewer, course) -> str | None:
+    if viewer.admin:
+        return "admin"
+    if course.instructors in viewer.groups:
+        return "instructor"
+    if course.participants in viewer.groups:
+        return "participant"
+    return None
+
+
+def courses_list(viewer: Viewer, snap: Snapshot, site_courses, now: float | None = None) -> dict:
+    """The courses `viewer` teaches or takes: window and spawn link."""
+    now = now or time.time()
+    rows = []
+    for c in site_courses:
+        role = _course_role(viewer, c)
+        if role:
+            window = courses_module.window(c, snap.reservations, now)
+            rows.append({"name": c.name, "display_name": c.display_name, "role": role,
+                         "account": c.account, "reservation": c.reservation,
+                         "window": window["state"], "window_text": window["text"],
+                         "spawn_url": f"/hub/spawn?{c.spawn_query}"})
+    return {**_meta(snap, ("reservations",), now), "user": viewer.name, "courses": rows}
+
+
+def participant_row(name: str, model: dict | None, snap: Snapshot, course, now: float) -> dict:
+    """One participant: session state (from the hub and Slurm), GPU-hours, last activity."""
+    model = model or {}
+    server = (model.get("servers") or {}).get("")
+    sessions = sorted((j for j in snap.queue.values() if j.user == name
+                       and j.account == course.account and j.comment.startswith(slurm.SESSION_TAG)
+                       and j.state in ACTIVE_STATES), key=lambda j: int(j.job_id))
+    job = sessions[-1] if sessions else None
+    if server and server.get("ready"):
+        state = "running"
+    elif server and server.get("pending") == "stop":
+        state = "stopping"
+    elif (server and server.get("pending")) or (job and job.state == "PENDING"):
+        state = "pending"
+    elif any(j.user == name and j.account == course.account
+             and j.comment.startswith(slurm.SESSION_TAG) for j in snap.history):
+        state = "stopped"
+    else:
+        state = "not started"
+    usage = next((u for u in snap.shares if u.account == course.account and u.user == name), None)
+    row = {"user": name, "state": state, "job_id": job.job_id if job else None,
+           "node": job.nodes if job and job.nodes else None,
+           "reason": None, "reason_text": None, "estimated_start": None,
+           "gpu_h_used": _round(usage.used_min / 60) if usage else 0.0,
+           "gpu_h_held": _round(usage.held_min / 60) if usage else 0.0,
+           "last_activity": model.get("last_activity"),
+           "in_hub": bool(model)}
+    if job and job.state == "PENDING":
+        info = job_row(job, now)
+        row.update(reason=info["reason"], reason_text=info["reason_text"],
+                   estimated_start=info["estimated_start"])
+    return row
+
+
+def course(viewer: Viewer, snap: Snapshot, c, participants: list[str],
+           hub_users: dict[str, dict], now: float | None = None) -> dict:
+    """The instructor's view of course `c`: participants, the window, the course budget."""
+    now = now or time.time()
+    if _course_role(viewer, c) not in ("admin", "instructor"):
+        raise AccessError(403, f"You do not teach {c.display_name}.")
+    window = courses_module.window(c, snap.reservations, now)
+    budget_row = next((b for b in snap.shares if b.account == c.account and not b.user), None)
+    rows = [participant_row(name, hub_users.get(name), snap, c, now)
+            for name in sorted(participants)]
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    return {**_meta(snap, ("queue", "shares", "reservations", "history"), now),
+            "course": c.name, "display_name": c.display_name, "account": c.account,
+            "reservation": c.reservation, "profile": c.profile,
+            "spawn_url": f"/hub/spawn?{c.spawn_query}",
+            "window": window["state"], "window_text": window["text"],
+            "window_start": _iso(window["starts"]), "window_end": _iso(window["ends"]),
+            "time_left_s": window["time_left_s"],
+            "budget": project_budget(budget_row, snap.history, snap.period, now)
+            if budget_row else None,
+            "counts": counts, "participants": rows}

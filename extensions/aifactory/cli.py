@@ -65,6 +65,37 @@ def _allocation(args) -> int:
     return 0
 
 
+def _course(args) -> int:
+    """course [NAME] [--start USER|all] [--stop USER|all]: an instructor's view and actions."""
+    from . import report
+    from .client import AllocationsError, HubActions, course_targets, default_client
+    client = default_client()
+    try:
+        if not args.name:
+            answer = client.courses()
+            print(json.dumps(answer, indent=2) if args.json else report.courses_text(answer))
+            return 0
+        answer = client.course(args.name)
+        for action, who in (("start", args.start), ("stop", args.stop)):
+            if who:
+                hub = HubActions()
+                users = course_targets(answer, action) if who == "all" else [who]
+                for user in users:
+                    try:
+                        done = (hub.start(user, answer["profile"]) if action == "start"
+                                else hub.stop(user))
+                    except AllocationsError as e:
+                        done = f"not done: {e}"
+                    print(f"{user}: {done}")
+                return 0
+    except AllocationsError as e:
+        print(f"aifactory: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(answer, indent=2) if args.json
+          else "\n".join([report.course_text(answer), *report.footer(answer)]))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aifactory", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     for p in (budget_p, jobs_p, gpus_p):
         p.add_argument("--json", action="store_true", help="the answer as JSON")
         p.set_defaults(func=_allocation)
+    course_p = sub.add_parser("course", help="your courses; a course you teach: participants' "
+                                              "sessions, start or stop them")
+    course_p.add_argument("name", nargs="?", help="the course (see `aifactory course`)")
+    course_p.add_argument("--start", metavar="USER", help="start USER's session, or 'all'")
+    course_p.add_argument("--stop", metavar="USER", help="stop USER's session, or 'all'")
+    course_p.add_argument("--json", action="store_true", help="the answer as JSON")
+    course_p.set_defaults(func=_course)
     args = parser.parse_args(argv)
 
     from .cluster.demo import DemoFileError

@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 
 import requests
 
 from . import allocations, slurm
 from .allocations import Snapshot, Viewer
+
+
+USER_NAME_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+NEEDS_HUB = ("Courses are known to the hub: run this in a hub session (or set "
+             "AIFACTORY_ALLOCATIONS_URL and JUPYTERHUB_API_TOKEN).")
 
 
 class AllocationsError(RuntimeError):
@@ -59,6 +65,55 @@ class ServiceClient:
     def cancel(self, job_id: str) -> dict:
         return self._call("DELETE", f"jobs/{job_id}")
 
+    def courses(self) -> dict:
+        return self._call("GET", "courses")
+
+    def course(self, name: str) -> dict:
+        return self._call("GET", f"courses/{name}")
+
+
+class HubActions:
+    """Start and stop other people's sessions through the hub's API, with this token: the hub
+    lets an instructor do it only for their course's participants."""
+
+    def __init__(self, api_url: str | None = None, token: str | None = None, timeout: float = 30):
+        self.url = (api_url or os.environ["JUPYTERHUB_API_URL"]).rstrip("/")
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"token {token or os.environ['JUPYTERHUB_API_TOKEN']}"
+        self.timeout = timeout
+
+    def _call(self, method: str, user: str, **kwargs) -> str:
+        if not USER_NAME_RE.match(user):
+            raise AllocationsError(f"'{user[:40]}' is not a user name.")
+        try:
+            r = self.session.request(method, f"{self.url}/users/{user}/server",
+                                     timeout=self.timeout, **kwargs)
+        except requests.RequestException:
+            raise AllocationsError("the hub is unreachable") from None
+        if r.status_code in (201, 202, 204):
+            return "started" if method == "POST" and r.status_code == 201 else (
+                "starting" if method == "POST" else "stopping" if r.status_code == 202 else "stopped")
+        try:
+            message = r.json().get("message") or r.reason
+        except ValueError:
+            message = r.reason
+        if r.status_code == 400 and "already" in message:
+            return "already running" if method == "POST" else "not running"
+        raise AllocationsError(f"the hub refused ({r.status_code}): {message}")
+
+    def start(self, user: str, profile: str) -> str:
+        return self._call("POST", user, json={"profile": profile})
+
+    def stop(self, user: str) -> str:
+        return self._call("DELETE", user)
+
+
+def course_targets(answer: dict, action: str) -> list[str]:
+    """Whom "start all" / "stop all" concerns in a course view: those not yet in a session,
+    or those in one."""
+    wanted = ("not started", "stopped") if action == "start" else ("running", "pending")
+    return [p["user"] for p in answer["participants"] if p["state"] in wanted]
+
 
 class DirectClient:
     """Outside a hub (a terminal on a login node): ask Slurm directly, as this Unix user."""
@@ -85,6 +140,12 @@ class DirectClient:
 
     def gpus(self) -> dict:
         return self._answer(allocations.gpus, ("nodes", "reservations", "members"))
+
+    def courses(self) -> dict:
+        raise AllocationsError(NEEDS_HUB)
+
+    def course(self, name: str) -> dict:
+        raise AllocationsError(NEEDS_HUB)
 
     def cancel(self, job_id: str) -> dict:
         try:  # as this process's user: Slurm refuses other people's jobs

@@ -120,6 +120,12 @@ class GPUCluster(SLURMCluster):
         if not site_module.NAME_RE.match(account):
             raise ValueError(f"account {account!r} is not a Slurm account name.")
 
+        # A course's budget pays only inside the course's reservation (and partition).
+        course = site.course_of_account(account)
+        course_options = []
+        if course is not None:
+            course_options = [f"--reservation={course.reservation}"]
+            partition = site.profile(course.profile).slurm["partition"]
         self.gpus_per_job, self.gpu_type, self.account = gpus, gpu_type, account
         self.walltime_min = minutes
         self.allow_over_budget = allow_over_budget
@@ -140,7 +146,7 @@ class GPUCluster(SLURMCluster):
             memory=f"{memory * gpus}GB", walltime=site_module.format_minutes(minutes),
             job_name=f"dask-{self.notebook_job or getpass.getuser()}",
             job_extra_directives=[f"--gres=gpu:{gpu_type}:{gpus}", f"--comment={self.tag}",
-                                  *kwargs.pop("job_extra_directives", [])],
+                                  *course_options, *kwargs.pop("job_extra_directives", [])],
             # One worker per GPU, each keeping only its own GPU (aifactory.gpu_pin).
             worker_extra_args=["--resources", "GPU=1", "--preload", "aifactory.gpu_pin",
                                *kwargs.pop("worker_extra_args", [])],

@@ -90,3 +90,62 @@ def gpus_text(answer: dict) -> str:
     lines += [f"node down: {n['node']} {n['state']} {n['reason']}".rstrip()
               for n in answer["nodes_down"]]
     return "\n".join(lines)
+
+
+COURSE_HEAD = ["participant", "session", "GPU-h used", "last activity"]
+
+
+def ago(iso: str | None, now: float | None = None) -> str:
+    if not iso:
+        return "never"
+    seconds = (now or dt.datetime.now(dt.timezone.utc).timestamp()) - \
+        dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    if seconds < 90:
+        return "just now"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.0f} h ago"
+    return f"{seconds / 86400:.0f} days ago"
+
+
+def session_words(p: dict) -> str:
+    """A participant's session state in words, with Slurm's reason while pending."""
+    if p["state"] == "running":
+        return f"running on {p['node']}" if p["node"] else "running"
+    if p["state"] == "pending" and p["reason_text"]:
+        words = f"pending: {p['reason_text']} (Slurm: {p['reason']})"
+        if p["estimated_start"]:
+            words += f"; estimated start {when(p['estimated_start'])}"
+        return words
+    return p["state"]
+
+
+def course_cells(p: dict) -> list[str]:
+    return [p["user"], session_words(p), gpu_h(p["gpu_h_used"]), ago(p["last_activity"])]
+
+
+def course_summary(answer: dict) -> list[str]:
+    lines = [f"{answer['display_name']} (course {answer['course']}; project {answer['account']}, "
+             f"reservation {answer['reservation']})", f"  window: {answer['window_text']}"]
+    if answer["time_left_s"] is not None:
+        lines.append(f"  reservation time left: {duration(answer['time_left_s'])}")
+    b = answer["budget"]
+    if b:
+        lines.append(f"  course budget: {gpu_h(b['used_gpu_h'])} used, {gpu_h(b['held_gpu_h'])} "
+                     f"held, {gpu_h(b['remaining_gpu_h'])} left of {gpu_h(b['granted_gpu_h'])} "
+                     "GPU-hours")
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(answer["counts"].items()))
+    lines.append(f"  participants: {counts or 'none'}")
+    return lines
+
+
+def course_text(answer: dict) -> str:
+    lines = course_summary(answer)
+    lines += ["  " + " | ".join(course_cells(p)) for p in answer["participants"]]
+    return "\n".join(lines)
+
+
+def courses_text(answer: dict) -> str:
+    return "\n".join(f"{c['name']}: {c['display_name']} ({c['role']}); {c['window_text']} "
+                     f"Start: {c['spawn_url']}" for c in answer["courses"]) or "You have no courses."

@@ -12,6 +12,10 @@ API, under /services/allocations/api/ (JSON; every answer has as_of, age_s, sour
   GET    jobs/ID                 one of your active jobs
   DELETE jobs/ID                 cancel one of your jobs (run as you, so Slurm checks it too)
   GET    gpus                    free and total GPUs per partition and type; nodes down
+  GET    courses                 the courses you teach or take: window, spawn link
+  GET    courses/NAME            a course you teach: participants' sessions, GPU-hours, last
+                                 activity; its window and budget (start and stop sessions
+                                 through the hub API, with your own token)
   GET    health                  age and last error of each part of the cache (no login needed)
 """
 
@@ -41,6 +45,7 @@ INTERVALS = {"queue": 5, "nodes": 10, "reservations": 30, "shares": 15, "members
 ACCOUNT_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 JOB_ID_RE = re.compile(r"^[0-9]{1,12}$")
+COURSE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 
 
 class Cache:
@@ -189,6 +194,26 @@ class GpusHandler(ApiHandler):
         self.answer(allocations.gpus)
 
 
+class CoursesHandler(ApiHandler):
+    def get(self):
+        self.answer(allocations.courses_list, site.load_cached().courses)
+
+
+class CourseHandler(ApiHandler):
+    async def get(self, name: str):
+        name = _path_value(name, COURSE_RE, "course name")
+        course = site.load_cached().course(name)
+        if course is None:
+            raise web.HTTPError(404, f"There is no course '{name}'.")
+        if not (self.viewer.admin or course.instructors in self.viewer.groups):
+            raise web.HTTPError(403, f"You do not teach {course.display_name}.")
+        try:
+            participants, users = await self.settings["hub"].course_members(course.participants)
+        except (HTTPClientError, OSError) as e:
+            raise web.HTTPError(503, f"the hub did not answer ({e}); try again") from None
+        self.answer(allocations.course, course, participants, users)
+
+
 class HealthHandler(BaseHandler):
     def get(self):
         snap, now = self.cache.snap, time.time()
@@ -219,11 +244,44 @@ class PageHandler(BaseHandler):
                     f"<p>as of {answer['as_of']}</p>")
 
 
+class Hub:
+    """The hub's API, with the service's own token (read:users, read:groups, read:servers)."""
+
+    def __init__(self, hub_api: str, token: str, max_age: float = 2):
+        self.hub_api, self.token, self.max_age = hub_api.rstrip("/"), token, max_age
+        self._users: tuple[float, dict[str, dict]] | None = None
+
+    async def get(self, path: str):
+        response = await AsyncHTTPClient().fetch(
+            f"{self.hub_api}/{path}", headers={"Authorization": f"token {self.token}"},
+            request_timeout=10)
+        return json.loads(response.body)
+
+    async def users(self) -> dict[str, dict]:
+        """Every hub user's model with their servers, at most `max_age` s old."""
+        if self._users and time.monotonic() - self._users[0] < self.max_age:
+            return self._users[1]
+        users, offset, limit = {}, 0, 200
+        while True:
+            page = await self.get(f"users?offset={offset}&limit={limit}")
+            users.update((u["name"], u) for u in page)
+            if len(page) < limit:
+                break
+            offset += limit
+        self._users = (time.monotonic(), users)
+        return users
+
+    async def course_members(self, group: str) -> tuple[list[str], dict[str, dict]]:
+        members = (await self.get(f"groups/{group}"))["users"]
+        users = await self.users()
+        return members, {name: users[name] for name in members if name in users}
+
+
 class Viewers:
     """Who a user is to the hub (admin, groups), asked with the service's own token."""
 
-    def __init__(self, hub_api: str, token: str, max_age: float = 60):
-        self.hub_api, self.token, self.max_age = hub_api.rstrip("/"), token, max_age
+    def __init__(self, hub: Hub, max_age: float = 60):
+        self.hub, self.max_age = hub, max_age
         self._known: dict[str, tuple[float, Viewer]] = {}
 
     async def get(self, name: str) -> Viewer:
@@ -231,10 +289,7 @@ class Viewers:
         if seen and time.monotonic() - seen[0] < self.max_age:
             return seen[1]
         try:
-            response = await AsyncHTTPClient().fetch(
-                f"{self.hub_api}/users/{name}",
-                headers={"Authorization": f"token {self.token}"}, request_timeout=10)
-            model = json.loads(response.body)
+            model = await self.hub.get(f"users/{name}")
             viewer = Viewer(name, bool(model.get("admin")), frozenset(model.get("groups") or ()))
         except (HTTPClientError, OSError) as e:
             if seen:  # the hub did not answer: keep what we knew
@@ -247,6 +302,7 @@ class Viewers:
 
 def make_app(cache: Cache, prefix: str) -> web.Application:
     api = prefix + "api/"
+    hub = Hub(os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"])
     return web.Application([
         (prefix, PageHandler),
         (prefix + "oauth_callback", HubOAuthCallbackHandler),
@@ -255,9 +311,11 @@ def make_app(cache: Cache, prefix: str) -> web.Application:
         (api + "jobs", JobsHandler),
         (api + r"jobs/([^/]+)", JobHandler),
         (api + "gpus", GpusHandler),
+        (api + "courses", CoursesHandler),
+        (api + r"courses/([^/]+)", CourseHandler),
         (api + "health", HealthHandler),
     ], cache=cache, cookie_secret=os.urandom(32),
-        viewers=Viewers(os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"]))
+        viewers=Viewers(hub), hub=hub)
 
 
 async def main() -> None:

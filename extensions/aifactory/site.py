@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -92,6 +92,31 @@ class Profile:
     limits: dict
     fixed: frozenset[str]
     options: tuple[ProfileOption, ...] = field(default_factory=tuple)
+    # The course whose participants alone may use this profile ("" for everyone's profiles).
+    course: str = ""
+
+
+@dataclass(frozen=True)
+class Course:
+    """A workshop or course: its Slurm account and reservation, its hub groups, its profile."""
+    name: str
+    display_name: str
+    account: str
+    reservation: str
+    participants: str       # hub group of the participants
+    instructors: str        # hub group of the instructors
+    profile: str            # slug of the profile participants start
+    material: str = ""      # a folder copied into participants' homes, or a git URL
+    material_ref: str = ""  # the branch or tag of a git `material`
+
+    @property
+    def material_is_git(self) -> bool:
+        return bool(self.material) and not self.material.startswith("/")
+
+    @property
+    def spawn_query(self) -> str:
+        """The spawn link's query (JupyterHub 6 names user options `opt-<name>`)."""
+        return f"opt-profile={self.profile}"
 
 
 @dataclass(frozen=True)
@@ -103,13 +128,28 @@ class Site:
     coordinator_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # Defaults of aifactory.dask.GPUCluster (DASK_DEFAULTS, overridden by the file's `dask`).
     dask: dict = field(default_factory=lambda: dict(DASK_DEFAULTS))
+    courses: tuple[Course, ...] = ()
 
     def profile(self, slug: str) -> Profile | None:
         return next((p for p in self.profiles if p.slug == slug), None)
 
+    def course(self, name: str) -> Course | None:
+        return next((c for c in self.courses if c.name == name), None)
+
+    def course_of_account(self, account: str) -> Course | None:
+        return next((c for c in self.courses if c.account == account), None)
+
+    def profiles_for(self, groups) -> tuple[Profile, ...]:
+        """The profiles a member of these hub groups may start: everyone's, and those of the
+        courses they take or teach."""
+        groups = set(groups)
+        mine = {c.profile for c in self.courses if {c.participants, c.instructors} & groups}
+        return tuple(p for p in self.profiles if not p.course or p.slug in mine)
+
     @property
     def default_profile(self) -> Profile:
-        return next((p for p in self.profiles if p.default), self.profiles[0])
+        return next((p for p in self.profiles if p.default),
+                    next(p for p in self.profiles if not p.course))
 
 
 def _fail(path, what):
@@ -145,7 +185,8 @@ def load(path: str | Path = DEFAULT_PATH) -> Site:
         raise SiteError(f"{path}: is not valid YAML.") from None
     if not isinstance(data, dict):
         _fail(path, "must be a mapping")
-    unknown = set(data) - {"budget_tres", "partitions", "profiles", "coordinator_groups", "dask"}
+    unknown = set(data) - {"budget_tres", "partitions", "profiles", "coordinator_groups", "dask",
+                           "courses"}
     if unknown:
         _fail(path, f"unknown key '{sorted(unknown)[0]}'")
 
@@ -235,8 +276,67 @@ def load(path: str | Path = DEFAULT_PATH) -> Site:
     dask.update(given)
     if dask["partition"] not in partitions or walltime_minutes(dask["walltime"]) is None:
         _fail(path, "dask: partition must be one of the partitions, walltime [D-]HH:MM:SS")
+    courses = _load_courses(path, data.get("courses") or [], profiles)
+    if all(p.slug in {c.profile for c in courses} for p in profiles):
+        _fail(path, "at least one profile must be for everyone, not a course's")
+    for course in courses:
+        i = next(i for i, p in enumerate(profiles) if p.slug == course.profile)
+        p = profiles[i]
+        # Participants get the course's account and reservation, and cannot change them.
+        profiles[i] = replace(p, course=course.name, default=False,
+                              slurm={**p.slurm, "account": course.account,
+                                     "reservation": course.reservation},
+                              fixed=p.fixed | {"account", "reservation", "partition"})
     return Site(budget_tres, partitions, tuple(profiles),
-                {str(a): tuple(g) for a, g in coordinator_groups.items()}, dask)
+                {str(a): tuple(g) for a, g in coordinator_groups.items()}, dask, courses)
+
+
+GIT_URL_RE = re.compile(r"^(https://|file:///)[A-Za-z0-9_.~/:@%+-]+$")
+PATH_RE = re.compile(r"^/[A-Za-z0-9_./+-]*$")
+
+
+def _load_courses(path, raw_courses, profiles: list[Profile]) -> tuple[Course, ...]:
+    if not isinstance(raw_courses, list):
+        _fail(path, "courses must be a list")
+    courses = []
+    for i, raw in enumerate(raw_courses):
+        keys = {"name", "display_name", "account", "reservation", "participants", "instructors",
+                "profile", "material", "material_ref"}
+        if not isinstance(raw, dict) or set(raw) - keys:
+            _fail(path, f"courses[{i}] may set only {', '.join(sorted(keys))}")
+        name = raw.get("name", "")
+        if not isinstance(name, str) or not SLUG_RE.match(name):
+            _fail(path, f"courses[{i}]: name {name!r} must be lower-case letters, digits and '-'")
+        where = f"course {name}"
+        for key in ("account", "reservation", "participants", "instructors"):
+            if not isinstance(raw.get(key), str) or not NAME_RE.match(raw[key]):
+                _fail(path, f"{where}: {key} must be a name")
+        slug = raw.get("profile")
+        profile = next((p for p in profiles if p.slug == slug), None)
+        if profile is None:
+            _fail(path, f"{where}: profile {slug!r} is not in 'profiles'")
+        for key in ("account", "reservation"):
+            if profile.slurm.get(key, raw[key]) != raw[key]:
+                _fail(path, f"{where}: its profile {slug} sets another {key}")
+        if raw["participants"] == raw["instructors"]:
+            _fail(path, f"{where}: participants and instructors must be different groups")
+        material, ref = raw.get("material", ""), raw.get("material_ref", "")
+        if material and not (isinstance(material, str) and (PATH_RE.match(material)
+                                                             and ".." not in material
+                                                             or GIT_URL_RE.match(material))):
+            _fail(path, f"{where}: material must be an absolute folder or an https:// or "
+                        "file:/// git URL")
+        if ref and not (isinstance(ref, str) and re.match(r"^[A-Za-z0-9_./-]{1,100}$", ref)
+                        and material and not material.startswith("/")):
+            _fail(path, f"{where}: material_ref is a branch or tag of a git material")
+        courses.append(Course(name, str(raw.get("display_name", name)), raw["account"],
+                              raw["reservation"], raw["participants"], raw["instructors"],
+                              slug, material, ref))
+    for key in ("name", "profile", "account", "participants", "instructors"):
+        values = [getattr(c, key) for c in courses]
+        if len(set(values)) != len(values):
+            _fail(path, f"two courses have the same {key}")
+    return tuple(courses)
 
 
 _cache: dict[str, tuple[float, Site]] = {}

@@ -18,8 +18,9 @@ import ipywidgets as w
 
 from .allocations import duration, gpu_h
 from .client import AllocationsError, default_client
-from .report import (ACTIVE_HEAD, RECENT_HEAD, active_cells, budgets_text, footer, gpus_text,
-                     jobs_text, project_rows, recent_cells, when)
+from .report import (ACTIVE_HEAD, COURSE_HEAD, RECENT_HEAD, active_cells, budgets_text,
+                     course_cells, course_summary, course_text, footer, gpus_text, jobs_text,
+                     project_rows, recent_cells, when)
 
 UNREACHABLE_WORDS = "scheduler unreachable"
 
@@ -314,3 +315,117 @@ class Dashboard(w.Tab):
         data = super()._repr_mimebundle_(**kwargs) or {}
         data["text/plain"], data["text/html"] = self.text(), self.html()
         return data
+
+
+class CoursePanel(Panel):
+    """An instructor's view of a course: each participant's session, GPU-hours and last
+    activity; the reservation's time left and the course budget; start and stop buttons.
+
+    The view comes from the allocations service; the buttons call the hub's API with this
+    session's token, so the hub checks that you teach this course.
+    """
+
+    title = "Course"
+
+    def __init__(self, course: str | None = None, client=None, refresh_s: float = 15,
+                 hub=None, **kwargs):
+        self.client = client or default_client()
+        self.course = course or self._my_course()
+        self.hub = hub
+        super().__init__(self.client, refresh_s, **kwargs)
+
+    def _my_course(self) -> str:
+        taught = [c["name"] for c in self.client.courses()["courses"]
+                  if c["role"] in ("instructor", "admin")]
+        if not taught:
+            raise AllocationsError("You teach no course here.")
+        return taught[0]
+
+    def children_for(self) -> list:
+        self.rows = w.VBox()
+        self.message = w.HTML()
+        start_all = w.Button(description="Start all not running", button_style="success",
+                             layout=w.Layout(width="auto"))
+        stop_all = w.Button(description="Stop all sessions", button_style="danger",
+                            layout=w.Layout(width="auto"))
+        start_all.on_click(lambda _: self._show(self.start_all()))
+        stop_all.on_click(lambda _: self._show(self.stop_all()))
+        return [self.view, self.rows, w.HBox([start_all, stop_all]), self.message]
+
+    def fetch(self) -> dict:
+        return self.client.course(self.course)
+
+    def after_refresh(self) -> None:
+        rows = []
+        for p in (self.answer or {}).get("participants", []):
+            start = w.Button(description="Start", button_style="success",
+                             layout=w.Layout(width="70px"),
+                             disabled=p["state"] in ("running", "pending", "stopping"))
+            stop = w.Button(description="Stop", button_style="warning",
+                            layout=w.Layout(width="70px"),
+                            disabled=p["state"] not in ("running", "pending"))
+            start.on_click(lambda _, u=p["user"]: self._show(self.start(u)))
+            stop.on_click(lambda _, u=p["user"]: self._show(self.stop(u)))
+            rows.append(w.HBox([w.Label(p["user"], layout=w.Layout(width="120px")), start, stop],
+                               _dom_classes=["aif-course-actions"]))
+        self.rows.children = rows
+
+    def _actions(self):
+        from .client import HubActions
+        if self.hub is None:
+            self.hub = HubActions()
+        return self.hub
+
+    def _act(self, action: str, users: list[str]) -> str:
+        if not users:
+            return f"Nobody to {action}."
+        done = []
+        for user in users:
+            try:
+                hub = self._actions()
+                result = (hub.start(user, self.answer["profile"]) if action == "start"
+                          else hub.stop(user))
+            except AllocationsError as e:
+                result = f"not done: {e}"
+            except KeyError:
+                result = "not done: this kernel has no hub token (JUPYTERHUB_API_TOKEN)"
+            done.append(f"{user}: {result}")
+        return "; ".join(done)
+
+    def start(self, user: str) -> str:
+        """Start `user`'s course session (the course's profile); returns what happened."""
+        return self._act("start", [user])
+
+    def stop(self, user: str) -> str:
+        return self._act("stop", [user])
+
+    def start_all(self) -> str:
+        from .client import course_targets
+        return self._act("start", course_targets(self.answer or {"participants": []}, "start"))
+
+    def stop_all(self) -> str:
+        from .client import course_targets
+        return self._act("stop", course_targets(self.answer or {"participants": []}, "stop"))
+
+    def _show(self, words: str) -> None:
+        self.message.value = f'<div class="aif-course-message">{_e(words)}</div>'
+        self.refresh()
+
+    def tick(self) -> None:
+        if self.answer is not None and self.answer.get("time_left_s") is not None:
+            self.view.value = self.html()
+
+    def body_html(self, answer: dict) -> str:
+        summary = course_summary(answer)
+        head = "".join(f"<th>{h}</th>" for h in COURSE_HEAD)
+        rows = "".join(
+            f'<tr class="aif-participant" data-user="{_e(p["user"])}" data-state="{_e(p["state"])}">'
+            + "".join(f"<td>{_e(c)}</td>" for c in course_cells(p)) + "</tr>"
+            for p in answer["participants"])
+        return (f"<h4>{_e(summary[0])}</h4><ul>"
+                + "".join(f"<li>{_e(line.strip())}</li>" for line in summary[1:]) + "</ul>"
+                + f'<table class="aif-course"><tr>{head}</tr>{rows}</table>'
+                + f'<p>Spawn link for participants: <code>{_e(answer["spawn_url"])}</code></p>')
+
+    def body_text(self, answer: dict) -> str:
+        return course_text(answer)

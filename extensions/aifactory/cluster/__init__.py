@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import site as site_module
 from .. import slurm
 from . import accounting, network, services
 from .demo import Demo, DemoFileError, load
@@ -158,6 +159,14 @@ def check_inputs(demo_file: Path, hub_config: Path) -> Demo:
     for needed in ("jupyterhub_config.py", "cluster/slurm.conf.in", "cluster/slurmdbd.conf.in"):
         if not (hub_config / needed).is_file():
             raise ClusterError(f"The hub configuration {hub_config} has no {needed}.")
+    try:
+        site = site_module.load(hub_config / "site.yaml")
+    except site_module.SiteError as e:
+        raise ClusterError(str(e)) from None
+    for course in demo.material:
+        if site.course(course) is None or not site.course(course).material.startswith("/"):
+            raise DemoFileError(f"{demo_file}: material: course {course} has no material "
+                                "folder in the site description.")
     if not (VENV / "bin" / "jupyterhub").exists():
         raise ClusterError(f"The shared environment {VENV} is missing; run ./aif first "
                            "(it builds the environment, then calls this command).")
@@ -212,6 +221,9 @@ def up(demo_file: Path | None = None, hub_config: Path | None = None, log=print)
     wait_for(_gpu_tres_known, "slurmctld's registration with slurmdbd", timeout=30)
     # Unix users first: slurmctld maps association user names to uids when they arrive.
     passwords = accounting.apply_unix_users(demo)
+    accounting.apply_unix_groups(demo)
+    accounting.install_material(demo, site_module.load(hub_config / "site.yaml"),
+                                hub_config.resolve().parent)
     accounting.apply_accounts(demo)
     for n in demo.nodes:
         services.start_slurmd(n.name)

@@ -9,6 +9,7 @@ import grp
 import json
 import pwd
 import secrets
+import shutil
 from pathlib import Path
 
 from .. import slurm
@@ -77,7 +78,8 @@ def apply_reservations(demo: Demo) -> None:
     for r in demo.reservations:
         if r.name in current:
             continue
-        slurm.scontrol("create", "reservation", f"ReservationName={r.name}", "StartTime=now",
+        start = f"now+{r.starts_in_days}days" if r.starts_in_days else "now"
+        slurm.scontrol("create", "reservation", f"ReservationName={r.name}", f"StartTime={start}",
                        f"Duration={r.days}-00:00:00", f"Nodes={','.join(r.nodes)}",
                        f"Accounts={r.account}", "Flags=IGNORE_JOBS")
 
@@ -110,6 +112,36 @@ def apply_unix_users(demo: Demo) -> dict[str, str]:
             sh("chpasswd", input=f"{u.name}:{passwords[u.name]}\n")
     write_if_changed(PASSWORDS, json.dumps(passwords, indent=1, sort_keys=True) + "\n", 0o600)
     return {u.name: passwords[u.name] for u in demo.users}
+
+
+def apply_unix_groups(demo: Demo) -> None:
+    """The demo's groups with exactly the members listed (the hub reads course groups here)."""
+    for name, members in demo.groups.items():
+        try:
+            have = sorted(grp.getgrnam(name).gr_mem)
+        except KeyError:
+            sh("groupadd", name)
+            have = []
+        if have != sorted(members):
+            sh("gpasswd", "--members", ",".join(members), name)
+
+
+def install_material(demo: Demo, site, checkout: Path) -> None:
+    """Copy the demo's course material from the checkout to the folders its courses name."""
+    for course_name, folder in demo.material.items():
+        # check_inputs made sure each course exists and has a material folder
+        source, target = checkout / folder, Path(site.course(course_name).material)
+        if not source.is_dir():
+            continue  # an installed hub_config without its checkout: keep what is there
+        staging = target.with_name(target.name + ".new")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(source, staging, ignore=shutil.ignore_patterns(
+            ".ipynb_checkpoints", "__pycache__"))
+        for p in [staging, *staging.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+        target.parent.chmod(0o755)
 
 
 def fake_gpu_devices(count: int) -> None:

@@ -67,6 +67,7 @@ class ReservationSpec:
     account: str
     nodes: tuple[str, ...]
     days: int
+    starts_in_days: int = 0
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,10 @@ class Demo:
     users: tuple[UserSpec, ...]
     login_group: str
     reservations: tuple[ReservationSpec, ...] = field(default_factory=tuple)
+    # Unix groups (the hub's course groups are read from them) and their members.
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Course name -> a folder of this checkout installed as that course's material.
+    material: dict[str, str] = field(default_factory=dict)
 
     @property
     def controller_address(self) -> str:
@@ -171,7 +176,7 @@ def load(path: str | Path) -> Demo:
         raise DemoFileError(f"{path}: is not valid YAML{at}.") from None
     top = _Reader(data, "the file", path)
     top.only("cluster", "network", "nodes", "partitions", "budget_period", "accounts",
-             "users", "login_group", "reservations")
+             "users", "login_group", "reservations", "groups", "material")
 
     net = _Reader(top.get("network", dict), "network", path)
     net.only("bridge", "subnet")
@@ -272,7 +277,7 @@ def load(path: str | Path) -> Demo:
     reservations = []
     for i, raw in enumerate(top.entries("reservations", required=False)):
         r = _Reader(raw, f"reservations[{i}]", path)
-        r.only("name", "account", "nodes", "days")
+        r.only("name", "account", "nodes", "days", "starts_in_days")
         name = r.name("name")
         account = r.name("account")
         if account not in members_of:
@@ -280,8 +285,24 @@ def load(path: str | Path) -> Demo:
         members = r.names("nodes")
         if not members or any(n not in node_names for n in members):
             r.fail(f"reservation {name}: its nodes must be listed in 'nodes'")
-        reservations.append(ReservationSpec(name, account, members, r.number("days", 1, 3650)))
+        reservations.append(ReservationSpec(name, account, members, r.number("days", 1, 3650),
+                                            r.number("starts_in_days", 0, 3650, 0)))
     _unique(path, "reservation", [r.name for r in reservations])
+
+    groups = {}
+    for name, members in (top.get("groups", dict, {}) or {}).items():
+        g = _Reader({"members": members}, f"group {name}", path)
+        if not isinstance(name, str) or not NAME_RE.match(name) or name in RESERVED_USERS:
+            g.fail(f"group {name!r} is not a valid name")
+        groups[name] = g.names("members")
+        if any(m not in user_names for m in groups[name]):
+            g.fail(f"group {name}: its members must be listed in 'users'")
+    material = {}
+    for course, folder in (top.get("material", dict, {}) or {}).items():
+        if not (isinstance(course, str) and NAME_RE.match(course) and isinstance(folder, str)
+                and re.match(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$", folder)):
+            top.fail(f"material: {course!r} must name a course and a folder of the checkout")
+        material[course] = folder
 
     period = top.get("budget_period", str)
     if period not in BUDGET_PERIODS:
@@ -290,7 +311,7 @@ def load(path: str | Path) -> Demo:
     return Demo(cluster=cluster, bridge=bridge, subnet=subnet, nodes=tuple(nodes),
                 partitions=tuple(partitions), budget_period=period, accounts=tuple(accounts),
                 users=tuple(users), login_group=top.name("login_group"),
-                reservations=tuple(reservations))
+                reservations=tuple(reservations), groups=groups, material=material)
 
 
 def _unique(path: Path, what: str, names: list[str]) -> None:

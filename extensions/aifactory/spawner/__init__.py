@@ -24,8 +24,10 @@ from datetime import datetime
 
 import batchspawner
 from batchspawner.batchspawner import JobStatus
+from jupyterhub.user import User
 from traitlets import Float, Unicode, default
 
+from .. import courses
 from .. import site as site_module
 from .. import slurm
 from ..snapshot import VIEW, usable_reservations
@@ -73,6 +75,8 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
     last_end = ""
     pending_message = ""
     session_request: SessionRequest | None = None
+    material_source = ""  # the course material's folder, for this start
+    material_dest = ""    # ... copied to this folder of the home (the course's name)
     _submitted_at = 0.0
 
     @property
@@ -90,15 +94,27 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
     async def _options_form(self, spawner=None) -> str:
         site = self.site
         access, reservations, availability, budgets = slurm.Associations([], "", {}), {}, [], {}
+        reservations_all = {}
         unreachable = ""
         try:
             access, reservations = await self._user_access()
+            reservations_all = VIEW.reservations.last or {}
             availability = await VIEW.availability(set(reservations))
             budgets = await VIEW.budgets.get(30)
         except slurm.SlurmError as e:
             unreachable = str(e)
-        selected = (self.user_options or {}).get("profile") or site.default_profile.slug
-        return render(site, selected=selected, accounts=access.accounts,
+        groups = self.hub_groups()
+        profiles = site.profiles_for(groups)
+        notes = {}
+        for course in site.courses:
+            if course.participants in groups:
+                notes[course.profile] = courses.window(course, reservations_all)
+        open_now = [slug for slug, n in notes.items() if n["state"] == "open"]
+        # During a course its participants start in the course's profile unless they choose.
+        selected = ((self.user_options or {}).get("profile")
+                    or (open_now[0] if open_now else site.default_profile.slug))
+        return render(site, profiles=profiles, course_notes=notes,
+                      selected=selected, accounts=access.accounts,
                       default_account=access.default_account,
                       qos=sorted({q for qs in access.qos.values() for q in qs}),
                       reservations=sorted(reservations), availability=availability,
@@ -119,15 +135,33 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
                                "in a minute.") from None
         request = resolve(self.site, options or {}, user=self.user.name,
                           accounts=access.accounts, default_account=access.default_account,
-                          reservations=await VIEW.reservations.get(60), qos=access.qos)
+                          reservations=await VIEW.reservations.get(60), qos=access.qos,
+                          groups=self.hub_groups())
         check_budget(request, budgets)
         return request
+
+    def hub_groups(self) -> set[str]:
+        return {g.name for g in self.user.groups}
 
     async def options_from_form(self, formdata):
         return (await self.resolve_request(formdata)).to_options()
 
     async def options_from_query(self, query_data):
-        return await self.options_from_form(query_data)
+        # JupyterHub 6 passes spawn-link options named opt-NAME as NAME; 5 passes them as they
+        # are. Take the opt- ones alone when there are any, as JupyterHub 6 does.
+        prefixed = {k[4:]: v for k, v in query_data.items() if k.startswith("opt-")}
+        return await self.options_from_form(prefixed or query_data)
+
+    def _check_requester(self, request: SessionRequest) -> None:
+        """Someone starting another user's session (not an admin, not a service) may start
+        only a course session, for a participant of a course they teach."""
+        requester = getattr(getattr(self, "handler", None), "current_user", None)
+        if not isinstance(requester, User) or requester.name == self.user.name or requester.admin:
+            return
+        if not courses.may_start_for(self.site, {g.name for g in requester.groups},
+                                     self.hub_groups(), request.profile):
+            raise StartError(f"{requester.name} may not start a '{request.profile}' session "
+                             f"for {self.user.name}.")
 
     # --- the job ----------------------------------------------------------------------------
 
@@ -155,8 +189,13 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         if request.qos:
             lines.append(f"#SBATCH --qos={request.qos}")
         command = [self.batchspawner_singleuser_cmd, *self.cmd, *self.get_args()]
+        lines.append(f"export PATH={shlex.quote(self.venv)}/bin:$PATH")
+        if self.material_source:
+            # As the participant: their own edits are kept (aifactory.material).
+            lines.append(f"python -m aifactory.material {shlex.quote(self.material_source)} "
+                         f"{shlex.quote(home + '/' + self.material_dest)} "
+                         "|| echo 'course material not copied'")
         lines += [
-            f"export PATH={shlex.quote(self.venv)}/bin:$PATH",
             'echo "notebook session $SLURM_JOB_ID on $SLURMD_NODENAME, GPUs: ${CUDA_VISIBLE_DEVICES:-none}"',
             # Slurm's warning before the walltime ends; the server keeps running until then.
             "trap 'echo \"$(date +%T) this session reaches its time limit in "
@@ -229,6 +268,16 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
 
     async def start(self):
         self.session_request = await self.resolve_request(self.user_options)
+        self._check_requester(self.session_request)
+        profile = self.site.profile(self.session_request.profile)
+        course = self.site.course(profile.course) if profile and profile.course else None
+        self.material_source = ""
+        if course and course.material:
+            try:
+                self.material_source = await courses.material_folder(course)
+            except RuntimeError as e:  # the session starts without it, and says why
+                self.log.warning("%s", e)
+            self.material_dest = course.name
         self.ip = self.traits()["ip"].default_value
         self.port = 0
         if self.server:

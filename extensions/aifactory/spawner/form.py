@@ -23,6 +23,8 @@ TEMPLATE = _ENV.from_string("""
   .aif-muted { color:#666; font-size:90%; }
   .aif-table td, .aif-table th { padding:2px 10px; }
   #aif-cost { font-weight:bold; margin:10px 0; }
+  .aif-course-window { font-weight:bold; }
+  .aif-course-not-yet, .aif-course-closed { color:#8a6d00; }
   .aif-warning { background:#fff3cd; border:1px solid #e0c36c; padding:6px 10px; border-radius:4px; }
 </style>
 {% if unreachable %}<p class="aif-warning" id="aif-unreachable">Scheduler unreachable: availability and
@@ -34,6 +36,8 @@ budgets could not be read just now ({{ unreachable }}). You can still start; the
          {% if p.slug == selected %}checked{% endif %}>
   <strong>{{ p.display_name }}</strong>
   <span class="aif-muted">{{ p.description }}</span>
+  {% if p.slug in course_notes %}<br><span class="aif-course-window aif-course-{{ course_notes[p.slug].state|replace(' ', '-') }}"
+    data-profile="{{ p.slug }}">{{ course_notes[p.slug].text }}</span>{% endif %}
   {% for o in p.options %}
   <br><span class="aif-muted">{{ o.display_name }}:</span>
   <select name="option_{{ o.name }}" data-profile="{{ p.slug }}" class="aif-option">
@@ -127,17 +131,20 @@ def _hours(minutes: int | None) -> str:
 def render(site: Site, *, selected: str, accounts: list[str], default_account: str,
            qos: list[str], reservations: list[str], availability: list[GpuAvailability],
            budgets: dict[str, slurm.Budget], budgets_age: float | None,
-           unreachable: str = "") -> str:
+           unreachable: str = "", profiles=None, course_notes: dict | None = None) -> str:
+    """`profiles`: those this person may choose (default: all); `course_notes`: per course
+    profile, its window (courses.window), shown on the profile."""
+    profiles = site.profiles if profiles is None else profiles
     mine = [budgets[a] for a in accounts if a in budgets]
     data = {
         "default_account": default_account,
         "left": {b.account: (None if b.remaining_min is None else round(b.remaining_min / 60, 1))
                  for b in mine},
         "profiles": {p.slug: {"gpus": p.slurm.get("gpus", 0), "walltime": p.slurm["walltime"],
-                              "account": p.slurm.get("account", "")} for p in site.profiles},
+                              "account": p.slurm.get("account", "")} for p in profiles},
     }
     return TEMPLATE.render(
-        profiles=site.profiles, selected=selected, availability=availability,
+        profiles=profiles, course_notes=course_notes or {}, selected=selected, availability=availability,
         budgets=[{"account": b.account, "granted": _hours(b.granted_min), "used": _hours(b.used_min),
                   "held": _hours(b.held_min), "left": _hours(b.remaining_min)} for b in mine],
         as_of=None if budgets_age is None else int(budgets_age),

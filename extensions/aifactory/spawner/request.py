@@ -12,7 +12,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
-from .. import slurm
+from .. import courses, slurm
 from ..site import FIELDS, Site, format_minutes, walltime_minutes
 from ..snapshot import usable_reservations
 
@@ -101,11 +101,12 @@ def _number(label: str, value) -> int:
 
 def resolve(site: Site, raw: Mapping[str, Any], *, user: str, accounts: list[str],
             default_account: str, reservations: Mapping[str, Mapping[str, str]],
-            qos: Mapping[str, list[str]] | None = None) -> SessionRequest:
+            qos: Mapping[str, list[str]] | None = None, groups=()) -> SessionRequest:
+    """`groups`: the user's hub groups (a course's profile is for its participants only)."""
     all_options = {o.name for p in site.profiles for o in p.options}
     values = _normalize(raw, all_options)
     slug = values.pop("profile", "") or site.default_profile.slug
-    profile = site.profile(slug)
+    profile = next((p for p in site.profiles_for(groups) if p.slug == slug), None)
     if profile is None:
         raise RequestError(f"There is no profile '{slug}'.")
 
@@ -173,6 +174,13 @@ def resolve(site: Site, raw: Mapping[str, Any], *, user: str, accounts: list[str
     if account not in accounts:
         mine = ", ".join(accounts) or "none"
         raise RequestError(f"You cannot charge account '{account}'; yours: {mine}.")
+    course = site.course_of_account(account)
+    if course is not None and gpus and profile.slug != course.profile:
+        course_profile = site.profile(course.profile)
+        raise RequestError(f"Account {account} is the GPU budget of {course.display_name}: it "
+                           f"pays for GPUs only in '{course_profile.display_name}' sessions, in "
+                           "the course's reservation. Choose that profile, a CPU profile, or "
+                           "another account.")
 
     chosen_qos = chosen.get("qos", "") or ""
     if chosen_qos and chosen_qos not in (qos or {}).get(account, []):
@@ -183,6 +191,8 @@ def resolve(site: Site, raw: Mapping[str, Any], *, user: str, accounts: list[str
     reservation = chosen.get("reservation", "") or ""
     if reservation:
         usable = usable_reservations(reservations, user, accounts)
+        if profile.course and reservation not in reservations:
+            raise RequestError(courses.window(site.course(profile.course), reservations)["text"])
         if reservation not in usable:
             raise RequestError(f"Reservation '{reservation}' is not one you may use.")
         res_accounts = usable[reservation].get("Accounts", "(null)").split(",")
@@ -190,6 +200,9 @@ def resolve(site: Site, raw: Mapping[str, Any], *, user: str, accounts: list[str
             raise RequestError(f"Reservation '{reservation}' is for account "
                                f"{', '.join(res_accounts)}, not {account}.")
         if usable[reservation].get("State") == "INACTIVE":
+            if profile.course:
+                raise RequestError(courses.window(site.course(profile.course),
+                                                  reservations)["text"])
             start = usable[reservation].get("StartTime", "later").replace("T", " ")
             raise RequestError(f"Reservation '{reservation}' opens at {start}; "
                                "you can start a session in it then.")
