@@ -63,7 +63,7 @@ c.JupyterHub.load_roles = [*courses.hub_roles(site_description),
     {"name": "user", "scopes": ["self", "access:services!service=allocations"]},
     # The service learns who is an admin and who is in which group.
     {"name": "allocations-service", "services": ["allocations"],
-     "scopes": ["read:users", "read:groups", "read:servers"]},
+     "scopes": ["list:users", "read:users", "read:groups", "read:servers"]},
 ]
 # A session's own token reaches the service too, so widgets in the notebook can use it; an
 # instructor's also carries their course role (the hub grants nobody scopes they lack).

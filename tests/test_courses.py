@@ -94,19 +94,22 @@ def test_the_instructors_view_of_each_participant():
         "12": session("12", "student2", "PENDING", reason="Resources")})
     hub = {"student1": {"servers": {"": {"ready": True}}, "last_activity": "2026-11-22T10:58:00Z"},
            "student2": {"servers": {"": {"ready": False, "pending": "spawn"}}},
-           "student3": {"servers": {}}, "student4": {"servers": {}}}
+           "student3": {"servers": {"": {"stopped": True, "user_options": None}}},
+           "student4": {"servers": {}},
+           "student5": {"servers": {"": {"stopped": True,
+                                         "user_options": {"profile": "course-dl101"}}}}}
     carol = Viewer("carol", groups=frozenset({"dl101-instructors"}))
-    view = allocations.course(carol, snap, DL101, ["student1", "student2", "student3", "student4"],
-                              hub, now=NOW)
+    view = allocations.course(carol, snap, DL101, ["student1", "student2", "student3", "student4",
+                                                   "student5"], hub, now=NOW)
     rows = {p["user"]: p for p in view["participants"]}
     assert {u: p["state"] for u, p in rows.items()} == {
         "student1": "running", "student2": "pending", "student3": "not started",
-        "student4": "stopped"}
+        "student4": "stopped", "student5": "stopped"}
     assert rows["student1"]["node"] == "gpu03"
     assert rows["student1"]["gpu_h_used"] == round(400 / 3600, 4)  # RawUsage: GPU-seconds
     assert rows["student2"]["reason"] == "Resources"
     assert "pending: " in report.session_words(rows["student2"])
-    assert view["counts"] == {"running": 1, "pending": 1, "not started": 1, "stopped": 1}
+    assert view["counts"] == {"running": 1, "pending": 1, "not started": 1, "stopped": 2}
     assert view["budget"]["account"] == "course-dl101" and view["budget"]["granted_gpu_h"] == 100
     assert view["spawn_url"] == "/hub/spawn?opt-profile=course-dl101"
     assert report.ago("2026-11-22T10:58:00Z", NOW) == "62 min ago"

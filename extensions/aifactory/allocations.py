@@ -357,6 +357,10 @@ def participant_row(name: str, model: dict | None, snap: Snapshot, course, now: 
     """One participant: session state (from the hub and Slurm), GPU-hours, last activity."""
     model = model or {}
     server = (model.get("servers") or {}).get("")
+    had_course_session = bool(server) and (server.get("user_options") or {}).get(
+        "profile") == course.profile
+    if server and server.get("stopped"):
+        server = None
     sessions = sorted((j for j in snap.queue.values() if j.user == name
                        and j.account == course.account and j.comment.startswith(slurm.SESSION_TAG)
                        and j.state in ACTIVE_STATES), key=lambda j: int(j.job_id))
@@ -367,8 +371,9 @@ def participant_row(name: str, model: dict | None, snap: Snapshot, course, now: 
         state = "stopping"
     elif (server and server.get("pending")) or (job and job.state == "PENDING"):
         state = "pending"
-    elif any(j.user == name and j.account == course.account
-             and j.comment.startswith(slurm.SESSION_TAG) for j in snap.history):
+    elif had_course_session or any(j.user == name and j.account == course.account
+                                   and j.comment.startswith(slurm.SESSION_TAG)
+                                   for j in snap.history):
         state = "stopped"
     else:
         state = "not started"

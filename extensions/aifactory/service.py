@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import re
+import signal
 import time
 from urllib.parse import urlparse
 
@@ -263,7 +264,7 @@ class Hub:
             return self._users[1]
         users, offset, limit = {}, 0, 200
         while True:
-            page = await self.get(f"users?offset={offset}&limit={limit}")
+            page = await self.get(f"users?offset={offset}&limit={limit}&include_stopped_servers=1")
             users.update((u["name"], u) for u in page)
             if len(page) < limit:
                 break
@@ -323,6 +324,10 @@ async def main() -> None:
                                                    "%(message)s")
     url = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/allocations/")
+    # Hold nothing worth a graceful end: leave at once when the hub stops us, so a restarted
+    # hub's new service finds the port free (a Slurm call in a thread would delay asyncio's).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: os._exit(0))
     cache = Cache()
     app = make_app(cache, prefix)
     app.listen(url.port, url.hostname)

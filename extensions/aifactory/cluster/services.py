@@ -140,4 +140,6 @@ def stop_hub() -> bool:
     stopped = HUB.stop()
     # The hub stops the proxy it started; if it was killed, stop the proxy by its pid file.
     stop_pid(Path("/var/lib/aifactory/hub/jupyterhub-proxy.pid"), "configurable-http-proxy")
+    # Its managed service too, if the hub did not get to stop it (the next one needs the port).
+    sh("pkill", "-TERM", "-f", "^[^ ]*python[^ ]* -m aifactory.service$", check=False)
     return stopped

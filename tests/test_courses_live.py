@@ -1,0 +1,141 @@
+"""Course mode on the live hub and cluster: participants, the window, material, instructors."""
+
+import pwd
+from pathlib import Path
+
+import requests
+from conftest import HUB, notebook_jobs, notebook_process, process_env, wait_until
+
+from aifactory import slurm
+from aifactory.client import AllocationsError, HubActions, ServiceClient
+
+SERVICE = f"{HUB}/services/allocations/"
+
+
+def submitted() -> int:
+    return slurm.rpc_counts().get("REQUEST_SUBMIT_BATCH_JOB", 0)
+
+
+def course_view(token: str, name: str = "dl101") -> dict:
+    return ServiceClient(SERVICE, token).course(name)
+
+
+def state_of(token: str, user: str) -> str:
+    return next(p for p in course_view(token)["participants"] if p["user"] == user)["state"]
+
+
+def test_the_spawn_link_starts_a_course_session_in_the_reservation_with_the_material(hub_client):
+    student = hub_client("student1")
+    home = Path(pwd.getpwnam("student1").pw_dir)
+    # JupyterHub 6's option names: /hub/spawn?opt-profile=...
+    r = student.http.get(f"{HUB}/hub/spawn?opt-profile=course-dl101", allow_redirects=False)
+    assert r.status_code == 302 and "spawn-pending" in r.headers["Location"], r.status_code
+    wait_until(lambda: student.server().get("ready"), 120, what="student1's course session")
+    [job] = notebook_jobs("student1")
+    assert (job.account, job.reservation, job.nodes, job.gpus) == (
+        "course-dl101", "dl101", "gpu03", 1), job
+    readme = home / "dl101" / "README.md"
+    assert readme.read_text() == Path("/opt/aifactory/courses/dl101/README.md").read_text()
+    assert readme.stat().st_uid == pwd.getpwnam("student1").pw_uid  # copied as the student
+    # The student's own edit survives the next start.
+    readme.write_text("my notes\n")
+    student.stop()
+    student.start(profile="course-dl101")
+    assert readme.read_text() == "my notes\n"
+
+
+def test_the_course_profile_keeps_its_account_and_the_course_budget_stays_in_it(hub_client):
+    student, bob = hub_client("student1"), hub_client("bob")
+    before = submitted()
+    assert "profile sets the account" in student.form_error(profile="course-dl101",
+                                                            account="proj-climate")
+    assert "is the GPU budget of DL101" in student.form_error(profile="h100-1")
+    assert "There is no profile 'course-dl101'" in bob.form_error(profile="course-dl101")
+    form = bob.http.get(f"{HUB}/hub/spawn").content.decode()
+    assert "course-dl101" not in form  # not offered to people outside the course
+    assert submitted() == before
+
+
+def test_before_the_window_the_form_says_when_the_course_opens(hub_client):
+    student = hub_client("student3")
+    opens = slurm.show_reservations()["ml202"]["StartTime"]  # e.g. 2026-12-23T07:28:05
+    form = student.http.get(f"{HUB}/hub/spawn").content.decode()
+    assert "ML202: scaling out (starts next month) opens at" in form
+    before = submitted()
+    error = student.form_error(profile="course-ml202")
+    assert "opens at" in error and "you can start a session in it then" in error
+    day = opens[8:10]
+    assert f" {day} " in error, (opens, error)
+    assert submitted() == before and notebook_jobs("student3") == []
+
+
+def test_an_instructor_starts_and_stops_a_participants_session_and_nothing_else(hub_client):
+    carol, student1, dave = hub_client("carol"), hub_client("student1"), hub_client("dave")
+    hub_client("student2")  # stops student2's session afterwards
+    token = carol.token()
+    hub = HubActions(f"{HUB}/hub/api", token)
+    view = course_view(token)
+    assert {p["user"] for p in view["participants"]} == {"student1", "student2"}
+    assert view["window"] == "open" and view["budget"]["account"] == "course-dl101"
+
+    assert hub.start("student2", "course-dl101") in ("started", "starting")
+    wait_until(lambda: state_of(token, "student2") == "running", 120,
+               what="the course view to show student2 running")
+    [job] = notebook_jobs("student2")
+    assert (job.account, job.reservation) == ("course-dl101", "dl101")
+    assert hub.stop("student2") in ("stopped", "stopping")
+    wait_until(lambda: state_of(token, "student2") == "stopped", 60,
+               what="the course view to show student2 stopped")
+    wait_until(lambda: not notebook_jobs("student2"), 60, what="student2's job to end")
+
+    before = submitted()
+    # Only the course's profile, not one the participant could choose for themselves.
+    try:
+        hub.start("student2", "cpu")
+        raise AssertionError("carol started a cpu session for student2")
+    except AllocationsError as e:
+        assert "carol may not start a 'cpu' session for student2" in str(e)
+    wait_until(lambda: not notebook_jobs("student2"), 20, what="no job for student2")
+    # Not another course's participants, nor their view.
+    for act in (lambda: hub.start("student3", "course-ml202"), lambda: hub.stop("student3")):
+        try:
+            act()
+            raise AssertionError("carol acted on student3")
+        except AllocationsError as e:
+            assert "403" in str(e) or "404" in str(e)
+    try:
+        course_view(token, "ml202")
+        raise AssertionError("carol saw ml202")
+    except AllocationsError as e:
+        assert "You do not teach ML202" in str(e)
+    # A participant has none of the instructor's actions, nor the view.
+    student_token = student1.token()
+    r = requests.post(f"{HUB}/hub/api/users/student2/server", json={"profile": "course-dl101"},
+                      headers={"Authorization": f"token {student_token}"}, timeout=30)
+    assert r.status_code in (403, 404), r.status_code
+    try:
+        course_view(student_token)
+        raise AssertionError("student1 saw the course view")
+    except AllocationsError as e:
+        assert "You do not teach DL101" in str(e)
+    try:
+        course_view(dave.token())
+        raise AssertionError("dave saw dl101")
+    except AllocationsError as e:
+        assert "You do not teach DL101" in str(e)
+    assert submitted() == before and notebook_jobs("student2") == []
+
+
+def test_an_instructors_session_token_carries_the_course_role_and_a_students_does_not(hub_client):
+    carol, student = hub_client("carol"), hub_client("student1")
+    carol.start(profile="cpu")
+    student.start(profile="course-dl101")
+    scopes = {}
+    for user in ("carol", "student1"):
+        pid = notebook_process(user)
+        token = process_env(pid)["JUPYTERHUB_API_TOKEN"]
+        r = requests.get(f"{HUB}/hub/api/user", headers={"Authorization": f"token {token}"},
+                         timeout=30)
+        scopes[user] = set(r.json()["scopes"])
+    assert "servers!group=dl101-participants" in scopes["carol"]
+    assert not any("group=" in s for s in scopes["student1"]), scopes["student1"]
