@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import ARTIFACTS, HUB, notebook_jobs, wait_until
+from conftest import ARTIFACTS, HUB, notebook_jobs, submit, wait_until
 from playwright import sync_api as playwright
 
 from aifactory import slurm
@@ -34,24 +34,24 @@ def page(live_cluster):
 
 def test_choose_a_profile_wait_with_the_reason_and_reach_jupyterlab(page, passwords, hub_client,
                                                                      gpus_taken):
-    hub_client("carol")  # stops carol's session afterwards, whatever happens here
+    hub_client("bob")  # stops bob's session afterwards, whatever happens here
     page.goto(f"{HUB}/hub/login")
-    page.fill("#username_input", "carol")
-    page.fill("#password_input", passwords["carol"])
+    page.fill("#username_input", "bob")
+    page.fill("#password_input", passwords["bob"])
     page.screenshot(path=ARTIFACTS / "01-login.png")
     page.click("#login_submit")
 
-    # The form: availability now (gpu01 and gpu02 are taken; gpu03 is carol's course node).
+    # The form: availability now (gpu01 and gpu02 are taken; gpu03 is the DL101 course's).
     page.wait_for_selector("#aif-cost")
     availability = page.text_content("#aif-availability")
     assert "H100" in availability and "12" in availability
-    assert "course-dl101" in page.text_content("#aif-budgets")
+    assert "proj-climate" in page.text_content("#aif-budgets")
     page.check("#aif-profile-h100-1")
     page.select_option("select[name=option_walltime]", "1h")
     # The budget left is Slurm's own figure (earlier sessions may have spent some of it).
-    left = round(slurm.budgets()["course-dl101"].remaining_min / 60, 1)
+    left = round(slurm.budgets()["proj-climate"].remaining_min / 60, 1)
     assert page.text_content("#aif-cost").startswith(
-        f"1 GPU × 1 h = 1 GPU-hours of the {left:g} left on project course-dl101")
+        f"1 GPU × 1 h = 1 GPU-hours of the {left:g} left on project proj-climate")
     page.check("#aif-profile-h100-4")
     assert "4 GPUs × 8 h = 32 GPU-hours" in page.text_content("#aif-cost")
     page.check("#aif-profile-h100-1")
@@ -59,18 +59,18 @@ def test_choose_a_profile_wait_with_the_reason_and_reach_jupyterlab(page, passwo
     page.click("#spawn_form button[type=submit]")
 
     # Pending: the reason in plain words, with Slurm's code.
-    page.wait_for_url("**/spawn-pending/carol**")
+    page.wait_for_url("**/spawn-pending/bob**")
     page.wait_for_function(
         "document.querySelector('#progress-message').textContent.includes('waiting for free H100 GPUs')",
         timeout=60_000)
     assert "(Slurm: Resources)" in page.text_content("#progress-message")
     page.screenshot(path=ARTIFACTS / "03-pending-reason.png")
-    [job] = notebook_jobs("carol")
-    assert job.state == "PENDING" and job.account == "course-dl101"
+    [job] = notebook_jobs("bob")
+    assert job.state == "PENDING" and job.account == "proj-climate"
 
     for blocker in gpus_taken:  # the GPUs come free
         slurm.cancel(blocker)
-    page.wait_for_url("**/user/carol/lab**", timeout=120_000)
+    page.wait_for_url("**/user/bob/lab**", timeout=120_000)
     page.wait_for_selector(".jp-Launcher", timeout=60_000)
     page.screenshot(path=ARTIFACTS / "04-jupyterlab.png")
     assert "JupyterLab" in page.title()
@@ -81,7 +81,7 @@ def test_choose_a_profile_wait_with_the_reason_and_reach_jupyterlab(page, passwo
     page.screenshot(path=ARTIFACTS / "05-home.png")
     page.click("#stop")
     page.wait_for_selector("#start", timeout=60_000)
-    wait_until(lambda: not notebook_jobs("carol"), 60, what="carol's job to be cancelled")
+    wait_until(lambda: not notebook_jobs("bob"), 60, what="bob's job to be cancelled")
 
 
 def notebook(*cells: str) -> dict:
@@ -158,6 +158,45 @@ def test_the_dask_dashboard_opens_through_the_hub(page, passwords, hub_client):
         page.wait_for_selector("canvas", state="attached", timeout=60_000)
     finally:
         page.screenshot(path=ARTIFACTS / "08-dask-dashboard.png", full_page=True)
+
+
+def test_the_instructors_course_view_with_participants_in_different_states(page, passwords,
+                                                                          hub_client):
+    carol, student1, student2 = hub_client("carol"), hub_client("student1"), hub_client("student2")
+    student1.start(profile="course-dl101")  # running, on one of gpu03's 4 GPUs
+    blocker = submit("carol", "--account=course-dl101", "--reservation=dl101",
+                     "--gres=gpu:h100:3", "--time=10", script="sleep 600")
+    try:
+        wait_until(lambda: (j := slurm.job(blocker)) and j.state == "RUNNING", 30,
+                   what="the other 3 GPUs of the reservation to be taken")
+        assert student2.submit_form(profile="course-dl101").status_code == 302  # pending
+        wait_until(lambda: [j.state for j in notebook_jobs("student2")] == ["PENDING"], 30,
+                   what="student2's session to wait")
+        carol.start(profile="cpu")
+        run_notebook(page, passwords, "carol", "aif-course.ipynb",
+                     "from aifactory.widgets import CoursePanel\npanel = CoursePanel('dl101')\npanel")
+        rows = ".aif-course .aif-participant"
+        try:
+            page.wait_for_selector(f"{rows}[data-state='pending']", timeout=90_000)
+        finally:
+            page.screenshot(path=ARTIFACTS / "09-course-view.png", full_page=True)
+        running = page.text_content(f"{rows}[data-user='student1']")
+        assert "running on gpu03" in running
+        pending = page.text_content(f"{rows}[data-user='student2']")
+        assert "pending: " in pending and "(Slurm: " in pending, pending
+        summary = page.text_content(".aif-course-panel, .aif-panel.aif-course")
+        assert "reservation time left" in summary and "course budget" in summary
+
+        # The instructor stops student2's waiting session from the panel (as herself).
+        page.locator(".aif-course-actions", has_text="student2").get_by_role(
+            "button", name="Stop").click()
+        page.wait_for_selector(f"{rows}[data-user='student2'][data-state='stopped']",
+                               timeout=90_000)
+        wait_until(lambda: not notebook_jobs("student2"), 60, what="student2's job to end")
+        assert [j.state for j in notebook_jobs("student1")] == ["RUNNING"]  # untouched
+        page.screenshot(path=ARTIFACTS / "10-course-view-after-stop.png", full_page=True)
+    finally:
+        slurm.cancel(blocker)
 
 
 def cli_budget(user: str) -> dict:

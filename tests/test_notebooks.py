@@ -6,7 +6,9 @@ checks that no cell failed, a few things a reader would look at in the output, a
 notebook left no Slurm job behind. The executed copies are kept in
 tests/artifacts/notebooks/, with how long each took (timings.json).
 
-05 (running a workshop) is written for instructors and run by its own test.
+05 (running a workshop) is for instructors: it runs as carol, who teaches DL101, in a CPU
+job charged to the course, with a hub token of hers as a session has one, and starts and stops
+a participant's session through the hub.
 """
 
 from __future__ import annotations
@@ -43,18 +45,24 @@ def notebooks() -> list[Path]:
     return sorted(p for p in NOTEBOOKS.glob("[0-9][0-9]-*.ipynb") if not p.name.startswith(NOT_HERE))
 
 
-def _session_argv(job_name: str, work: Path, home: str, *command: str) -> list[str]:
-    """`command` as USER in a fresh 1-GPU job on the gpu partition, like a "1x H100" session."""
-    return ["runuser", "-u", USER, "--", "env", "-i", f"HOME={home}",
-            "PATH=/opt/aifactory/venv/bin:/usr/bin:/bin", "LANG=C.UTF-8",
-            "srun", f"--job-name={job_name}", f"--account={ACCOUNT}", "--partition=gpu",
-            "--gres=gpu:h100:1", "--cpus-per-task=4", "--mem=8G", "--time=00:15:00",
+GPU_SESSION = ("--partition=gpu", "--gres=gpu:h100:1")
+
+
+def _session_argv(job_name: str, work: Path, home: str, *command: str, user: str = USER,
+                  account: str = ACCOUNT, where: tuple = GPU_SESSION, env: tuple = ()) -> list[str]:
+    """`command` as `user` in a fresh job (default: 1 GPU on the gpu partition, like a
+    "1x H100" session); `env`: more NAME=value for the kernel, as a hub session has them."""
+    return ["runuser", "-u", user, "--", "env", "-i", f"HOME={home}",
+            "PATH=/opt/aifactory/venv/bin:/usr/bin:/bin", "LANG=C.UTF-8", *env,
+            "srun", f"--job-name={job_name}", f"--account={account}", *where,
+            "--cpus-per-task=4", "--mem=8G", "--time=00:15:00",
             f"--chdir={work}", "--ntasks=1", *command]
 
 
-def execute(notebook: Path, job_name: str) -> dict:
-    """Run `notebook` as USER in a Slurm job; returns the runner's report and the executed copy's path."""
-    user = pwd.getpwnam(USER)
+def execute(notebook: Path, job_name: str, *, user_name: str = USER, **session) -> dict:
+    """Run `notebook` as `user_name` in a Slurm job; returns the runner's report and the
+    executed copy's path."""
+    user = pwd.getpwnam(user_name)
     work = Path(tempfile.mkdtemp(prefix=f"aif-notebook-{notebook.stem[:2]}-", dir="/tmp"))
     report: dict = {}
     try:
@@ -64,7 +72,7 @@ def execute(notebook: Path, job_name: str) -> dict:
             os.chown(p, user.pw_uid, user.pw_gid)
         executed = work / f"executed-{notebook.name}"
         argv = _session_argv(job_name, work, user.pw_dir, PYTHON, str(work / RUNNER.name),
-                             str(work / notebook.name), str(executed))
+                             str(work / notebook.name), str(executed), user=user_name, **session)
         began = time.monotonic()
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, cwd=work, timeout=540)
@@ -107,12 +115,13 @@ def _ours(job: slurm.Job, job_name: str, job_id: str | None) -> bool:
                              or job.comment.startswith(f"{slurm.DASK_TAG}:{job_id}:"))
 
 
-def leave_no_jobs(job_name: str, job_id: str | None, wait_s: float = 60) -> list[str]:
+def leave_no_jobs(job_name: str, job_id: str | None, wait_s: float = 60,
+                  user: str = USER) -> list[str]:
     """Wait for the notebook's job and its Dask jobs to end; cancel what is still there.
     Returns the jobs that had to be cancelled (or would not go), in words."""
     deadline = time.monotonic() + wait_s
     while True:
-        jobs = slurm.jobs(user=USER)
+        jobs = slurm.jobs(user=user)
         job_id = job_id or next((j.job_id for j in jobs if j.name == job_name), None)
         left = [j for j in jobs if j.state in ACTIVE and _ours(j, job_name, job_id)]
         if not left or time.monotonic() > deadline:
@@ -225,3 +234,34 @@ def test_notebook_runs_as_a_session_would(live_cluster, notebook):
     finally:
         left = leave_no_jobs(job_name, report.get("job_id"))
     assert not left, f"{notebook.name} left Slurm jobs behind (cancelled now): {', '.join(left)}"
+
+
+def test_the_workshop_notebook_runs_as_an_instructors_session_would(hub_client):
+    """05 as carol: the course view, a participant's session started and stopped by her."""
+    notebook = next(NOTEBOOKS.glob("05-*.ipynb"))
+    carol = hub_client("carol")
+    for student in ("student1", "student2"):
+        hub_client(student)  # their sessions are stopped afterwards, whatever happens
+    token = carol.token()
+    env = ("AIFACTORY_ALLOCATIONS_URL=http://10.77.0.1:8090/services/allocations/",
+           "JUPYTERHUB_API_URL=http://10.77.0.1:8081/hub/api", f"JUPYTERHUB_API_TOKEN={token}")
+    job_name = f"notebook-test-05-{uuid.uuid4().hex[:6]}"
+    report: dict = {}
+    try:
+        report = execute(notebook, job_name, user_name="carol", account="course-dl101",
+                         where=("--partition=cpu",), env=env)
+        _record_timing(notebook, report)
+        assert report.get("error") is None and report["rc"] == 0, (
+            f"{notebook.name} failed (exit {report['rc']}):\n{report.get('error') or ''}\n"
+            f"{report['stderr']}")
+        text = outputs_text(nbformat.read(report["executed"], as_version=4))
+        assert "dl101: DL101: deep learning on GPUs (instructor)" in text
+        assert re.search(r"^  participants: .*\d+ ", text, re.M)
+        started = re.search(r"^started (student\d): running on (gpu\d\d)$", text, re.M)
+        assert started and started.group(2) == "gpu03", text[-2000:]
+        assert f"stopped {started.group(1)}: stopped" in text
+        assert "/hub/spawn?opt-profile=course-dl101" in text
+        assert report["seconds"] < LIMIT_S
+    finally:
+        left = leave_no_jobs(job_name, report.get("job_id"), user="carol")
+    assert not left, f"{notebook.name} left Slurm jobs behind: {', '.join(left)}"

@@ -94,14 +94,20 @@ class Panel(w.VBox):
     def tick(self) -> None:
         """Once a second, between refreshes (for countdowns)."""
 
+    def interval(self) -> float:
+        return self.refresh_s
+
     def _run(self) -> None:
         last = time.monotonic()
         while not self._stop.wait(1):
-            if time.monotonic() - last >= self.refresh_s:
-                last = time.monotonic()
-                self.refresh()
-            else:
-                self.tick()
+            try:
+                if time.monotonic() - last >= self.interval():
+                    last = time.monotonic()
+                    self.refresh()
+                else:
+                    self.tick()
+            except Exception as e:  # keep refreshing; say what went wrong
+                self.error = f"this panel could not be drawn: {e!r}"
 
     def close(self):
         self._stop.set()
@@ -332,6 +338,8 @@ class CoursePanel(Panel):
         self.client = client or default_client()
         self.course = course or self._my_course()
         self.hub = hub
+        self._buttons: dict[str, tuple] = {}
+        self._fast_until = 0.0
         super().__init__(self.client, refresh_s, **kwargs)
 
     def _my_course(self) -> str:
@@ -355,20 +363,30 @@ class CoursePanel(Panel):
     def fetch(self) -> dict:
         return self.client.course(self.course)
 
+    def interval(self) -> float:
+        # Right after a start or stop, look again every few seconds to show it happen.
+        return 3 if time.monotonic() < self._fast_until else self.refresh_s
+
     def after_refresh(self) -> None:
-        rows = []
-        for p in (self.answer or {}).get("participants", []):
-            start = w.Button(description="Start", button_style="success",
-                             layout=w.Layout(width="70px"),
-                             disabled=p["state"] in ("running", "pending", "stopping"))
-            stop = w.Button(description="Stop", button_style="warning",
-                            layout=w.Layout(width="70px"),
-                            disabled=p["state"] not in ("running", "pending"))
-            start.on_click(lambda _, u=p["user"]: self._show(self.start(u)))
-            stop.on_click(lambda _, u=p["user"]: self._show(self.stop(u)))
-            rows.append(w.HBox([w.Label(p["user"], layout=w.Layout(width="120px")), start, stop],
-                               _dom_classes=["aif-course-actions"]))
-        self.rows.children = rows
+        participants = (self.answer or {}).get("participants", [])
+        if [p["user"] for p in participants] != list(self._buttons):
+            self._buttons = {}
+            for p in participants:
+                start = w.Button(description="Start", button_style="success",
+                                 layout=w.Layout(width="70px"))
+                stop = w.Button(description="Stop", button_style="warning",
+                                layout=w.Layout(width="70px"))
+                start.on_click(lambda _, u=p["user"]: self._show(self.start(u)))
+                stop.on_click(lambda _, u=p["user"]: self._show(self.stop(u)))
+                self._buttons[p["user"]] = (start, stop)
+            self.rows.children = [
+                w.HBox([w.Label(user, layout=w.Layout(width="120px")), start, stop],
+                       _dom_classes=["aif-course-actions"])
+                for user, (start, stop) in self._buttons.items()]
+        for p in participants:
+            start, stop = self._buttons[p["user"]]
+            start.disabled = p["state"] in ("running", "pending", "stopping")
+            stop.disabled = p["state"] not in ("running", "pending")
 
     def _actions(self):
         from .client import HubActions
@@ -409,6 +427,7 @@ class CoursePanel(Panel):
 
     def _show(self, words: str) -> None:
         self.message.value = f'<div class="aif-course-message">{_e(words)}</div>'
+        self._fast_until = time.monotonic() + 60
         self.refresh()
 
     def tick(self) -> None:
