@@ -1,7 +1,9 @@
 """Course mode without a cluster: the site's courses, the instructor's view, the material copy."""
 
+import asyncio
 import datetime as dt
 import json
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -146,3 +148,29 @@ def test_material_arrives_and_a_participants_edits_are_kept(tmp_path):
                                                                ["data/x.csv"])
     assert json.loads((home / material.MANIFEST).read_text())["02.ipynb"]
     assert material.sync(source, home) == {"copied": [], "updated": [], "kept": ["01.ipynb"]}
+
+
+def test_git_material_is_cloned_for_everyone_to_read_and_fetched_again_later(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", "-C", str(repo)]
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    (repo / "01.ipynb").write_text("v1")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    monkeypatch.setattr(courses, "GIT_CACHE", tmp_path / "cache")
+    course = replace(DL101, material=f"file://{repo}", material_ref="main")
+    assert course.material_is_git
+    folder = Path(asyncio.run(courses.material_folder(course)))
+    assert (folder / "01.ipynb").read_text() == "v1" and not (folder / ".git").is_symlink()
+    assert oct((folder / "01.ipynb").stat().st_mode & 0o777) == "0o644"
+    (repo / "01.ipynb").write_text("v2")
+    subprocess.run([*git, "commit", "-qam", "two"], check=True)
+    asyncio.run(courses.material_folder(course))  # within a minute: not fetched again
+    assert (folder / "01.ipynb").read_text() == "v1"
+    monkeypatch.setattr(courses, "GIT_MAX_AGE", 0)
+    asyncio.run(courses.material_folder(course))
+    assert (folder / "01.ipynb").read_text() == "v2"
+    broken = replace(course, material="file:///nonexistent/repo", name="gone")
+    with pytest.raises(RuntimeError, match="could not be fetched"):
+        asyncio.run(courses.material_folder(broken))

@@ -1,6 +1,7 @@
 """Course mode on the live hub and cluster: participants, the window, material, instructors."""
 
 import pwd
+import shutil
 from pathlib import Path
 
 import requests
@@ -27,6 +28,7 @@ def state_of(token: str, user: str) -> str:
 def test_the_spawn_link_starts_a_course_session_in_the_reservation_with_the_material(hub_client):
     student = hub_client("student1")
     home = Path(pwd.getpwnam("student1").pw_dir)
+    shutil.rmtree(home / "dl101", ignore_errors=True)  # as on the first day of the course
     # JupyterHub 6's option names: /hub/spawn?opt-profile=...
     r = student.http.get(f"{HUB}/hub/spawn?opt-profile=course-dl101", allow_redirects=False)
     assert r.status_code == 302 and "spawn-pending" in r.headers["Location"], r.status_code
@@ -139,3 +141,14 @@ def test_an_instructors_session_token_carries_the_course_role_and_a_students_doe
         scopes[user] = set(r.json()["scopes"])
     assert "servers!group=dl101-participants" in scopes["carol"]
     assert not any("group=" in s for s in scopes["student1"]), scopes["student1"]
+
+
+def test_the_course_api_refuses_bad_names_with_a_sentence(hub_client):
+    token = hub_client("carol").token()
+    for path, status, words in (("courses/DL101;id", 400, "is not a valid course name"),
+                                ("courses/nope", 404, "There is no course 'nope'"),
+                                ("courses?x=1", 400, "Unknown parameter 'x'")):
+        r = requests.get(SERVICE + "api/" + path, headers={"Authorization": f"token {token}"},
+                         timeout=30)
+        assert r.status_code == status and words in r.json()["error"], (path, r.text)
+    assert requests.get(SERVICE + "api/courses", timeout=30).status_code == 401

@@ -25,7 +25,7 @@ from .system import ETC_DIR, STATE_DIR, ClusterError, ensure_debs, sh, wait_for,
 
 __all__ = ["up", "down", "status", "ClusterError", "DemoFileError"]
 
-DEBIAN_PACKAGES = ["slurmctld", "slurmd", "slurmdbd", "slurm-client", "munge",
+DEBIAN_PACKAGES = ["slurmctld", "slurmd", "slurmdbd", "slurm-client", "munge", "git",
                    "mariadb-server", "sudo", "iproute2", "util-linux"]
 PROXY_VERSION = "4.6"  # configurable-http-proxy, from the npm registry
 VENV = Path(os.environ.get("AIFACTORY_VENV", "/opt/aifactory/venv"))
