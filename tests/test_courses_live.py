@@ -29,7 +29,9 @@ def test_the_spawn_link_starts_a_course_session_in_the_reservation_with_the_mate
     student = hub_client("student1")
     home = Path(pwd.getpwnam("student1").pw_dir)
     shutil.rmtree(home / "dl101", ignore_errors=True)  # as on the first day of the course
-    # JupyterHub 6's option names: /hub/spawn?opt-profile=...
+    # The home page offers the course's spawn link (JupyterHub 6's option names: opt-profile).
+    home_page = student.http.get(f"{HUB}/hub/home").content.decode()
+    assert 'href="/hub/spawn?opt-profile=course-dl101">Start a course session' in home_page
     r = student.http.get(f"{HUB}/hub/spawn?opt-profile=course-dl101", allow_redirects=False)
     assert r.status_code == 302 and "spawn-pending" in r.headers["Location"], r.status_code
     wait_until(lambda: student.server().get("ready"), 120, what="student1's course session")
@@ -63,6 +65,8 @@ def test_before_the_window_the_form_says_when_the_course_opens(hub_client):
     opens = slurm.show_reservations()["ml202"]["StartTime"]  # e.g. 2026-12-23T07:28:05
     form = student.http.get(f"{HUB}/hub/spawn").content.decode()
     assert "ML202: scaling out (starts next month) opens at" in form
+    home_page = student.http.get(f"{HUB}/hub/home").content.decode()
+    assert "opens at" in home_page and "Start a course session" not in home_page
     before = submitted()
     error = student.form_error(profile="course-ml202")
     assert "opens at" in error and "you can start a session in it then" in error

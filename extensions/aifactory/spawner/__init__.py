@@ -417,9 +417,27 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         self.job_end_time = 0
         self.last_end = last_end  # survives the end of the session, for the home page
 
+    def my_courses(self) -> list[dict]:
+        """The courses this user takes or teaches, for the home page: window and spawn link."""
+        groups, reservations = self.hub_groups(), VIEW.reservations.last
+        if reservations is None:  # not asked since the hub started: ask now, for next time
+            asyncio.ensure_future(VIEW.reservations.get(60)).add_done_callback(
+                lambda f: f.exception())
+        found = []
+        for course in self.site.courses:
+            role = ("instructor" if course.instructors in groups else
+                    "participant" if course.participants in groups else None)
+            if role:
+                window = (courses.window(course, reservations) if reservations is not None
+                          else {"state": "", "text": ""})
+                found.append({"name": course.name, "display_name": course.display_name,
+                              "role": role, "window": window["state"], "text": window["text"],
+                              "spawn_url": f"{self.hub.base_url}spawn?{course.spawn_query}"})
+        return found
+
     def session_info(self) -> dict:
         """For the home page: where the session runs and how long it has left."""
-        info = {"last_end": self.last_end}
+        info = {"last_end": self.last_end, "courses": self.my_courses()}
         if self.job_id and self.job_end_time:
             left = self.job_end_time - time.time()
             info.update(job_id=self.job_id, node=self.ip, ends_at=_clock(self.job_end_time),
