@@ -125,6 +125,12 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
     def _options_form_default(self):
         return self._options_form
 
+    @default("apply_user_options")
+    def _apply_user_options_default(self):
+        # start() checks and applies user_options itself (resolve_request), with a sentence
+        # for the person when it refuses; this hook only tells JupyterHub they are handled.
+        return lambda spawner, user_options: None
+
     async def resolve_request(self, options: dict) -> SessionRequest:
         """Check options (from a form, a URL or the API) and the budget; RequestError if not."""
         try:
