@@ -17,9 +17,10 @@ def submitted_jobs() -> int:
 
 def test_every_profile_lands_where_it_says(hub_client):
     expected = {  # user: (profile, partition, gpus, account, reservation, nodes)
-        "alice": ("cpu", "cpu", 0, "proj-climate", "", {"cpu01"}),
+        "alice": ("h100-1", "gpu", 1, "proj-climate", "", {"gpu01", "gpu02"}),
         "bob": ("h100-4", "gpu", 4, "proj-climate", "", {"gpu01", "gpu02"}),
-        "carol": ("h100-1", "gpu", 1, "course-dl101", "", {"gpu01", "gpu02"}),
+        # A course account pays no GPUs outside its course profile, but a CPU session is free.
+        "carol": ("cpu", "cpu", 0, "course-dl101", "", {"cpu01"}),
         "student1": ("course-dl101", "gpu", 1, "course-dl101", "dl101", {"gpu03"}),
     }
     clients = {user: hub_client(user) for user in expected}
@@ -61,15 +62,15 @@ def test_the_form_refuses_bad_fields_and_submits_nothing(hub_client):
 
 
 def test_pending_reason_in_plain_words_and_cancel_from_the_pending_page(hub_client, gpus_taken):
-    carol = hub_client("carol")
-    assert carol.submit_form(profile="h100-1", option_walltime="1h").status_code == 302
-    messages = progress_messages(carol, until="waiting for free H100 GPUs")
+    bob = hub_client("bob")
+    assert bob.submit_form(profile="h100-1", option_walltime="1h").status_code == 302
+    messages = progress_messages(bob, until="waiting for free H100 GPUs")
     assert any("waiting for free H100 GPUs (Slurm: Resources); position 1 in gpu" in m
                for m in messages), messages
-    [job] = notebook_jobs("carol")
+    [job] = notebook_jobs("bob")
     assert job.state == "PENDING"
-    carol.stop()  # the pending page's "Stop Server" button does this
-    wait_until(lambda: not notebook_jobs("carol"), 30, what="the pending job to be cancelled")
+    bob.stop()  # the pending page's "Stop Server" button does this
+    wait_until(lambda: not notebook_jobs("bob"), 30, what="the pending job to be cancelled")
     assert sacct_record(job.job_id)["state"]["current"] == "CANCELLED"
 
 
