@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 from datetime import timedelta
 from urllib.parse import urlparse
 
-from distributed import as_completed
+from distributed import as_completed, wait
+
+# After the first failure, how long to wait for the errors it caused on other ranks, so the
+# rank that failed first (not one whose peer went away) is named.
+_FAILURE_GRACE_S = 3.0
 
 
 class DDPError(RuntimeError):
@@ -53,6 +58,11 @@ def _rank_main(train_fn, rank, local_rank, world_size, master_addr, master_port,
                             timeout=timedelta(seconds=timeout_s))
     try:
         return train_fn(*args, **kwargs)
+    except Exception as error:
+        # When one rank fails, its peers fail a moment later ("connection closed"); the
+        # time lets the caller name the rank that failed first.
+        error.aifactory_failed_at = time.time()
+        raise
     finally:
         dist.destroy_process_group()
 
@@ -91,10 +101,15 @@ def run_ddp(client, train_fn, *args, timeout_s: float = 600, **kwargs) -> list:
     for future in as_completed(futures):
         if future.status == "error":
             break  # the first failure: do not wait for ranks stuck in a collective
-    failed = [(rank, f) for rank, f in enumerate(futures) if f.status == "error"]
+    failed = [f for f in futures if f.status == "error"]
     if failed:
-        rank, future = failed[0]
-        error = future.exception()
+        try:
+            wait(futures, timeout=_FAILURE_GRACE_S)
+        except TimeoutError:
+            pass  # ranks still waiting in a collective: they are restarted below
+        errors = {rank: f.exception() for rank, f in enumerate(futures) if f.status == "error"}
+        rank = min(errors, key=lambda r: (getattr(errors[r], "aifactory_failed_at", 0), r))
+        error = errors[rank]
         # The other ranks wait in a collective that will never complete: restart them.
         client.cancel(futures)
         client.restart_workers(workers, raise_for_error=False)
