@@ -29,7 +29,7 @@ def test_a_course_fills_in_its_profile_and_hides_it_from_others():
     assert "course-dl101" not in [p.slug for p in SITE.profiles_for(["aifactory-users"])]
     assert "course-dl101" in [p.slug for p in SITE.profiles_for(["dl101-participants"])]
     assert "course-ml202" not in [p.slug for p in SITE.profiles_for(["dl101-participants"])]
-    assert DL101.spawn_query == "opt-profile=course-dl101"  # JupyterHub 6's option names
+    assert DL101.spawn_url() == "/hub/spawn?opt-profile=course-dl101"  # JupyterHub 6's option names
 
 
 @pytest.mark.parametrize("change, message", [

@@ -328,28 +328,13 @@ def duration(seconds: float | None) -> str:
 
 # --- courses ----------------------------------------------------------------------------
 
-def _course_role(viewer: Viewer, course) -> str | None:
-    if viewer.admin:
-        return "admin"
-    if course.instructors in viewer.groups:
-        return "instructor"
-    if course.participants in viewer.groups:
-        return "participant"
-    return None
-
-
 def courses_list(viewer: Viewer, snap: Snapshot, site_courses, now: float | None = None) -> dict:
     """The courses `viewer` teaches or takes: window and spawn link."""
     now = now or time.time()
     rows = []
     for c in site_courses:
-        role = _course_role(viewer, c)
-        if role:
-            window = courses_module.window(c, snap.reservations, now)
-            rows.append({"name": c.name, "display_name": c.display_name, "role": role,
-                         "account": c.account, "reservation": c.reservation,
-                         "window": window["state"], "window_text": window["text"],
-                         "spawn_url": f"/hub/spawn?{c.spawn_query}"})
+        if role := courses_module.role(c, viewer.groups, viewer.admin):
+            rows.append(courses_module.summary(c, role, snap.reservations, now))
     return {**_meta(snap, ("reservations",), now), "user": viewer.name, "courses": rows}
 
 
@@ -361,9 +346,14 @@ def participant_row(name: str, model: dict | None, snap: Snapshot, course, now: 
         "profile") == course.profile
     if server and server.get("stopped"):
         server = None
-    sessions = sorted((j for j in snap.queue.values() if j.user == name
-                       and j.account == course.account and j.comment.startswith(slurm.SESSION_TAG)
-                       and j.state in ACTIVE_STATES), key=lambda j: int(j.job_id))
+
+    def course_session(j) -> bool:
+        return (j.user == name and j.account == course.account
+                and j.comment.startswith(slurm.SESSION_TAG))
+
+    sessions = sorted((j for j in snap.queue.values()
+                       if course_session(j) and j.state in ACTIVE_STATES),
+                      key=lambda j: int(j.job_id))
     job = sessions[-1] if sessions else None
     if server and server.get("ready"):
         state = "running"
@@ -371,9 +361,7 @@ def participant_row(name: str, model: dict | None, snap: Snapshot, course, now: 
         state = "stopping"
     elif (server and server.get("pending")) or (job and job.state == "PENDING"):
         state = "pending"
-    elif had_course_session or any(j.user == name and j.account == course.account
-                                   and j.comment.startswith(slurm.SESSION_TAG)
-                                   for j in snap.history):
+    elif had_course_session or any(course_session(j) for j in snap.history):
         state = "stopped"
     else:
         state = "not started"
@@ -396,7 +384,7 @@ def course(viewer: Viewer, snap: Snapshot, c, participants: list[str],
            hub_users: dict[str, dict], now: float | None = None) -> dict:
     """The instructor's view of course `c`: participants, the window, the course budget."""
     now = now or time.time()
-    if _course_role(viewer, c) not in ("admin", "instructor"):
+    if courses_module.role(c, viewer.groups, viewer.admin) not in ("admin", "instructor"):
         raise AccessError(403, f"You do not teach {c.display_name}.")
     window = courses_module.window(c, snap.reservations, now)
     budget_row = next((b for b in snap.shares if b.account == c.account and not b.user), None)
@@ -408,7 +396,7 @@ def course(viewer: Viewer, snap: Snapshot, c, participants: list[str],
     return {**_meta(snap, ("queue", "shares", "reservations", "history"), now),
             "course": c.name, "display_name": c.display_name, "account": c.account,
             "reservation": c.reservation, "profile": c.profile,
-            "spawn_url": f"/hub/spawn?{c.spawn_query}",
+            "spawn_url": c.spawn_url(),
             "window": window["state"], "window_text": window["text"],
             "window_start": _iso(window["starts"]), "window_end": _iso(window["ends"]),
             "time_left_s": window["time_left_s"],

@@ -59,6 +59,38 @@ def may_start_for(site: Site, requester_groups, user_groups, profile: str) -> bo
             and course.participants in set(user_groups))
 
 
+def role(course: Course, groups, admin: bool = False) -> str | None:
+    """How someone stands to a course: admin, instructor, participant, or not at all."""
+    if admin:
+        return "admin"
+    if course.instructors in groups:
+        return "instructor"
+    if course.participants in groups:
+        return "participant"
+    return None
+
+
+def summary(course: Course, role: str, reservations: dict | None, now: float | None = None,
+            base_url: str = "/hub/") -> dict:
+    """A course in someone's list of courses: their role, its window, its spawn link
+    (window "" when the reservations are not known yet)."""
+    w = (window(course, reservations, now) if reservations is not None
+         else {"state": "", "text": ""})
+    return {"name": course.name, "display_name": course.display_name, "role": role,
+            "account": course.account, "reservation": course.reservation,
+            "window": w["state"], "window_text": w["text"],
+            "spawn_url": course.spawn_url(base_url)}
+
+
+def publish(staging: Path, target: Path) -> None:
+    """Make the folder `staging` readable by everyone and put it in place of `target`."""
+    for p in [staging, *staging.rglob("*")]:
+        if not p.is_symlink():
+            p.chmod(0o755 if p.is_dir() else 0o644)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+
+
 def _epoch(text: str | None) -> float | None:
     try:
         return dt.datetime.fromisoformat(text).timestamp() if text else None
@@ -132,8 +164,4 @@ def _clone(course: Course, target: Path) -> None:
             return  # keep the last good copy; the session starts with it
         raise RuntimeError(f"the material of {course.display_name} could not be fetched "
                            f"({result.stderr.strip()[-200:]})")
-    for p in [staging, *staging.rglob("*")]:
-        if not p.is_symlink():
-            p.chmod(0o755 if p.is_dir() else 0o644)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+    publish(staging, target)

@@ -113,10 +113,9 @@ class Course:
     def material_is_git(self) -> bool:
         return bool(self.material) and not self.material.startswith("/")
 
-    @property
-    def spawn_query(self) -> str:
-        """The spawn link's query (JupyterHub 6 names user options `opt-<name>`)."""
-        return f"opt-profile={self.profile}"
+    def spawn_url(self, base_url: str = "/hub/") -> str:
+        """The spawn link (JupyterHub 6 names user options `opt-<name>`)."""
+        return f"{base_url}spawn?opt-profile={self.profile}"
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import secrets
 import shutil
 from pathlib import Path
 
-from .. import slurm
+from .. import courses, slurm
 from .demo import Demo
 from .system import STATE_DIR, sh, write_if_changed
 
@@ -137,10 +137,7 @@ def install_material(demo: Demo, site, checkout: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(source, staging, ignore=shutil.ignore_patterns(
             ".ipynb_checkpoints", "__pycache__"))
-        for p in [staging, *staging.rglob("*")]:
-            p.chmod(0o755 if p.is_dir() else 0o644)
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
+        courses.publish(staging, target)
         target.parent.chmod(0o755)
 
 

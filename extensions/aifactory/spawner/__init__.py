@@ -429,17 +429,8 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         if reservations is None:  # not asked since the hub started: ask now, for next time
             asyncio.ensure_future(VIEW.reservations.get(60)).add_done_callback(
                 lambda f: f.exception())
-        found = []
-        for course in self.site.courses:
-            role = ("instructor" if course.instructors in groups else
-                    "participant" if course.participants in groups else None)
-            if role:
-                window = (courses.window(course, reservations) if reservations is not None
-                          else {"state": "", "text": ""})
-                found.append({"name": course.name, "display_name": course.display_name,
-                              "role": role, "window": window["state"], "text": window["text"],
-                              "spawn_url": f"{self.hub.base_url}spawn?{course.spawn_query}"})
-        return found
+        return [courses.summary(course, role, reservations, base_url=self.hub.base_url)
+                for course in self.site.courses if (role := courses.role(course, groups))]
 
     def session_info(self) -> dict:
         """For the home page: where the session runs and how long it has left."""
