@@ -72,7 +72,7 @@ def measure(make, tasks: int) -> dict:
     finally:
         client.close()
         cluster.close()
-    while [j for j in slurm.jobs() if j.state in ("PENDING", "RUNNING", "COMPLETING")
+    while [j for j in slurm.jobs() if j.alive
            and j.name.startswith(("dask", "dask-worker"))]:
         time.sleep(1)  # the next round starts on free nodes
     return {"ready_s": ready, "tasks_per_s": throughput,

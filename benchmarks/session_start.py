@@ -45,7 +45,7 @@ def bare_job(user: str) -> tuple[float, int]:
     t0 = time.monotonic()
     job_id = slurm.submit("#!/bin/bash\n#SBATCH --gres=gpu:1\n#SBATCH --time=5\nsleep 120\n",
                           user=user)
-    wait(lambda: (job := slurm.job(job_id)) is not None and job.state == "RUNNING", 120,
+    wait(lambda: (job := slurm.job(job_id)) is not None and job.running, 120,
          f"job {job_id} to run")
     elapsed, rpcs = time.monotonic() - t0, rpcs_since_reset()
     slurm.cancel(job_id)

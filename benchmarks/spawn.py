@@ -147,7 +147,7 @@ class BenchHub:
         for user in users:
             self.http.delete(f"{self.api}/users/{user}/server")
         wanted = set(users)
-        self._wait(lambda: not any(j.user in wanted and j.state in ("PENDING", "RUNNING")
+        self._wait(lambda: not any(j.user in wanted and j.alive
                                    for j in slurm.jobs())
                    and self.ready(users) == 0, 180, "the servers to stop")
 

@@ -63,7 +63,7 @@ PROFILE = "course-bench"
 PARTICIPANTS_GROUP = "bench-participants"
 INSTRUCTORS_GROUP = "bench-instructors"
 PORTS = {"stock": 8500, "ours": 8600}
-LIVE = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED")
+LIVE = slurm.JOB_ALIVE_STATES | slurm.JOB_ALIVE_FLAGS  # sacct's State column
 
 STOCK = """
 c.JupyterHub.spawner_class = "batchspawner.SlurmSpawner"
@@ -118,7 +118,7 @@ def ensure_account(users: list[str]) -> None:
 
 def live_jobs(users: list[str]) -> list[slurm.Job]:
     wanted = set(users)
-    return [j for j in slurm.jobs() if j.user in wanted and j.state.split()[0] in LIVE]
+    return [j for j in slurm.jobs() if j.user in wanted and j.alive]
 
 
 def cancel_jobs(users: list[str], timeout: float = 120) -> None:
@@ -126,7 +126,7 @@ def cancel_jobs(users: list[str], timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while jobs := live_jobs(users):
         for job in jobs:
-            if job.state != "COMPLETING":
+            if not job.completing:
                 try:
                     slurm.cancel(job.job_id)
                 except slurm.SlurmError:
@@ -139,7 +139,7 @@ def cancel_jobs(users: list[str], timeout: float = 120) -> None:
 
 def delete_reservation() -> None:
     for _ in range(30):
-        if RESERVATION not in slurm.show_reservations():
+        if RESERVATION not in slurm.reservations():
             return
         try:
             slurm.scontrol("delete", f"ReservationName={RESERVATION}")
@@ -272,7 +272,7 @@ class WorkshopHub(BenchHub):
 def check_sessions(name: str, users: list[str], material: bool) -> None:
     """All N jobs run in the reservation, charged to the course, with the material copied."""
     jobs = live_jobs(users)
-    wrong = [j for j in jobs if j.state != "RUNNING" or j.account != ACCOUNT
+    wrong = [j for j in jobs if not j.running or j.account != ACCOUNT
              or j.reservation != RESERVATION or j.partition != "cpu"]
     if len(jobs) != len(users) or wrong:
         raise RuntimeError(f"[{name}] expected {len(users)} running jobs in {RESERVATION} on "
@@ -289,7 +289,7 @@ def check_sessions(name: str, users: list[str], material: bool) -> None:
 def measure(name: str, hub: WorkshopHub, users: list[str],
             material: bool) -> tuple[float, dict[str, int]]:
     remove_material(users)
-    others = [j for j in slurm.jobs() if j.user not in set(users) and j.state in LIVE]
+    others = [j for j in slurm.jobs() if j.user not in set(users) and j.alive]
     if others:
         log(f"[{name}] note: {len(others)} other jobs in the queue "
             f"({', '.join(sorted({j.user for j in others}))}); the RPC counts include theirs")

@@ -43,10 +43,9 @@ def live_cluster():
     # Killed without `down`, slurmctld can lose a cancel made in its last seconds, so an
     # earlier run's jobs may come back; the tests expect a queue holding only their own jobs.
     for job in slurm.jobs():
-        if job.state in ("PENDING", "RUNNING", "CONFIGURING", "SUSPENDED"):
+        if job.alive and not job.completing:
             slurm.cancel(job.job_id)
-    wait_until(lambda: not any(j.state in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING")
-                               for j in slurm.jobs()), 60, what="an empty queue")
+    wait_until(lambda: not any(j.alive for j in slurm.jobs()), 60, what="an empty queue")
     return state
 
 
@@ -77,9 +76,9 @@ def job_state(job_id: str) -> slurm.Job | None:
     return slurm.job(job_id)
 
 
-def sacct_record(job_id: str) -> dict | None:
+def sacct_record(job_id: str) -> slurm.PastJob | None:
     records = slurm.accounting_jobs(job_ids=[job_id])
-    return next((r for r in records if str(r["job_id"]) == str(job_id)), None)
+    return next((r for r in records if r.job_id == str(job_id)), None)
 
 
 class HubClient:
@@ -196,7 +195,7 @@ def progress_messages(client: HubClient, until: str, timeout: float = 60) -> lis
 
 def notebook_jobs(user: str) -> list[slurm.Job]:
     return [j for j in slurm.jobs(user=user) if j.name == f"jupyterhub-{user}"
-            and j.state in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING")]
+            and j.alive]
 
 
 def process_env(pid: int) -> dict[str, str]:

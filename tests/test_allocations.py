@@ -155,8 +155,7 @@ def test_bar_colours_change_at_75_90_and_100_percent():
 
 
 def test_sacct_records_become_past_jobs_with_gpus_and_cpu_time():
-    [record] = [j for j in slurm.parse_sacct_json((DATA / "sacct-22.05.json").read_text())][:1]
-    job = slurm.past_job_from_json(record)
+    job = slurm.parse_sacct_json((DATA / "sacct-22.05.json").read_text())[0]
     assert job.gpus == 2 and job.cpus == 1 and job.elapsed_s == 15 and job.state == "CANCELLED"
 
 

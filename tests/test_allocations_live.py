@@ -48,9 +48,8 @@ def audit_project(live_cluster):
     yield jobs
     for job_id in jobs:
         slurm.cancel(job_id)
-    wait_until(lambda: not any(j.account == AUDIT and j.state in ("PENDING", "RUNNING",
-                                                                "COMPLETING")
-                               for j in slurm.jobs()), 60, what="the audit jobs to end")
+    wait_until(lambda: not any(j.account == AUDIT and j.alive for j in slurm.jobs()), 60,
+               what="the audit jobs to end")
     slurm.sacctmgr("delete", "account", AUDIT)
 
 
@@ -76,12 +75,11 @@ def test_used_equals_sacct_and_the_api_widget_and_cli_agree(hub_client, audit_pr
     # Walltime 5 min x 7 GPUs = 0.58 GPU-h at most, less what already ran.
     assert 0 < p["held_gpu_h"] <= 7 * 5 / 60
 
-    wait_until(lambda: all((r := sacct_job(j)) and r["state"]["current"] == "COMPLETED"
+    wait_until(lambda: all((r := sacct_job(j)) and r.state == "COMPLETED"
                            for j in audit_project), 120, what="the audit jobs to complete")
     records = [sacct_job(j) for j in audit_project]
     # The independent sum: elapsed x allocated GPUs, from slurmdbd's job records.
-    expected = sum(r["time"]["elapsed"] * gpus_of(r) for r in records
-                   if r["time"]["start"] >= started - 5) / 3600
+    expected = sum(r.elapsed_s * r.gpus for r in records if r.start_time >= started - 5) / 3600
     assert expected == pytest.approx((2 * 2 * 45 + 2 * 60 + 1 * 50) / 3600, rel=0.1)
 
     def settled():
@@ -105,14 +103,9 @@ def test_used_equals_sacct_and_the_api_widget_and_cli_agree(hub_client, audit_pr
     panel.close()
 
 
-def sacct_job(job_id: str) -> dict | None:
+def sacct_job(job_id: str) -> slurm.PastJob | None:
     found = slurm.accounting_jobs(job_ids=[job_id])
     return found[0] if found else None
-
-
-def gpus_of(record: dict) -> int:
-    return sum(t["count"] for t in record["tres"]["allocated"]
-               if t["type"] == "gres" and t["name"] == "gpu")
 
 
 def test_people_see_only_their_own_jobs_and_projects(hub_client):

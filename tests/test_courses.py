@@ -17,8 +17,9 @@ from aifactory.allocations import AccessError, Viewer
 SITE_FILE = Path(__file__).resolve().parents[1] / "hub_config" / "site.yaml"
 SITE = site_module.load(SITE_FILE)
 DL101 = SITE.course("dl101")
-OPEN = {"dl101": {"State": "ACTIVE", "StartTime": "2026-11-20T09:00:00",
-                  "EndTime": "2026-11-22T15:30:00", "Accounts": "course-dl101"}}
+OPEN = {r.name: r for r in slurm.parse_reservations_text(  # as scontrol prints it
+    "ReservationName=dl101 StartTime=2026-11-20T09:00:00 EndTime=2026-11-22T15:30:00 "
+    "Nodes=gpu03 Users=(null) Accounts=course-dl101 State=ACTIVE\n")}
 
 
 def test_a_course_fills_in_its_profile_and_hides_it_from_others():
@@ -63,7 +64,7 @@ def test_the_window_says_when_a_course_opens_and_how_long_it_has_left():
     now = dt.datetime(2026, 11, 22, 12, 0).timestamp()
     assert courses.window(DL101, OPEN, now)["state"] == "open"
     assert courses.window(DL101, OPEN, now)["time_left_s"] == 3.5 * 3600
-    later = {"dl101": dict(OPEN["dl101"], State="INACTIVE", StartTime="2026-11-25T09:00:00")}
+    later = {"dl101": replace(OPEN["dl101"], start=dt.datetime(2026, 11, 25, 9).timestamp())}
     w = courses.window(DL101, later, now)
     assert (w["state"], w["text"]) == ("not yet", "DL101: deep learning on GPUs opens at Wed 25 "
                                        "Nov 2026 09:00 (in 3 days); you can start a session in it then.")

@@ -2,6 +2,7 @@
 
 import pwd
 import shutil
+import time
 from pathlib import Path
 
 import requests
@@ -62,7 +63,7 @@ def test_the_course_profile_keeps_its_account_and_the_course_budget_stays_in_it(
 
 def test_before_the_window_the_form_says_when_the_course_opens(hub_client):
     student = hub_client("student3")
-    opens = slurm.show_reservations()["ml202"]["StartTime"]  # e.g. 2026-12-23T07:28:05
+    opens = slurm.reservations()["ml202"].start
     form = student.http.get(f"{HUB}/hub/spawn").content.decode()
     assert "ML202: scaling out (starts next month) opens at" in form
     home_page = student.http.get(f"{HUB}/hub/home").content.decode()
@@ -70,7 +71,7 @@ def test_before_the_window_the_form_says_when_the_course_opens(hub_client):
     before = submitted()
     error = student.form_error(profile="course-ml202")
     assert "opens at" in error and "you can start a session in it then" in error
-    day = opens[8:10]
+    day = time.strftime("%d", time.localtime(opens))
     assert f" {day} " in error, (opens, error)
     assert submitted() == before and notebook_jobs("student3") == []
 

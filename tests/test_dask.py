@@ -49,7 +49,7 @@ def lines(proc: subprocess.Popen, count: int, timeout: float = 300) -> dict:
 
 def tagged(tag: str) -> list[slurm.Job]:
     return [j for j in slurm.jobs() if j.comment == tag
-            and j.state in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING")]
+            and j.alive]
 
 
 def test_eight_gpu_workers_on_two_nodes_and_ddp_across_them(live_cluster):

@@ -39,7 +39,7 @@ def test_session_is_a_slurm_job_on_a_compute_node_as_the_user(hub_client):
     alice.stop()
     wait_until(lambda: not notebook_jobs("alice"), 60, what="the notebook job to end")
     wait_until(lambda: (r := sacct_record(job.job_id)) and
-               r["state"]["current"] in ("CANCELLED", "COMPLETED"), 60,
+               r.state in ("CANCELLED", "COMPLETED"), 60,
                what="sacct to record the end of the job")
 
 
@@ -92,4 +92,4 @@ def test_port_callback_takes_only_a_port(hub_client, tmp_path):
     bob.stop()
     wait_until(lambda: not notebook_jobs("bob"), 60, what="bob's job to end")
     assert not marker.exists(), "a command from the callback body was executed"
-    assert sacct_record(job.job_id)["state"]["current"] in ("CANCELLED", "COMPLETED")
+    assert sacct_record(job.job_id).state in ("CANCELLED", "COMPLETED")

@@ -38,7 +38,6 @@ USER, ACCOUNT = "alice", "proj-climate"
 NOT_HERE = ("05-",)  # tested elsewhere (tests of the course/workshop work)
 LIMIT_S = 180  # each notebook should run in well under 3 minutes
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the colours of IPython's tracebacks
-ACTIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED")
 
 
 def notebooks() -> list[Path]:
@@ -123,12 +122,12 @@ def leave_no_jobs(job_name: str, job_id: str | None, wait_s: float = 60,
     while True:
         jobs = slurm.jobs(user=user)
         job_id = job_id or next((j.job_id for j in jobs if j.name == job_name), None)
-        left = [j for j in jobs if j.state in ACTIVE and _ours(j, job_name, job_id)]
+        left = [j for j in jobs if j.alive and _ours(j, job_name, job_id)]
         if not left or time.monotonic() > deadline:
             break
         time.sleep(1)
     for job in left:
-        if job.state != "COMPLETING":
+        if not job.completing:
             try:
                 slurm.cancel(job.job_id)
             except slurm.SlurmError:

@@ -25,13 +25,10 @@ def test_two_node_job_runs_one_task_per_node_with_different_addresses(live_clust
 
 def test_accounting_records_the_gpus_of_a_job(live_cluster):
     job_id = submit("alice", "--partition=gpu", "--gres=gpu:2", "--time=1", script="sleep 2")
-    wait_until(lambda: (r := sacct_record(job_id)) and r["state"]["current"] == "COMPLETED",
+    wait_until(lambda: (r := sacct_record(job_id)) and r.state == "COMPLETED",
                90, what=f"job {job_id} to complete in sacct")
     record = sacct_record(job_id)
-    assert record["account"] == "proj-climate" and record["user"] == "alice"
-    allocated = {t["type"] + (f"/{t['name']}" if t["name"] else ""): t["count"]
-                 for t in record["tres"]["allocated"]}
-    assert allocated.get("gres/gpu") == 2, allocated
+    assert (record.account, record.user, record.gpus) == ("proj-climate", "alice", 2)
 
 
 def test_job_over_budget_does_not_start_and_says_why(live_cluster):
@@ -46,7 +43,7 @@ def test_job_over_budget_does_not_start_and_says_why(live_cluster):
         # A job that fits the same budget does start: the reason is the budget, not the nodes.
         small = submit("bob", "--account=proj-tiny", "--partition=gpu", "--gres=gpu:1",
                        "--time=10", script="true")
-        wait_until(lambda: (r := sacct_record(small)) and r["state"]["current"] == "COMPLETED",
+        wait_until(lambda: (r := sacct_record(small)) and r.state == "COMPLETED",
                    90, what=f"job {small} within the budget to run")
         assert job_state(job_id).state == "PENDING"
     finally:
@@ -54,9 +51,9 @@ def test_job_over_budget_does_not_start_and_says_why(live_cluster):
 
 
 def test_reservation_holds_the_course_node_for_the_course(live_cluster):
-    reservations = slurm.show_reservations()
-    assert reservations["dl101"]["Accounts"] == "course-dl101"
-    assert reservations["dl101"]["Nodes"] == "gpu03"
+    reservations = slurm.reservations()
+    assert reservations["dl101"].accounts == ("course-dl101",)
+    assert reservations["dl101"].nodes == "gpu03" and reservations["dl101"].active()
     out = slurm.run(["srun", "--reservation=dl101", "--account=course-dl101", "--gres=gpu:1",
                      "--time=1", "printenv", "SLURMD_NODENAME"], user="student1", timeout=60)
     assert out.strip() == "gpu03"

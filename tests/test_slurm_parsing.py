@@ -1,4 +1,6 @@
-"""Parsing of recorded Slurm 22.05 output (captured on the local cluster), beside the live tests."""
+"""Parsing of recorded Slurm 22.05 output (captured on the local cluster), beside the live tests.
+
+Other releases: test_slurm_shapes.py."""
 
 from pathlib import Path
 
@@ -10,7 +12,7 @@ DATA = Path(__file__).parent / "data"
 
 
 def test_squeue_json_gives_jobs_with_state_reason_and_gpus():
-    jobs = {j.job_id: j for j in slurm.parse_squeue_json((DATA / "squeue-22.05.json").read_text())}
+    jobs = {j.job_id: j for j in slurm.parse_jobs_json((DATA / "squeue-22.05.json").read_text())}
     running, pending = jobs["22"], jobs["23"]
     assert (running.state, running.user, running.account, running.nodes) == (
         "RUNNING", "alice", "proj-climate", "gpu01")
@@ -22,11 +24,11 @@ def test_squeue_json_gives_jobs_with_state_reason_and_gpus():
 def test_squeue_with_the_controller_down_is_unreachable_not_empty():
     # squeue exits 0 here; reading it as "no jobs" would drop every running session.
     with pytest.raises(slurm.SlurmUnreachable, match="scheduler unreachable"):
-        slurm.parse_squeue_json((DATA / "squeue-22.05-controller-down.json").read_text())
+        slurm.parse_jobs_json((DATA / "squeue-22.05-controller-down.json").read_text())
 
 
 def test_squeue_filter_is_applied_on_our_side():
-    jobs = slurm.parse_squeue_json((DATA / "squeue-22.05.json").read_text())
+    jobs = slurm.parse_jobs_json((DATA / "squeue-22.05.json").read_text())
     assert [j.job_id for j in slurm._select(jobs, None, ["23"])] == ["23"]
     assert {j.user for j in slurm._select(jobs, "bob", None)} == {"bob"}
     with pytest.raises(ValueError):
@@ -34,7 +36,7 @@ def test_squeue_filter_is_applied_on_our_side():
 
 
 def test_sinfo_json_gives_nodes_and_their_gres():
-    nodes = {n.name: n for n in slurm.parse_sinfo_json((DATA / "sinfo-22.05.json").read_text())}
+    nodes = {n.name: n for n in slurm.parse_nodes_json((DATA / "sinfo-22.05.json").read_text())}
     assert set(nodes) == {"gpu01", "gpu02", "gpu03", "cpu01"}
     assert nodes["gpu01"].gres == "gpu:h100:4" and nodes["gpu01"].address == "10.77.0.11"
     assert nodes["cpu01"].gres == ""
@@ -42,8 +44,8 @@ def test_sinfo_json_gives_nodes_and_their_gres():
 
 def test_sacct_json_and_its_empty_answer():
     [record] = [r for r in slurm.parse_sacct_json((DATA / "sacct-22.05.json").read_text())
-                if r["job_id"] == 22]
-    assert record["state"]["current"] == "CANCELLED"
+                if r.job_id == "22"]
+    assert record.state == "CANCELLED"
     assert slurm.parse_sacct_json((DATA / "sacct-22.05-nothing-found.json").read_text()) == []
 
 

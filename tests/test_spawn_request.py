@@ -1,5 +1,6 @@
 """What a person may ask for on the spawn form: checked before anything reaches Slurm."""
 
+import datetime as dt
 from pathlib import Path
 
 import pytest
@@ -9,11 +10,11 @@ from aifactory import slurm
 from aifactory.spawner.request import RequestError, check_budget, resolve
 
 SITE = site_module.load(Path(__file__).resolve().parents[1] / "hub_config" / "site.yaml")
+JAN_10 = dt.datetime(2027, 1, 10, 9).timestamp()
 RESERVATIONS = {
-    "dl101": {"State": "ACTIVE", "Accounts": "course-dl101", "Users": "(null)", "Nodes": "gpu03"},
-    "later": {"State": "INACTIVE", "Accounts": "proj-climate", "Users": "(null)",
-              "StartTime": "2027-01-10T09:00:00", "Nodes": "gpu02"},
-    "others": {"State": "ACTIVE", "Accounts": "proj-other", "Users": "(null)", "Nodes": "gpu01"},
+    "dl101": slurm.Reservation("dl101", None, None, "gpu03", accounts=("course-dl101",)),
+    "later": slurm.Reservation("later", JAN_10, None, "gpu02", accounts=("proj-climate",)),
+    "others": slurm.Reservation("others", None, None, "gpu01", accounts=("proj-other",)),
 }
 
 
@@ -86,7 +87,7 @@ BAD = [
     ({"profile": "h100-1", "qos": "long", "account": "proj-tiny"}, "allowed: normal."),
     ({"profile": "h100-1", "reservation": "others"}, "Reservation 'others' is not one you may use"),
     ({"profile": "h100-1", "reservation": "nope"}, "Reservation 'nope' is not one you may use"),
-    ({"profile": "h100-1", "reservation": "later"}, "opens at 2027-01-10 09:00:00"),
+    ({"profile": "h100-1", "reservation": "later"}, "opens at 2027-01-10 09:00;"),
     ({"profile": "h100-1", "option_walltime": "12h"}, "'12h' is not one of the choices"),
     ({"profile": "cpu", "option_walltime": "1h"}, "has no option 'walltime'"),
     ({"profile": "h100-1", "profile_list": "x"}, "Unknown field 'profile_list'"),
@@ -138,9 +139,9 @@ def test_the_course_budget_pays_for_gpus_only_in_the_course():
 
 
 def test_before_and_after_the_window_the_course_says_when():
-    later = dict(RESERVATIONS, ml202={"State": "INACTIVE", "Accounts": "course-ml202",
-                                       "Users": "(null)", "StartTime": "2027-01-10T09:00:00",
-                                       "EndTime": "2027-01-15T09:00:00"})
+    later = dict(RESERVATIONS, ml202=slurm.Reservation(
+        "ml202", JAN_10, dt.datetime(2027, 1, 15, 9).timestamp(), "gpu02",
+        accounts=("course-ml202",)))
     student = dict(user="student3", accounts=["course-ml202"], default="course-ml202",
                    groups=("ml202-participants",))
     with pytest.raises(RequestError, match=r"ML202: scaling out \(starts next month\) opens at "
@@ -182,3 +183,22 @@ def test_broken_site_description_is_refused(tmp_path):
                                 "partition: gpu2, gpu_type: h100, gpus: 4"))
     with pytest.raises(site_module.SiteError, match="partition 'gpu2' is not in 'partitions'"):
         site_module.load(bad)
+
+
+def node(name, state="IDLE", flags=(), gpus=4, reason=""):
+    return slurm.Node(name, state, "", ("gpu",), f"gpu:h100:{gpus}", "gpu:h100:0", flags, reason)
+
+
+def test_a_session_only_unusable_nodes_could_run_is_refused_with_their_reasons():
+    from aifactory.spawner.request import check_nodes
+    request = ask({"profile": "h100-4"})
+    nodes = [node("gpu01", flags=("DRAIN",), reason="disk failure"),
+             node("gpu02", "DOWN", ("NOT_RESPONDING",)), node("gpu03")]
+    with pytest.raises(RequestError, match=r"gpu01 drained \(disk failure\); gpu02 down, not "
+                                           r"responding\. Nothing was submitted"):
+        check_nodes(request, nodes, RESERVATIONS, held={"gpu03"})  # gpu03: a course's
+    check_nodes(request, nodes, RESERVATIONS, held=set())  # gpu03 free: it may wait for it
+    small = [node("gpu01", flags=("DRAIN",)), node("gpu02", gpus=2)]
+    with pytest.raises(RequestError):
+        check_nodes(request, small, RESERVATIONS, held=set())  # gpu02 has too few GPUs
+    check_nodes(ask({"profile": "h100-1"}), small, RESERVATIONS, held=set())

@@ -71,7 +71,7 @@ def test_pending_reason_in_plain_words_and_cancel_from_the_pending_page(hub_clie
     assert job.state == "PENDING"
     bob.stop()  # the pending page's "Stop Server" button does this
     wait_until(lambda: not notebook_jobs("bob"), 30, what="the pending job to be cancelled")
-    assert sacct_record(job.job_id)["state"]["current"] == "CANCELLED"
+    assert sacct_record(job.job_id).state == "CANCELLED"
 
 
 def test_budget_used_up_while_waiting_fails_fast_with_the_reason(hub_client, gpus_taken):
@@ -93,7 +93,7 @@ def test_budget_used_up_while_waiting_fails_fast_with_the_reason(hub_client, gpu
     assert ("Your session cannot start: your project's GPU budget is used up "
             "(Slurm: AssocGrpGRESMinutes).") in messages[-1], messages
     wait_until(lambda: not notebook_jobs("bob"), 30, what="the hopeless job to be cancelled")
-    assert sacct_record(job.job_id)["state"]["current"] == "CANCELLED"
+    assert sacct_record(job.job_id).state == "CANCELLED"
 
 
 def test_session_survives_a_hub_restart(hub_client, passwords):
@@ -141,6 +141,6 @@ def test_an_idle_session_is_stopped_and_its_job_cancelled(hub_client):
     finally:
         site_file.write_text(original)
     wait_until(lambda: not notebook_jobs("student2"), 30, what="its job to be cancelled")
-    assert sacct_record(job.job_id)["state"]["current"] == "CANCELLED"
+    assert sacct_record(job.job_id).state == "CANCELLED"
     home = student.http.get(f"{HUB}/hub/home").content.decode()
     assert "was stopped after 1 minutes without activity, to free its GPUs" in home

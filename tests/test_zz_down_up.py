@@ -19,15 +19,14 @@ def accounting_view() -> dict:
         "users": slurm.sacctmgr_list("user", "withcoord",
                                      fields=["User", "DefaultAccount", "Coordinators"]),
         "budgets": slurm.budgets(),
-        "reservations": {n: (r["Nodes"], r["Accounts"], r["StartTime"], r["EndTime"])
-                         for n, r in slurm.show_reservations().items()},
+        "reservations": slurm.reservations(),
     }
 
 
 @pytest.mark.slow
 def test_down_stops_only_what_up_started_and_up_loses_nothing(live_cluster, passwords, tmp_path):
     job_id = submit("alice", "--partition=gpu", "--gres=gpu:1", "--time=1", script="sleep 1")
-    wait_until(lambda: (r := sacct_record(job_id)) and r["state"]["current"] == "COMPLETED",
+    wait_until(lambda: (r := sacct_record(job_id)) and r.state == "COMPLETED",
                90, what="a finished job in accounting")
     before = accounting_view()
     password_file = Path("/var/lib/aifactory/demo-passwords.json").read_text()
@@ -52,7 +51,7 @@ def test_down_stops_only_what_up_started_and_up_loses_nothing(live_cluster, pass
 
     assert json.loads(aifactory("cluster", "status", "--json").stdout)["ok"] is True
     assert accounting_view() == before
-    assert sacct_record(job_id)["state"]["current"] == "COMPLETED"
+    assert sacct_record(job_id).state == "COMPLETED"
     assert Path("/var/lib/aifactory/demo-passwords.json").read_text() == password_file
     assert HubClient("alice").login(passwords["alice"]).status_code == 302
     # The budget is still enforced after the restart.

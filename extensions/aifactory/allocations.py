@@ -30,7 +30,7 @@ RECENT_JOBS = 20
 # Where each part of a snapshot comes from, as the answers name it.
 SOURCES = {
     "queue": "slurmctld (squeue)",
-    "nodes": "slurmctld (sinfo)",
+    "nodes": "slurmctld (scontrol show nodes, or sinfo on 22.05)",
     "reservations": "slurmctld (scontrol show reservation)",
     "shares": "slurmctld (sshare)",
     "members": "slurmdbd (sacctmgr associations)",
@@ -41,7 +41,7 @@ SOURCES = {
 FETCH = {
     "queue": lambda: {j.job_id: j for j in slurm.jobs()},
     "nodes": slurm.nodes,
-    "reservations": slurm.show_reservations,
+    "reservations": slurm.reservations,
     "shares": slurm.shares,
     "members": slurm.all_associations,
     "coordinators": slurm.coordinators,
@@ -230,15 +230,15 @@ def kind_of(comment: str) -> str:
 
 
 def job_row(job: slurm.Job, now: float) -> dict:
-    gpu_type = next(iter(slurm.parse_gres_gpus(job.gres.replace("gres:", ""))), "")
-    running = job.state == "RUNNING"
+    gpu_type = job.gpu_type
+    running = job.running
     return {
         "job_id": job.job_id, "name": job.name, "user": job.user, "account": job.account,
         "partition": job.partition, "state": job.state, "kind": kind_of(job.comment),
-        "reason": job.reason if job.state == "PENDING" else None,
-        "reason_text": slurm.explain_reason(job.reason, gpu_type) if job.state == "PENDING"
+        "reason": job.reason if job.pending else None,
+        "reason_text": slurm.explain_reason(job.reason, gpu_type) if job.pending
         else None,
-        "estimated_start": _iso(job.start_time) if job.state == "PENDING" else None,
+        "estimated_start": _iso(job.start_time) if job.pending else None,
         "start_time": _iso(job.start_time) if running else None,
         "end_time": _iso(job.end_time) if running else None,
         "elapsed_s": int(now - job.start_time) if running and job.start_time else 0,
@@ -261,11 +261,8 @@ def past_job_row(job: slurm.PastJob) -> dict:
         "cpu_efficiency_percent": round(100 * job.cpu_time_s / (job.elapsed_s * job.cpus), 1)
         if job.elapsed_s and job.cpus else None,
         "walltime_used_percent": round(100 * job.elapsed_s / (job.time_limit_min * 60), 1)
-        if job.time_limit_min else None,
+        if job.time_limit_min and job.time_limit_min != slurm.UNLIMITED else None,
     }
-
-
-ACTIVE_STATES = ("PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "COMPLETING")
 
 
 def jobs(viewer: Viewer, snap: Snapshot, user: str | None = None,
@@ -276,9 +273,9 @@ def jobs(viewer: Viewer, snap: Snapshot, user: str | None = None,
     if user != viewer.name and not viewer.admin:
         raise AccessError(403, "You may see only your own jobs.")
     active = sorted((j for j in snap.queue.values()
-                     if j.user == user and j.state in ACTIVE_STATES), key=lambda j: int(j.job_id))
+                     if j.user == user and j.alive), key=lambda j: int(j.job_id))
     ended = sorted((j for j in snap.history if j.user == user and j.end_time
-                    and j.state not in ACTIVE_STATES), key=lambda j: -j.end_time)
+                    and not j.alive), key=lambda j: -j.end_time)
     return {**_meta(snap, ("queue", "history"), now), "user": user,
             "active": [job_row(j, now) for j in active],
             "recent": [past_job_row(j) for j in ended[:RECENT_JOBS]]}
@@ -288,7 +285,7 @@ def job(viewer: Viewer, snap: Snapshot, job_id: str, now: float | None = None) -
     """One active job of the viewer's (admins: anyone's)."""
     now = now or time.time()
     found = snap.queue.get(job_id)
-    if found is None or found.state not in ACTIVE_STATES:
+    if found is None or not found.alive:
         raise AccessError(404, f"There is no active job {job_id}.")
     if found.user != viewer.name and not viewer.admin:
         # Same answer as for a job that does not exist: do not tell who runs what.
@@ -303,8 +300,9 @@ def gpus(viewer: Viewer, snap: Snapshot, now: float | None = None) -> dict:
     now = now or time.time()
     mine = usable_reservations(snap.reservations, viewer.name, snap.members.get(viewer.name, []))
     held = held_nodes(snap.reservations, mine)
-    down = [{"node": n.name, "state": n.state, "reason": n.reason} for n in snap.nodes
-            if any(s in n.state for s in ("DOWN", "DRAIN", "NOT_RESPONDING", "FAIL"))]
+    down = [{"node": n.name, "state": "+".join((n.state,) + n.flags), "condition": n.condition,
+             "reason": n.reason, "since": _iso(n.reason_time)}
+            for n in snap.nodes if not n.usable]
     return {**_meta(snap, ("nodes", "reservations"), now),
             "partitions": [asdict(a) for a in gpu_availability(snap.nodes, held)],
             "nodes_down": down}
@@ -352,14 +350,14 @@ def participant_row(name: str, model: dict | None, snap: Snapshot, course, now: 
                 and j.comment.startswith(slurm.SESSION_TAG))
 
     sessions = sorted((j for j in snap.queue.values()
-                       if course_session(j) and j.state in ACTIVE_STATES),
+                       if course_session(j) and j.alive),
                       key=lambda j: int(j.job_id))
     job = sessions[-1] if sessions else None
     if server and server.get("ready"):
         state = "running"
     elif server and server.get("pending") == "stop":
         state = "stopping"
-    elif (server and server.get("pending")) or (job and job.state == "PENDING"):
+    elif (server and server.get("pending")) or (job and job.pending):
         state = "pending"
     elif had_course_session or any(course_session(j) for j in snap.history):
         state = "stopped"
@@ -373,7 +371,7 @@ def participant_row(name: str, model: dict | None, snap: Snapshot, course, now: 
            "gpu_h_held": _round(usage.held_min / 60) if usage else 0.0,
            "last_activity": model.get("last_activity"),
            "in_hub": bool(model)}
-    if job and job.state == "PENDING":
+    if job and job.pending:
         info = job_row(job, now)
         row.update(reason=info["reason"], reason_text=info["reason_text"],
                    estimated_start=info["estimated_start"])

@@ -91,13 +91,6 @@ def publish(staging: Path, target: Path) -> None:
     staging.rename(target)
 
 
-def _epoch(text: str | None) -> float | None:
-    try:
-        return dt.datetime.fromisoformat(text).timestamp() if text else None
-    except ValueError:
-        return None
-
-
 def window(course: Course, reservations: dict, now: float | None = None) -> dict:
     """The course's time window from its reservation: open, not yet open, or over."""
     now = now or time.time()
@@ -106,8 +99,8 @@ def window(course: Course, reservations: dict, now: float | None = None) -> dict
         return {"state": "closed", "starts": None, "ends": None, "time_left_s": None,
                 "text": f"{course.display_name} has no reservation now (it has ended or is "
                         "not made yet)."}
-    starts, ends = _epoch(res.get("StartTime")), _epoch(res.get("EndTime"))
-    if res.get("State") == "ACTIVE" or (starts and starts <= now):
+    starts, ends = res.start, res.end
+    if res.active(now):
         left = max(0, int(ends - now)) if ends else None
         return {"state": "open", "starts": starts, "ends": ends, "time_left_s": left,
                 "text": f"Open until {_when(ends, now)}." if ends else "Open."}

@@ -26,7 +26,7 @@ def watch(pid: int, tag: str, interval: float = 2.0) -> None:
     for attempt in range(30):  # slurmctld may be away just now: keep trying for a while
         try:
             for job in slurm.jobs(user=getpass.getuser()):
-                if job.comment == tag and job.state in ("PENDING", "RUNNING", "CONFIGURING"):
+                if job.comment == tag and job.alive:
                     slurm.cancel(job.job_id)
             return
         except slurm.SlurmError:

@@ -56,7 +56,7 @@ RECENT_HEAD = ["job", "name", "project", "state", "ran", "GPU-h", "CPU eff.", "w
 
 
 def active_cells(j: dict) -> list[str]:
-    if j["state"] == "PENDING":
+    if j["reason"] is not None:  # pending: Slurm says why it waits
         status = f"{j['reason_text']} (Slurm: {j['reason']})"
         if j["estimated_start"]:
             status += f"; estimated start {when(j['estimated_start'])}"
@@ -87,9 +87,18 @@ def gpus_text(answer: dict) -> str:
         down = f", {p['down']} down" if p["down"] else ""
         lines.append(f"{p['partition']} {p['gpu_type'] or '-'}: {p['free']} free of "
                      f"{p['total']}{down}")
-    lines += [f"node down: {n['node']} {n['state']} {n['reason']}".rstrip()
-              for n in answer["nodes_down"]]
+    lines += [f"node unavailable: {node_down_text(n)}" for n in answer["nodes_down"]]
     return "\n".join(lines)
+
+
+def node_down_text(n: dict) -> str:
+    """E.g. "gpu02 drained since 2026-11-24 12:03: disk failure (Slurm: IDLE+DRAIN)"."""
+    text = f"{n['node']} {n['condition']}"
+    if n.get("since"):
+        text += f" since {when(n['since'])}"
+    if n.get("reason"):
+        text += f": {n['reason']}"
+    return f"{text} (Slurm: {n['state']})"
 
 
 COURSE_HEAD = ["participant", "session", "GPU-h used", "last activity"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import pwd
 import re
@@ -46,41 +47,241 @@ class SlurmUnreachable(SlurmError):
     """The scheduler (slurmctld) or the accounting daemon (slurmdbd) did not answer."""
 
 
+class JobGone(SlurmError):
+    """The job is no longer there to act on (it ended, or slurmctld forgot it)."""
+
+
+_GONE_PATTERNS = ("already completing or completed", "Invalid job id")
+
+
+# --- where the commands are, and which Slurm answers -------------------------------------
+
+def _bin_dir() -> str:
+    """Sites install Slurm under their own prefix: AIFACTORY_SLURM_BIN names that folder
+    (empty: the commands are found on PATH)."""
+    return os.environ.get("AIFACTORY_SLURM_BIN", "")
+
+
+def command_path(name: str) -> str:
+    """The program to run for Slurm command `name` (sbatch, squeue, ...)."""
+    folder = _bin_dir()
+    return os.path.join(folder, name) if folder else name
+
+
+_VERSION: dict[str, tuple[int, int]] = {}
+
+
+def parse_version(text: str) -> tuple[int, int]:
+    """(24, 11) from `sinfo --version` ("slurm 24.11.5", "slurm-wlm 22.05.8")."""
+    m = re.search(r"(\d+)\.(\d+)", text)
+    if not m:
+        raise SlurmError(f"sinfo: cannot read the Slurm version from {text.strip()!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def version() -> tuple[int, int]:
+    """The Slurm release of the commands we run, asked once per process (no RPC)."""
+    key = _bin_dir()
+    if key not in _VERSION:
+        _VERSION[key] = parse_version(run(["sinfo", "--version"]))
+    return _VERSION[key]
+
+
+def json_everywhere() -> bool:
+    """Since 23.02 scontrol and sacctmgr answer in JSON too (22.05: squeue, sinfo, sacct only)."""
+    return version() >= (23, 2)
+
+
+# --- Slurm's numbers and words, in every shape from 22.05 to 25.11 -------------------------
+
+UNLIMITED = math.inf  # a limit Slurm calls INFINITE / UNLIMITED; "not set" is None, never 0
+
+# 22.05 writes "not set" and "infinite" as magic integers; 23.02+ as {"set", "infinite", "number"}.
+_NO_VAL = {0xFFFFFFFE, 0xFFFFFFFFFFFFFFFE, 0xFFFE}
+_INFINITE = {0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF, 0xFFFF}
+
+
+def number(value) -> float | int | None:
+    """A Slurm number: None when not set, UNLIMITED when infinite, else the number."""
+    if isinstance(value, dict):
+        if value.get("infinite"):
+            return UNLIMITED
+        if not value.get("set", True):
+            return None
+        value = value.get("number")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if value in _NO_VAL:
+        return None
+    if value in _INFINITE:
+        return UNLIMITED
+    return value
+
+
+def timestamp(value) -> int | None:
+    """Epoch seconds, or None where Slurm has no time (0, not set, infinite)."""
+    n = number(value)
+    return int(n) if n and n != UNLIMITED else None
+
+
+def _text(value) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _words(value) -> list[str]:
+    """A state as 22.05 ("idle", "RUNNING") or 23.02+ (["IDLE", "DRAIN"]) writes it."""
+    if isinstance(value, str):
+        value = value.replace("+", " ").split()
+    return [str(v).upper() for v in value or []]
+
+
+# Job states (a base state plus flags; 22.05 prints a flag in place of the base state).
+JOB_BASE_STATES = {"PENDING", "RUNNING", "SUSPENDED", "COMPLETED", "CANCELLED", "FAILED",
+                   "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE", "OUT_OF_MEMORY"}
+JOB_ALIVE_STATES = {"PENDING", "RUNNING", "SUSPENDED"}
+# Flags of a job that is still on its way in or out: it holds or will hold nodes.
+JOB_ALIVE_FLAGS = {"COMPLETING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+                   "RESIZING", "STAGE_OUT", "SIGNALING", "POWER_UP_NODE", "UPDATE_DB"}
+
+# Node states: the base state and the flags that make a node unusable for new jobs.
+NODE_UNUSABLE_STATES = {"DOWN", "ERROR", "FUTURE", "UNKNOWN"}
+NODE_UNUSABLE_FLAGS = {"DRAIN", "DRAINING", "DRAINED", "NOT_RESPONDING", "FAIL", "MAINTENANCE",
+                       "INVALID", "INVALID_REG", "REBOOT_ISSUED", "POWERED_DOWN", "POWERING_DOWN"}
+
+
+def _split_state(words: list[str], base_states: set[str]) -> tuple[str, tuple[str, ...]]:
+    base = next((w for w in words if w in base_states), "")
+    flags = tuple(w for w in words if w != base)
+    return base or (flags[0] if flags else ""), flags
+
+
 @dataclass(frozen=True)
 class Job:
+    """A job as slurmctld reports it (squeue --json or slurmrestd, any version)."""
     job_id: str
     name: str
     user: str
     account: str
     partition: str
-    state: str  # PENDING, RUNNING, COMPLETED, ...
+    state: str  # base state: PENDING, RUNNING, COMPLETED, ... (22.05: a flag such as COMPLETING)
     reason: str  # Slurm's reason code, e.g. Resources, AssocGrpGRESMinutes; "None" if none
     nodes: str  # node list, "" while pending
-    gres: str = ""  # e.g. "gres:gpu:2"
+    gres: str = ""  # what it asked per node, as Slurm wrote it ("gres:gpu:2", "gres/gpu:h100:4")
     reservation: str = ""
-    gpus: int = 0  # allocated (running) or requested (pending)
-    time_limit_min: int = 0
-    submit_time: int = 0
-    start_time: int = 0  # for a pending job: Slurm's estimate, 0 if none yet
-    end_time: int = 0
+    gpus: int = 0  # allocated (running) or requested (pending), all nodes together
+    time_limit_min: float | None = None  # None: not set; UNLIMITED: no limit
+    submit_time: int | None = None
+    start_time: int | None = None  # for a pending job: Slurm's estimate, None if none yet
+    end_time: int | None = None
     priority: int = 0
     comment: str = ""  # our tag, e.g. "aifactory-session:h100-1"
+    flags: tuple[str, ...] = ()  # state flags: COMPLETING, CONFIGURING, REQUEUED, ...
+    gpu_types: tuple[tuple[str, int], ...] = ()  # (("h100", 4),); "" for untyped GPUs
+
+    @property
+    def pending(self) -> bool:
+        return self.state == "PENDING"
+
+    @property
+    def starting(self) -> bool:
+        """Allocated, but its nodes are still being set up (prolog, boot)."""
+        return "CONFIGURING" in self.flags
+
+    @property
+    def completing(self) -> bool:
+        return "COMPLETING" in self.flags
+
+    @property
+    def running(self) -> bool:
+        """Running on its nodes (also while it completes)."""
+        return bool(self.nodes) and not self.starting and (
+            self.state == "RUNNING" or self.completing)
+
+    @property
+    def alive(self) -> bool:
+        """Still in the queue or on nodes: pending, starting, running, suspended, completing."""
+        return self.state in JOB_ALIVE_STATES or bool(JOB_ALIVE_FLAGS & set(self.flags))
+
+    @property
+    def gpu_type(self) -> str:
+        return self.gpu_types[0][0] if self.gpu_types else ""
 
 
 @dataclass(frozen=True)
 class Node:
     name: str
-    state: str
+    state: str  # base state: IDLE, MIXED, ALLOCATED, DOWN, ...
     address: str
     partitions: tuple[str, ...] = field(default_factory=tuple)
     gres: str = ""  # e.g. "gpu:h100:4"
     gres_used: str = ""  # e.g. "gpu:h100:2(IDX:0-1)"
-    flags: tuple[str, ...] = field(default_factory=tuple)  # e.g. ("RESERVED",)
+    flags: tuple[str, ...] = field(default_factory=tuple)  # e.g. ("DRAIN",), ("RESERVED",)
     reason: str = ""  # why an admin took it out, e.g. "disk failure"
+    reason_time: int | None = None  # since when
+    reason_user: str = ""
 
     def gpus(self, used: bool = False) -> dict[str, int]:
         """GPUs by type on this node (all, or in use)."""
         return parse_gres_gpus(self.gres_used if used else self.gres)
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """Slurm's words that make this node take no new job (empty when it is usable)."""
+        found = tuple(f for f in self.flags if f in NODE_UNUSABLE_FLAGS)
+        return ((self.state,) if self.state in NODE_UNUSABLE_STATES else ()) + found
+
+    @property
+    def usable(self) -> bool:
+        return not self.problems
+
+    @property
+    def condition(self) -> str:
+        """The node's trouble in words ("drained", "down, not responding"), "" if none."""
+        words = [NODE_PROBLEM_WORDS.get(p, p.lower().replace("_", " ")) for p in self.problems]
+        if "DRAIN" in self.problems and self.state in ("ALLOCATED", "MIXED"):
+            words[words.index("drained")] = "draining"  # its running jobs may finish
+        return ", ".join(dict.fromkeys(words))
+
+
+NODE_PROBLEM_WORDS = {
+    "DOWN": "down", "ERROR": "in error", "FUTURE": "not in service yet",
+    "UNKNOWN": "not registered", "DRAIN": "drained", "DRAINING": "draining",
+    "DRAINED": "drained", "NOT_RESPONDING": "not responding", "FAIL": "failing",
+    "MAINTENANCE": "in maintenance", "INVALID": "misconfigured", "INVALID_REG": "misconfigured",
+    "REBOOT_ISSUED": "rebooting", "POWERED_DOWN": "powered down",
+    "POWERING_DOWN": "powering down",
+}
+
+
+@dataclass(frozen=True)
+class Reservation:
+    name: str
+    start: int | None
+    end: int | None
+    nodes: str  # node list as Slurm writes it ("gpu[01-02]")
+    users: tuple[str, ...] = ()
+    accounts: tuple[str, ...] = ()
+    flags: tuple[str, ...] = ()
+    partition: str = ""
+
+    def active(self, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        return (self.start or 0) <= now and (self.end is None or now < self.end)
+
+    def admits(self, user: str, accounts) -> bool:
+        """True if `user`, or one of their `accounts`, may run in it."""
+        return user in self.users or bool(set(self.accounts) & set(accounts))
+
+
+@dataclass(frozen=True)
+class Partition:
+    name: str
+    nodes: str
+    max_time_min: float | None  # UNLIMITED or None (not set) or minutes
+    default_time_min: float | None
+    billing_weights: str = ""  # TRESBillingWeights, e.g. "CPU=0.1,Mem=0.25G,GRES/gpu=2.0"
+    up: bool = True
+
 
 
 def _user_kwargs(user: str | None, env: dict | None) -> dict:
@@ -109,6 +310,8 @@ def _check(argv: list[str], returncode: int, out: str, err: str) -> str:
     if any(p in message for p in _UNREACHABLE_PATTERNS):
         what = "accounting database" if argv[0] in ("sacct", "sacctmgr") else "scheduler"
         raise SlurmUnreachable(f"{argv[0]}: {what} unreachable ({last})")
+    if argv[0] == "scancel" and any(p in message for p in _GONE_PATTERNS):
+        raise JobGone(f"{argv[0]}: {last}")
     raise SlurmError(f"{argv[0]}: {last}")
 
 
@@ -116,8 +319,12 @@ def run(argv: list[str], *, input: str | None = None, user: str | None = None,
         env: dict | None = None, timeout: float = DEFAULT_TIMEOUT) -> str:
     """Run a Slurm command (argv list) and return its stdout."""
     try:
-        proc = subprocess.run(argv, input=input, capture_output=True, text=True,
-                              timeout=timeout, **_user_kwargs(user, env))
+        proc = subprocess.run([command_path(argv[0]), *argv[1:]], input=input,
+                              capture_output=True, text=True, timeout=timeout,
+                              **_user_kwargs(user, env))
+    except FileNotFoundError:
+        raise SlurmError(f"{argv[0]}: Slurm's command is not installed here "
+                         f"(looked in {_bin_dir() or 'PATH'})") from None
     except subprocess.TimeoutExpired:
         raise SlurmUnreachable(f"{argv[0]}: scheduler unreachable (no answer in {timeout:.0f} s)")
     return _check(argv, proc.returncode, proc.stdout, proc.stderr)
@@ -126,9 +333,13 @@ def run(argv: list[str], *, input: str | None = None, user: str | None = None,
 async def run_async(argv: list[str], *, input: str | None = None, user: str | None = None,
                     env: dict | None = None, timeout: float = DEFAULT_TIMEOUT) -> str:
     """`run` for asyncio code (the hub): the event loop keeps serving while Slurm answers."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        **_user_kwargs(user, env))
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            command_path(argv[0]), *argv[1:], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, **_user_kwargs(user, env))
+    except FileNotFoundError:
+        raise SlurmError(f"{argv[0]}: Slurm's command is not installed here "
+                         f"(looked in {_bin_dir() or 'PATH'})") from None
     try:
         out, err = await asyncio.wait_for(
             proc.communicate(input.encode() if input is not None else None), timeout)
@@ -176,10 +387,14 @@ async def cancel_async(job_id: str, *, user: str | None = None) -> None:
 
 
 def parse_gres_gpus(gres: str) -> dict[str, int]:
-    """{"h100": 4} from "gpu:h100:4" or "gpu:h100:2(IDX:0-1)"; untyped GPUs count as ""."""
+    """{"h100": 4} from "gpu:h100:4", "gpu:h100:2(IDX:0-1)", "gres/gpu:h100:4", "gres:gpu:2" or
+    "gres/gpu:h100=4"; untyped GPUs count as ""."""
     result: dict[str, int] = {}
-    for part in gres.split(","):
-        fields = part.split("(")[0].split(":")
+    for part in _split_top(gres or "", "("):
+        part = part.split("(")[0].strip()
+        for prefix in ("gres/", "gres:"):
+            part = part.removeprefix(prefix)
+        fields = part.replace("=", ":").split(":")
         if fields[0] != "gpu" or len(fields) < 2 or not fields[-1].isdigit():
             continue
         kind = fields[1] if len(fields) == 3 else ""
@@ -187,34 +402,66 @@ def parse_gres_gpus(gres: str) -> dict[str, int]:
     return result
 
 
-def _int(value) -> int:
-    return value if isinstance(value, int) else 0
+def _split_top(text: str, opening: str = "[") -> list[str]:
+    """Split at commas that are not inside brackets ("gpu[01-02],cpu01", "gpu:a:1(IDX:0,2),x")."""
+    closing = {"[": "]", "(": ")"}[opening]
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch == opening
+        depth -= ch == closing
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return parts + [cur]
+
+
+def _job_gpus(j: dict, nodes: int) -> tuple[int, dict[str, int]]:
+    """GPUs of a job, all nodes together, and by type, from whichever field this Slurm filled."""
+    detail: dict[str, int] = {}
+    for d in j.get("gres_detail") or []:  # running: what each node gave
+        for kind, n in parse_gres_gpus(d).items():
+            detail[kind] = detail.get(kind, 0) + n
+    per_node = parse_gres_gpus(_text(j.get("tres_per_node")))
+    per_job = parse_gres_gpus(_text(j.get("tres_per_job")))
+    requested = ({k: v * max(nodes, 1) for k, v in per_node.items()} if per_node else per_job)
+    by_type = detail if sum(detail.values()) else requested
+    tres = _text(j.get("tres_alloc_str")) or _text(j.get("tres_req_str"))
+    total = tres_value(tres, "gres/gpu")
+    if total is None:
+        total = sum(by_type.values())
+    if by_type and not any(by_type):  # only untyped: the TRES string may still name the type
+        typed = {k.split(":", 1)[1]: v for k, v in _tres_pairs(tres) if k.startswith("gres/gpu:")}
+        by_type = typed or by_type
+    return total, by_type
 
 
 def _job_from_json(j: dict) -> Job:
-    gres = j.get("tres_per_node") or ""
-    tres = j.get("tres_alloc_str") or j.get("tres_req_str") or ""
-    gpus = tres_value(tres, "gres/gpu")
-    if gpus is None:
-        gpus = sum(parse_gres_gpus(gres.replace("gres:", "")).values())
+    state, flags = _split_state(_words(j.get("job_state")), JOB_BASE_STATES)
+    nodes = _text(j.get("nodes"))
+    gpus, by_type = _job_gpus(j, int(number(j.get("node_count")) or 1))
+    comment = j.get("comment")
     return Job(
         job_id=str(j["job_id"]),
-        name=j.get("name", ""),
-        user=j.get("user_name", ""),
-        account=j.get("account", ""),
-        partition=j.get("partition", ""),
-        state=j.get("job_state", ""),
-        reason=j.get("state_reason", ""),
-        nodes=j.get("nodes", "") or "",
-        gres=gres,
-        reservation=j.get("resv_name", "") or "",
+        name=_text(j.get("name")),
+        user=_text(j.get("user_name")),
+        account=_text(j.get("account")),
+        partition=_text(j.get("partition")),
+        state=state,
+        flags=flags,
+        reason=_text(j.get("state_reason")) or "None",
+        nodes=nodes,
+        gres=_text(j.get("tres_per_node")) or _text(j.get("tres_per_job")),
+        reservation=_text(j.get("resv_name")),
         gpus=gpus,
-        time_limit_min=_int(j.get("time_limit")),
-        submit_time=_int(j.get("submit_time")),
-        start_time=_int(j.get("start_time")),
-        end_time=_int(j.get("end_time")),
-        priority=_int(j.get("priority")),
-        comment=j.get("comment", "") or "",
+        gpu_types=tuple(sorted((k, n) for k, n in by_type.items() if n)),
+        time_limit_min=number(j.get("time_limit")),
+        submit_time=timestamp(j.get("submit_time")),
+        start_time=timestamp(j.get("start_time")),
+        end_time=timestamp(j.get("end_time")),
+        priority=int(number(j.get("priority")) or 0),
+        comment=_text(comment.get("job")) if isinstance(comment, dict) else _text(comment),
     )
 
 
@@ -235,8 +482,8 @@ def _load_json(text: str, command: str) -> dict:
     return data
 
 
-def parse_squeue_json(text: str) -> list[Job]:
-    """Jobs from `squeue --json` (Slurm 22.05 shape)."""
+def parse_jobs_json(text: str) -> list[Job]:
+    """Jobs from `squeue --json` or slurmrestd's GET jobs, Slurm 22.05 to 25.11."""
     return [_job_from_json(j) for j in _load_json(text, "squeue").get("jobs", [])]
 
 
@@ -250,7 +497,7 @@ def _select(found: list[Job], user: str | None, job_ids: list[str] | None) -> li
 
 def jobs(*, user: str | None = None, job_ids: list[str] | None = None) -> list[Job]:
     """Jobs slurmctld still knows (pending, running, and recently ended)."""
-    return _select(parse_squeue_json(run(["squeue", "--json"])), user, job_ids)
+    return _select(parse_jobs_json(run(["squeue", "--json"])), user, job_ids)
 
 
 def job(job_id: str) -> Job | None:
@@ -259,13 +506,13 @@ def job(job_id: str) -> Job | None:
     return found[0] if found else None
 
 
-def parse_sacct_json(text: str) -> list[dict]:
-    """Finished and running jobs from `sacct --json`, as Slurm gives them (dicts)."""
-    return _load_json(text, "sacct").get("jobs", [])
+def parse_sacct_json(text: str) -> list[PastJob]:
+    """Job records from `sacct --json` or slurmrestd's slurmdb jobs, Slurm 22.05 to 25.11."""
+    return [past_job_from_json(j) for j in _load_json(text, "sacct").get("jobs", [])]
 
 
 def accounting_jobs(*, job_ids: list[str] | None = None, user: str | None = None,
-                    all_users: bool = False) -> list[dict]:
+                    all_users: bool = False) -> list[PastJob]:
     """Job records from slurmdbd (sacct --json)."""
     argv = ["sacct", "--json"]
     if job_ids:
@@ -279,23 +526,29 @@ def accounting_jobs(*, job_ids: list[str] | None = None, user: str | None = None
 
 # --- nodes and the controller -----------------------------------------------------------
 
-def parse_sinfo_json(text: str) -> list[Node]:
-    result = []
-    for n in _load_json(text, "sinfo").get("nodes", []):
-        state = n.get("state", "")
-        if isinstance(state, list):
-            state = "+".join(state)
-        result.append(Node(name=n["name"], state=str(state).upper(),
-                           address=n.get("address", ""),
-                           partitions=tuple(n.get("partitions", []) or ()),
-                           gres=n.get("gres", "") or "", gres_used=n.get("gres_used", "") or "",
-                           flags=tuple(n.get("state_flags", []) or ()),
-                           reason=n.get("reason", "") or ""))
-    return result
+def _node_from_json(n: dict) -> Node:
+    words = _words(n.get("state")) + _words(n.get("state_flags"))  # 22.05: flags apart
+    state, flags = _split_state(words, {"IDLE", "MIXED", "ALLOCATED", "DOWN", "ERROR", "FUTURE",
+                                        "UNKNOWN", "COMPLETING"})
+    return Node(name=n["name"], state=state, flags=tuple(f for f in flags if f != state),
+                address=_text(n.get("address")),
+                partitions=tuple(n.get("partitions") or ()),
+                gres=_text(n.get("gres")), gres_used=_text(n.get("gres_used")),
+                reason=_text(n.get("reason")),
+                reason_time=timestamp(n.get("reason_changed_at")),
+                reason_user=_text(n.get("reason_set_by_user")))
+
+
+def parse_nodes_json(text: str) -> list[Node]:
+    """Nodes from `scontrol show nodes --json` (23.02+), `sinfo --json` (22.05) or slurmrestd."""
+    return [_node_from_json(n) for n in _load_json(text, "sinfo").get("nodes", [])]
 
 
 def nodes() -> list[Node]:
-    return parse_sinfo_json(run(["sinfo", "--json"]))
+    # From 23.02 `sinfo --json` groups nodes into rows and lists them no more.
+    if json_everywhere():
+        return parse_nodes_json(run(["scontrol", "show", "nodes", "--json"]))
+    return parse_nodes_json(run(["sinfo", "--json"]))
 
 
 def ping() -> bool:
@@ -311,16 +564,113 @@ def scontrol(*args: str) -> str:
     return run(["scontrol", *args])
 
 
-def show_reservations() -> dict[str, dict[str, str]]:
-    """Reservations by name, each as scontrol's key=value pairs."""
-    out = run(["scontrol", "show", "reservation", "--oneliner"])
-    result = {}
-    for line in out.splitlines():
-        if not line.startswith("ReservationName="):
-            continue
-        pairs = dict(p.split("=", 1) for p in line.split() if "=" in p)
-        result[pairs["ReservationName"]] = pairs
+def _names(value) -> tuple[str, ...]:
+    """"bob,carol" / "(null)" / "" -> ("bob", "carol") / () / ()."""
+    if not isinstance(value, str) or value in ("(null)", "ALL"):
+        return ()
+    return tuple(v for v in value.split(",") if v)
+
+
+def _scontrol_time(value: str) -> int | None:
+    """scontrol's local time "2026-11-24T11:54:08" as epoch seconds."""
+    try:
+        return int(time.mktime(time.strptime(value, "%Y-%m-%dT%H:%M:%S")))
+    except (TypeError, ValueError):
+        return None
+
+
+def _oneliners(text: str, key: str) -> list[dict[str, str]]:
+    return [dict(p.split("=", 1) for p in line.split() if "=" in p)
+            for line in text.splitlines() if line.startswith(key + "=")]
+
+
+def parse_reservations_json(text: str) -> list[Reservation]:
+    """`scontrol show reservation --json` (23.02+) or slurmrestd's GET reservations."""
+    return [Reservation(name=r["name"], start=timestamp(r.get("start_time")),
+                        end=timestamp(r.get("end_time")), nodes=_text(r.get("node_list")),
+                        users=_names(r.get("users")), accounts=_names(r.get("accounts")),
+                        flags=tuple(_words(r.get("flags"))), partition=_text(r.get("partition")))
+            for r in _load_json(text, "scontrol").get("reservations", [])]
+
+
+def parse_reservations_text(text: str) -> list[Reservation]:
+    """`scontrol show reservation --oneliner` (every version)."""
+    return [Reservation(name=r["ReservationName"], start=_scontrol_time(r.get("StartTime")),
+                        end=_scontrol_time(r.get("EndTime")),
+                        nodes=",".join(_names(r.get("Nodes"))),
+                        users=_names(r.get("Users")), accounts=_names(r.get("Accounts")),
+                        flags=tuple(_words(r.get("Flags", "").replace(",", " "))),
+                        partition=",".join(_names(r.get("PartitionName"))))
+            for r in _oneliners(text, "ReservationName")]
+
+
+def reservations() -> dict[str, Reservation]:
+    """Reservations by name (active and future)."""
+    if json_everywhere():
+        found = parse_reservations_json(run(["scontrol", "show", "reservation", "--json"]))
+    else:
+        found = parse_reservations_text(run(["scontrol", "show", "reservation", "--oneliner"]))
+    return {r.name: r for r in found}
+
+
+def _minutes(text: str | None) -> float | None:
+    """scontrol's "2-00:00:00", "01:00:00", "30", "UNLIMITED" as minutes."""
+    if not text or text in ("NONE", "(null)"):
+        return None
+    if text == "UNLIMITED":
+        return UNLIMITED
+    days, _, rest = text.rpartition("-")
+    parts = [int(p) for p in rest.split(":")]
+    h, m, s = ([0] * (3 - len(parts)) + parts) if len(parts) > 1 else (0, parts[0], 0)
+    return int(days or 0) * 1440 + h * 60 + m + s / 60
+
+
+def parse_partitions_json(text: str) -> list[Partition]:
+    """`scontrol show partition --json` (23.02+) or slurmrestd's GET partitions."""
+    result = []
+    for p in _load_json(text, "scontrol").get("partitions", []):
+        state = _words((p.get("partition") or {}).get("state")) or ["UP"]
+        result.append(Partition(
+            name=p["name"], nodes=_text((p.get("nodes") or {}).get("configured")),
+            max_time_min=number((p.get("maximums") or {}).get("time")),
+            default_time_min=number((p.get("defaults") or {}).get("time")),
+            billing_weights=_text((p.get("tres") or {}).get("billing_weights")),
+            up=state[0] == "UP"))
     return result
+
+
+def parse_partitions_text(text: str) -> list[Partition]:
+    """`scontrol show partition --oneliner` (every version)."""
+    return [Partition(name=p["PartitionName"], nodes=p.get("Nodes", ""),
+                      max_time_min=_minutes(p.get("MaxTime")),
+                      default_time_min=_minutes(p.get("DefaultTime")),
+                      billing_weights=",".join(_names(p.get("TRESBillingWeights"))),
+                      up=p.get("State", "UP") == "UP")
+            for p in _oneliners(text, "PartitionName")]
+
+
+def partitions() -> dict[str, Partition]:
+    if json_everywhere():
+        found = parse_partitions_json(run(["scontrol", "show", "partition", "--json"]))
+    else:
+        found = parse_partitions_text(run(["scontrol", "show", "partition", "--oneliner"]))
+    return {p.name: p for p in found}
+
+
+def expand_nodes(nodelist: str) -> set[str]:
+    """"gpu[01-02],cpu01" -> {"gpu01", "gpu02", "cpu01"} (the forms Slurm prints here)."""
+    names = set()
+    for part in _split_top(nodelist):
+        if "[" not in part:
+            if part and part != "(null)":
+                names.add(part)
+            continue
+        prefix, ranges = part.split("[", 1)
+        for r in ranges.rstrip("]").split(","):
+            lo, _, hi = r.partition("-")
+            for i in range(int(lo), int(hi or lo) + 1):
+                names.add(f"{prefix}{i:0{len(lo)}d}")
+    return names
 
 
 def update_node(name: str, **settings: str) -> None:
@@ -426,43 +776,50 @@ class PastJob:
     state: str
     gpus: int
     cpus: int
-    start_time: int  # 0 if it never started
-    end_time: int  # 0 while running
+    start_time: int | None  # None if it never started
+    end_time: int | None  # None while running
     elapsed_s: int
-    time_limit_min: int
+    time_limit_min: float | None  # None: not set; UNLIMITED: no limit
     cpu_time_s: float
     nodes: str = ""
     comment: str = ""
+    flags: tuple[str, ...] = ()
+    billing: int = 0  # the job's billing TRES (what the site's weights make of it)
+
+    @property
+    def alive(self) -> bool:
+        return self.state in JOB_ALIVE_STATES or bool(JOB_ALIVE_FLAGS & set(self.flags))
 
 
-def _allocated(tres: list[dict], kind: str, name: str | None = None) -> int:
-    return sum(_int(t.get("count")) for t in tres or []
-               if t.get("type") == kind and t.get("name") == name)
+def _allocated(tres: list[dict], kind: str, name: str = "") -> int:
+    # 22.05 names plain TRES null, 23.02+ "".
+    return sum(int(number(t.get("count")) or 0) for t in tres or []
+               if t.get("type") == kind and (t.get("name") or "") == name)
 
 
 def past_job_from_json(j: dict) -> PastJob:
     t = j.get("time", {})
     total = t.get("total", {}) or {}
-    state = j.get("state", {}).get("current", "")
+    state, flags = _split_state(_words((j.get("state") or {}).get("current")), JOB_BASE_STATES)
     allocated = (j.get("tres") or {}).get("allocated") or []
     comment = j.get("comment", {})
     return PastJob(
-        job_id=str(j.get("job_id")), name=j.get("name", ""), user=j.get("user", ""),
-        account=j.get("account", ""), partition=j.get("partition", ""), state=state,
-        gpus=_allocated(allocated, "gres", "gpu"), cpus=_allocated(allocated, "cpu"),
-        start_time=_int(t.get("start")), end_time=_int(t.get("end")),
-        elapsed_s=_int(t.get("elapsed")), time_limit_min=_int(t.get("limit")),
-        cpu_time_s=_int(total.get("seconds")) + _int(total.get("microseconds")) / 1e6,
-        nodes=j.get("nodes", "") or "",
-        comment=(comment.get("job") or "") if isinstance(comment, dict) else str(comment or ""))
+        job_id=str(j.get("job_id")), name=_text(j.get("name")), user=_text(j.get("user")),
+        account=_text(j.get("account")), partition=_text(j.get("partition")), state=state,
+        flags=flags, gpus=_allocated(allocated, "gres", "gpu"), cpus=_allocated(allocated, "cpu"),
+        billing=_allocated(allocated, "billing"),
+        start_time=timestamp(t.get("start")), end_time=timestamp(t.get("end")),
+        elapsed_s=int(number(t.get("elapsed")) or 0), time_limit_min=number(t.get("limit")),
+        cpu_time_s=(number(total.get("seconds")) or 0) + (number(total.get("microseconds")) or 0) / 1e6,
+        nodes=_text(j.get("nodes")),
+        comment=_text(comment.get("job")) if isinstance(comment, dict) else _text(comment))
 
 
 def job_history(since: int) -> list[PastJob]:
     """Every user's jobs that ran at some point since `since` (epoch seconds), from slurmdbd."""
     start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since))
-    out = run(["sacct", "--json", "--allusers", "--allocations", "--starttime", start,
-               "--endtime", "now"])
-    return [past_job_from_json(j) for j in parse_sacct_json(out)]
+    return parse_sacct_json(run(["sacct", "--json", "--allusers", "--allocations", "--starttime",
+                                 start, "--endtime", "now"]))
 
 
 @dataclass(frozen=True)
@@ -494,6 +851,15 @@ def user_associations(user: str) -> Associations:
     return parse_user_associations(user, run(
         ["sacctmgr", "--noheader", "--parsable2", "list", "user", user, "withassoc",
          "format=User,DefaultAccount,Account,QOS"]))
+
+
+def _tres_pairs(tres: str) -> list[tuple[str, int]]:
+    pairs = []
+    for part in (tres or "").split(","):
+        key, _, value = part.partition("=")
+        if value.isdigit():
+            pairs.append((key, int(value)))
+    return pairs
 
 
 def tres_value(tres: str, name: str) -> int | None:

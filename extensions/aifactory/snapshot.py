@@ -62,76 +62,39 @@ class GpuAvailability:
     partition: str
     gpu_type: str
     total: int
-    free: int  # on nodes that are up and not held by a reservation you cannot use
-    down: int  # on nodes that are down or drained
+    free: int  # on usable nodes not held by a reservation you cannot use
+    down: int  # on nodes that take no new job (down, drained, not responding, ...)
 
 
 def gpu_availability(nodes: list[slurm.Node], reserved_nodes: set[str]) -> list[GpuAvailability]:
     rows: dict[tuple[str, str], list[int]] = {}
     for node in nodes:
-        unusable = any(s in node.state for s in ("DOWN", "DRAIN", "NOT_RESPONDING", "FAIL"))
         used = node.gpus(used=True)
         for gpu_type, count in node.gpus().items():
             for partition in node.partitions:
                 row = rows.setdefault((partition, gpu_type), [0, 0, 0])
                 row[0] += count
-                if unusable:
+                if not node.usable:
                     row[2] += count
                 elif node.name not in reserved_nodes:
                     row[1] += max(count - used.get(gpu_type, 0), 0)
     return [GpuAvailability(p, t, *v) for (p, t), v in sorted(rows.items())]
 
 
-def usable_reservations(reservations: Mapping[str, Mapping[str, str]], user: str,
-                        accounts: list[str]) -> dict[str, Mapping[str, str]]:
+def usable_reservations(reservations: Mapping[str, slurm.Reservation], user: str,
+                        accounts: list[str]) -> dict[str, slurm.Reservation]:
     """Reservations `user` may run in: named for them or for one of their accounts."""
-    usable = {}
-    for name, r in reservations.items():
-        if r.get("State") not in ("ACTIVE", "INACTIVE"):
-            continue
-        users = set(r.get("Users", "(null)").split(","))
-        res_accounts = set(r.get("Accounts", "(null)").split(","))
-        if user in users or res_accounts & set(accounts):
-            usable[name] = r
-    return usable
+    return {name: r for name, r in reservations.items() if r.admits(user, accounts)}
 
 
-def held_nodes(reservations: Mapping[str, Mapping[str, str]], usable: set[str] | Mapping) -> set[str]:
+def held_nodes(reservations: Mapping[str, slurm.Reservation], usable: set[str] | Mapping,
+               now: float | None = None) -> set[str]:
     """Nodes held now by active reservations other than the `usable` ones."""
     held = set()
     for name, r in reservations.items():
-        if r.get("State") == "ACTIVE" and name not in usable:
-            held |= expand_nodes(r.get("Nodes", ""))
+        if r.active(now) and name not in usable:
+            held |= slurm.expand_nodes(r.nodes)
     return held
-
-
-def expand_nodes(nodelist: str) -> set[str]:
-    """"gpu[01-02],cpu01" -> {"gpu01", "gpu02", "cpu01"} (the forms Slurm prints here)."""
-    names = set()
-    for part in _split_top(nodelist):
-        if "[" not in part:
-            if part and part != "(null)":
-                names.add(part)
-            continue
-        prefix, ranges = part.split("[", 1)
-        for r in ranges.rstrip("]").split(","):
-            lo, _, hi = r.partition("-")
-            for i in range(int(lo), int(hi or lo) + 1):
-                names.add(f"{prefix}{i:0{len(lo)}d}")
-    return names
-
-
-def _split_top(text: str) -> list[str]:
-    parts, depth, cur = [], 0, ""
-    for ch in text:
-        depth += ch == "["
-        depth -= ch == "]"
-        if ch == "," and depth == 0:
-            parts.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    return parts + [cur]
 
 
 class SlurmView:
@@ -142,7 +105,7 @@ class SlurmView:
             lambda: {j.job_id: j for j in slurm.jobs()})
         self.nodes: Cached[list[slurm.Node]] = Cached(slurm.nodes)
         self.budgets: Cached[dict[str, slurm.Budget]] = Cached(slurm.budgets)
-        self.reservations: Cached[dict[str, dict[str, str]]] = Cached(slurm.show_reservations)
+        self.reservations: Cached[dict[str, slurm.Reservation]] = Cached(slurm.reservations)
         self._associations: dict[str, Cached[slurm.Associations]] = {}
 
     def associations(self, user: str) -> Cached[slurm.Associations]:
@@ -161,7 +124,7 @@ class SlurmView:
 
         Jobs held back by their own limits (a spent budget, a dependency) are not ahead
         of anyone: Slurm passes over them."""
-        return 1 + sum(1 for j in jobs.values() if j.state == "PENDING"
+        return 1 + sum(1 for j in jobs.values() if j.pending
                        and j.reason in slurm.COMPETING_REASONS
                        and j.partition == job.partition and j.reservation == job.reservation
                        and j.job_id != job.job_id

@@ -20,7 +20,7 @@ from .allocations import duration, gpu_h
 from .client import AllocationsError, default_client
 from .report import (ACTIVE_HEAD, COURSE_HEAD, RECENT_HEAD, active_cells, budgets_text,
                      course_cells, course_summary, course_text, footer, gpus_text, jobs_text,
-                     project_rows, recent_cells, when)
+                     node_down_text, project_rows, recent_cells, when)
 
 UNREACHABLE_WORDS = "scheduler unreachable"
 
@@ -246,12 +246,12 @@ class ClusterPanel(Panel):
             f'<tr class="aif-gpus" data-partition="{_e(p["partition"])}"><td>{_e(p["partition"])}'
             f'</td><td>{_e(p["gpu_type"] or "-")}</td><td class="aif-free">{p["free"]}</td>'
             f'<td>{p["total"]}</td><td>{p["down"]}</td></tr>' for p in answer["partitions"])
-        down = "".join(f"<li>{_e(n['node'])}: {_e(n['state'])}"
-                       f"{' (' + _e(n['reason']) + ')' if n['reason'] else ''}</li>"
-                       for n in answer["nodes_down"])
+        down = "".join(f'<li class="aif-node-down" data-node="{_e(n["node"])}">'
+                       f"{_e(node_down_text(n))}</li>" for n in answer["nodes_down"])
         return ("<table><tr><th>partition</th><th>GPU</th><th>free</th><th>total</th>"
                 f"<th>down</th></tr>{rows}</table>"
-                + (f"<p>Nodes down:</p><ul>{down}</ul>" if down else "<p>All nodes up.</p>"))
+                + (f"<p>Nodes taking no jobs:</p><ul>{down}</ul>" if down
+                   else "<p>All nodes up.</p>"))
 
     def body_text(self, answer: dict) -> str:
         return gpus_text(answer)

@@ -126,20 +126,16 @@ def _hub_answers() -> bool:
 
 def _nodes_ready(demo: Demo) -> bool:
     try:
-        states = {n.name: n.state for n in slurm.nodes()}
+        found = {n.name: n for n in slurm.nodes()}
     except slurm.SlurmError:
         return False
-    for n in demo.nodes:
-        state = states.get(n.name, "")
-        if "DOWN" in state or "DRAIN" in state or "NOT_RESPONDING" in state or not state:
-            return False
-    return True
+    return all(n.name in found and found[n.name].usable for n in demo.nodes)
 
 
 def _resume_nodes(demo: Demo) -> None:
     """Nodes that were down while slurmctld ran (a `down`/`up` cycle) are put back."""
     for n in slurm.nodes():
-        if any(s in n.state for s in ("DOWN", "DRAIN")) and n.name in {x.name for x in demo.nodes}:
+        if not n.usable and n.name in {x.name for x in demo.nodes}:
             slurm.update_node(n.name, State="RESUME")
 
 
@@ -199,6 +195,10 @@ def up(demo_file: Path | None = None, hub_config: Path | None = None, log=print)
         Path("/etc/slurm/slurm.conf"),
         render_slurm_conf(demo, (hub_config / "cluster/slurm.conf.in").read_text()))
     conf_changed |= write_if_changed(Path("/etc/slurm/gres.conf"), render_gres_conf(demo))
+    if slurm.version() >= (24, 5):
+        # slurmd 24.05+ sets up cgroups even with proctrack/linuxproc; there is no cgroup
+        # tree of our own in here (22.05 does not know the word "disabled").
+        conf_changed |= write_if_changed(Path("/etc/slurm/cgroup.conf"), "CgroupPlugin=disabled\n")
     password = _db_password()
     dbd_changed = write_if_changed(
         Path("/etc/slurm/slurmdbd.conf"),
@@ -285,9 +285,8 @@ def status() -> dict:
         nodes = slurm.nodes() if result["checks"]["slurmctld answers"] else []
     except slurm.SlurmError:
         nodes = []
-    result["nodes"] = {n.name: n.state for n in nodes}
-    result["checks"]["all nodes up"] = bool(nodes) and all(
-        not any(s in n.state for s in ("DOWN", "DRAIN", "NOT_RESPONDING")) for n in nodes)
+    result["nodes"] = {n.name: n.condition or n.state.lower() for n in nodes}
+    result["checks"]["all nodes up"] = bool(nodes) and all(n.usable for n in nodes)
     result["checks"]["hub answers at " + HUB_URL] = _hub_answers()
     result["ok"] = all(v["running"] for v in result["services"].values()) and all(
         result["checks"].values())

@@ -74,7 +74,7 @@ def apply_accounts(demo: Demo) -> None:
 
 
 def apply_reservations(demo: Demo) -> None:
-    current = slurm.show_reservations()
+    current = slurm.reservations()
     for r in demo.reservations:
         if r.name in current:
             continue

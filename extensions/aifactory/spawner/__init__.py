@@ -30,10 +30,10 @@ from traitlets import Float, Unicode, default
 from .. import courses
 from .. import site as site_module
 from .. import slurm
-from ..snapshot import VIEW, usable_reservations
+from ..snapshot import VIEW, held_nodes, usable_reservations
 from . import callback  # noqa: F401  (closes batchspawner's port-callback hole)
 from .form import render
-from .request import RequestError, SessionRequest, check_budget, resolve
+from .request import RequestError, SessionRequest, check_budget, check_nodes, resolve
 
 
 class StartError(RuntimeError):
@@ -144,6 +144,21 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
                           reservations=await VIEW.reservations.get(60), qos=access.qos,
                           groups=self.hub_groups())
         check_budget(request, budgets)
+        # The nodes as the form showed them a moment ago (no extra RPC per start); a refusal
+        # is made only on a fresh answer. When the nodes are not known, Slurm decides.
+        nodes, reservations = VIEW.nodes.last, VIEW.reservations.last
+        if nodes is None or reservations is None:
+            return request
+        held = held_nodes(reservations, usable_reservations(reservations, self.user.name,
+                                                            access.accounts))
+        try:
+            check_nodes(request, nodes, reservations, held)
+        except RequestError:
+            try:
+                nodes = await VIEW.nodes.get(0)
+            except slurm.SlurmError:
+                return request
+            check_nodes(request, nodes, reservations, held)
         return request
 
     def hub_groups(self) -> set[str]:
@@ -235,12 +250,12 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         if not state:
             try:
                 records = await asyncio.to_thread(slurm.accounting_jobs, job_ids=[self.job_id])
-                record = next((r for r in records if str(r["job_id"]) == self.job_id), None)
+                record = next((r for r in records if r.job_id == self.job_id), None)
                 if record:
-                    state, ended = record["state"]["current"], record["time"].get("end", 0)
+                    state, ended = record.state, record.end_time
             except slurm.SlurmError:
                 pass
-        words = slurm.END_STATES.get(state.split()[0] if state else "", "ended")
+        words = slurm.END_STATES.get(state, "ended")
         at = datetime.fromtimestamp(ended or time.time()).strftime("%Y-%m-%d %H:%M")
         return f"Your last session (job {self.job_id}) {words} at {at} (Slurm: {state or 'gone'})."
 
@@ -253,14 +268,13 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         except slurm.SlurmError as e:
             self.log.warning("Slurm did not answer about job %s: %s", self.job_id, e)
             return JobStatus.UNKNOWN
-        if job is None or job.state not in ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING",
-                                            "REQUEUED", "RESIZING", "SUSPENDED"):
+        if job is None or not job.alive:
             self.job_status = job.state if job else ""
             return JobStatus.NOTFOUND
         self.job_status = f"{job.state} {job.nodes}".strip()
-        if job.end_time and job.state == "RUNNING":
+        if job.end_time and job.running:
             self.job_end_time = job.end_time
-        if job.state in ("RUNNING", "COMPLETING") and job.nodes:
+        if job.running:
             return JobStatus.RUNNING
         return JobStatus.PENDING
 
@@ -370,9 +384,8 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             self.log.info("Cancelling notebook job %s", self.job_id)
             try:
                 await slurm.cancel_async(self.job_id)
-            except slurm.SlurmError as e:
-                if "already completing or completed" not in str(e) and "Invalid job id" not in str(e):
-                    raise
+            except slurm.JobGone:
+                pass
 
     async def cancel_dask_jobs(self):
         """The session's Dask worker jobs end with it, pending or running."""
@@ -383,7 +396,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             return  # nothing known now; the workers' watcher and death timeout remain
         for job in queue.values():
             if (job.user == self.user.name and job.comment.startswith(tag)
-                    and job.state in ("PENDING", "RUNNING", "CONFIGURING")):
+                    and job.alive):
                 self.log.info("Cancelling %s's Dask job %s", self.user.name, job.job_id)
                 try:
                     await slurm.cancel_async(job.job_id)

@@ -9,6 +9,7 @@ sentence for the person who typed it.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
@@ -100,7 +101,7 @@ def _number(label: str, value) -> int:
 
 
 def resolve(site: Site, raw: Mapping[str, Any], *, user: str, accounts: list[str],
-            default_account: str, reservations: Mapping[str, Mapping[str, str]],
+            default_account: str, reservations: Mapping[str, slurm.Reservation],
             qos: Mapping[str, list[str]] | None = None, groups=()) -> SessionRequest:
     """`groups`: the user's hub groups (a course's profile is for its participants only)."""
     all_options = {o.name for p in site.profiles for o in p.options}
@@ -195,20 +196,44 @@ def resolve(site: Site, raw: Mapping[str, Any], *, user: str, accounts: list[str
             raise RequestError(courses.window(site.course(profile.course), reservations)["text"])
         if reservation not in usable:
             raise RequestError(f"Reservation '{reservation}' is not one you may use.")
-        res_accounts = usable[reservation].get("Accounts", "(null)").split(",")
-        if res_accounts != ["(null)"] and account not in res_accounts:
+        res = usable[reservation]
+        if res.accounts and account not in res.accounts:
             raise RequestError(f"Reservation '{reservation}' is for account "
-                               f"{', '.join(res_accounts)}, not {account}.")
-        if usable[reservation].get("State") == "INACTIVE":
+                               f"{', '.join(res.accounts)}, not {account}.")
+        if not res.active():
             if profile.course:
                 raise RequestError(courses.window(site.course(profile.course),
                                                   reservations)["text"])
-            start = usable[reservation].get("StartTime", "later").replace("T", " ")
+            start = (time.strftime("%Y-%m-%d %H:%M", time.localtime(res.start))
+                     if res.start else "a later time")
             raise RequestError(f"Reservation '{reservation}' opens at {start}; "
                                "you can start a session in it then.")
     return SessionRequest(profile.slug, partition.name, gpu_type if gpus else "", gpus, cpus,
                           memory, format_minutes(minutes), account, reservation,
                           profile.idle_minutes, chosen_qos)
+
+
+def check_nodes(request: SessionRequest, nodes: list[slurm.Node],
+                reservations: Mapping[str, slurm.Reservation], held: set[str]) -> None:
+    """Refuse a request that only nodes taking no jobs (drained, down, ...) could serve,
+    rather than let it wait in the queue for them. `held`: nodes of others' reservations."""
+    def fits(node: slurm.Node) -> bool:
+        gpus = node.gpus()
+        have = gpus.get(request.gpu_type, 0) if request.gpu_type else sum(gpus.values())
+        return request.partition in node.partitions and have >= request.gpus
+
+    candidates = [n for n in nodes if fits(n)]
+    if request.reservation in reservations:
+        inside = slurm.expand_nodes(reservations[request.reservation].nodes)
+        candidates = [n for n in candidates if n.name in inside]
+    else:
+        candidates = [n for n in candidates if n.name not in held]
+    if candidates and not any(n.usable for n in candidates):
+        why = "; ".join(f"{n.name} {n.condition}" + (f" ({n.reason})" if n.reason else "")
+                        for n in candidates)
+        raise RequestError(f"Every node that could run this session takes no jobs now: {why}. "
+                           "Nothing was submitted: ask for fewer GPUs or another partition, "
+                           "or try again later.")
 
 
 def check_budget(request: SessionRequest, budgets: Mapping[str, slurm.Budget]) -> None:
