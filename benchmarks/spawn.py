@@ -16,6 +16,12 @@ Measured: the median time from the start request to a ready server for one user 
 rounds), and for a burst of N users started at once the time until all are ready; slurmctld
 RPCs from `sdiag`, reset before each measurement. Users bench01..benchN are created once
 (Unix + a Slurm association in proj-climate) and kept.
+
+The queued scenario (`--queued 30`, as at a real workshop): N users each ask for one GPU at
+the same moment while only the free GPUs of gpu01 and gpu02 (8) can serve them, so most wait
+in the queue for the whole window (`--queued-seconds`, 90 by default). Measured over the window:
+how many got a running session, and slurmctld's RPCs, job-info ones apart. Stock batchspawner
+asks `squeue -j` for every waiting session every 0.5 s; ours asks once for all of them.
 """
 
 from __future__ import annotations
@@ -76,6 +82,14 @@ c.SlurmSpawner.venv = "{venv}"
 """
 OUR_OPTIONS = {"profile": "cpu", "cpus": 1, "memory_gb": 2, "walltime": "01:00:00"}
 
+# The queued scenario: one H100 each on the gpu partition, charged to proj-climate.
+STOCK_GPU = STOCK.replace('req_partition = "cpu"', 'req_partition = "gpu"') + """
+c.SlurmSpawner.req_gres = "gpu:h100:1"
+c.SlurmSpawner.req_account = "proj-climate"
+"""
+OUR_GPU_OPTIONS = {"profile": "h100-1", "cpus": 1, "memory_gb": 2, "walltime": "01:00:00",
+                   "account": "proj-climate"}
+
 
 def ensure_users(count: int) -> list[str]:
     names = [f"bench{i:02d}" for i in range(1, count + 1)]
@@ -127,7 +141,7 @@ class BenchHub:
         listing = self._get("/users?state=ready&limit=500") or []
         return sum(1 for u in listing if u["name"] in users and u["servers"].get("", {}).get("ready"))
 
-    def start_all(self, users: list[str]) -> float:
+    def start_all(self, users: list[str], wait: bool = True) -> float:
         for user in users:
             self.http.post(f"{self.api}/users", json={"usernames": [user]})
         def start(user):
@@ -140,7 +154,8 @@ class BenchHub:
         t0 = time.monotonic()
         with ThreadPoolExecutor(max_workers=len(users)) as pool:  # all at the same moment
             list(pool.map(start, users))
-        self._wait(lambda: self.ready(users) == len(users), 600, f"{len(users)} servers")
+        if wait:
+            self._wait(lambda: self.ready(users) == len(users), 600, f"{len(users)} servers")
         return time.monotonic() - t0
 
     def stop_all(self, users: list[str]) -> None:
@@ -182,12 +197,51 @@ def measure(hub: BenchHub, users: list[str]) -> tuple[float, dict[str, int]]:
     return elapsed, rpcs
 
 
+def measure_queued(hub: BenchHub, users: list[str], seconds: float) -> tuple[int, dict[str, int]]:
+    """Start everyone at once, watch `seconds` while most wait, count RPCs; then stop all."""
+    slurm.run(["sdiag", "--reset"])
+    hub.start_all(users, wait=False)  # returns when every start request has been answered
+    time.sleep(seconds)
+    rpcs, ready = slurm.rpc_counts(), hub.ready(users)
+    hub.stop_all(users)
+    return ready, rpcs
+
+
+def queued(users: list[str], seconds: float) -> None:
+    hubs = {"stock": lambda: BenchHub("stock", 8300, STOCK_GPU, None),
+            "ours": lambda: BenchHub("ours", 8400, OURS, OUR_GPU_OPTIONS)}
+    result = {}
+    for name, make in hubs.items():  # one hub at a time: both compete for the same 8 GPUs
+        hub = make()
+        try:
+            result[name] = measure_queued(hub, users, seconds)
+        finally:
+            hub.close()
+    print(f"\nqueued: {len(users)} users ask for one H100 each at once; watched {seconds:.0f} s")
+    for name, (ready, rpcs) in result.items():
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(rpcs.items()) if v)
+        print(f"  {name:6} running sessions {ready:3d}, waiting {len(users) - ready:3d}; "
+              f"slurmctld RPCs {sum(rpcs.values()):6d}; job-info RPCs {job_info(rpcs)}\n"
+              f"         ({kinds})")
+    stock_info, ours_info = job_info(result["stock"][1]), job_info(result["ours"][1])
+    print(f"  job-info RPCs ours / stock: {ours_info / max(stock_info, 1):.3f}; all RPCs ours / "
+          f"stock: {sum(result['ours'][1].values()) / max(sum(result['stock'][1].values()), 1):.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--burst", type=int, default=30)
+    parser.add_argument("--queued", type=int, default=0,
+                        help="users for the queued scenario (0: leave it out)")
+    parser.add_argument("--queued-seconds", type=float, default=90)
+    parser.add_argument("--only-queued", action="store_true")
     args = parser.parse_args()
-    users = ensure_users(max(args.burst, 1))
+    users = ensure_users(max(args.burst, args.queued, 1))
+    if args.queued:
+        queued(users[:args.queued], args.queued_seconds)
+    if args.only_queued:
+        return
     hubs = {"stock": BenchHub("stock", 8300, STOCK, None),
             "ours": BenchHub("ours", 8400, OURS, OUR_OPTIONS)}
     try:

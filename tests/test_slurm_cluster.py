@@ -61,3 +61,17 @@ def test_reservation_holds_the_course_node_for_the_course(live_cluster):
     with pytest.raises(slurm.SlurmError, match="(?i)reservation"):
         slurm.run(["sbatch", "--reservation=dl101", "--account=proj-climate", "--wrap=true"],
                   user="alice")
+
+
+def test_the_bed_runs_a_slurm_we_know_and_every_answer_has_its_shape(live_cluster):
+    """22.05 on this machine, 24.11 in the Debian 13 root (`./aif --slurm 24.11`)."""
+    version = slurm.version()
+    assert version in ((22, 5), (24, 11)), version
+    print(f"Slurm {version[0]}.{version[1]:02d}")
+    nodes = {n.name: n for n in slurm.nodes()}
+    assert {"gpu01", "gpu02", "gpu03", "cpu01"} <= set(nodes)
+    assert nodes["gpu01"].gpus() == {"h100": 4} and nodes["gpu01"].usable
+    assert nodes["gpu03"].flags == ("RESERVED",) or version == (22, 5)  # held by dl101
+    parts = slurm.partitions()
+    assert parts["gpu"].max_time_min == 2 * 1440 and parts["gpu"].default_time_min == 60
+    assert slurm.reservations()["dl101"].active()

@@ -202,3 +202,12 @@ def test_a_session_only_unusable_nodes_could_run_is_refused_with_their_reasons()
     with pytest.raises(RequestError):
         check_nodes(request, small, RESERVATIONS, held=set())  # gpu02 has too few GPUs
     check_nodes(ask({"profile": "h100-1"}), small, RESERVATIONS, held=set())
+
+
+def test_the_same_node_rule_serves_the_dask_cost_check():
+    from aifactory.snapshot import only_unusable_nodes, unusable_words
+    nodes = [node("gpu01", "MIXED", ("DRAIN",), reason="fan"), node("gpu02", "DOWN")]
+    stuck = only_unusable_nodes(nodes, "gpu", "h100", 4)
+    assert unusable_words(stuck) == "gpu01 draining (fan); gpu02 down"
+    assert only_unusable_nodes(nodes + [node("gpu03")], "gpu", "h100", 4) == []
+    assert only_unusable_nodes(nodes, "cpu", "", 0) == []  # no node of that partition here

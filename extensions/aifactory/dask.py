@@ -37,12 +37,17 @@ from . import site as site_module
 from . import slurm
 from .allocations import gpu_h
 from .client import AllocationsError, ServiceClient, default_client
+from .snapshot import only_unusable_nodes, unusable_words
 
 INHERITED = ("SLURM_", "SBATCH_", "SRUN_", "SALLOC_")
 
 
 class BudgetExceeded(ValueError):
     """A scale whose GPU-hours do not fit in what the project has left."""
+
+
+class NodesUnavailable(ValueError):
+    """A scale up that only nodes taking no jobs (drained, down, ...) could run."""
 
 
 def clean_environment(env: dict | None = None) -> dict[str, str]:
@@ -127,6 +132,7 @@ class GPUCluster(SLURMCluster):
             course_options = [f"--reservation={course.reservation}"]
             partition = site.profile(course.profile).slurm["partition"]
         self.gpus_per_job, self.gpu_type, self.account = gpus, gpu_type, account
+        self.partition = partition
         self.walltime_min = minutes
         self.allow_over_budget = allow_over_budget
         self._budget_client = budget_client
@@ -190,6 +196,19 @@ class GPUCluster(SLURMCluster):
         of = "no limit" if left is None else f"the {gpu_h(left)} left"
         print(f"Scaling up by {what}, of {of} on project {self.account}.")
 
+    def check_nodes(self, target_jobs: int) -> None:
+        """Refuse a scale up that only nodes taking no jobs (drained, down, ...) could run."""
+        if target_jobs <= len(self.worker_spec):
+            return
+        try:
+            nodes = slurm.nodes()
+        except slurm.SlurmError:
+            return  # not known now: Slurm decides
+        if stuck := only_unusable_nodes(nodes, self.partition, self.gpu_type, self.gpus_per_job):
+            raise NodesUnavailable(f"Not scaled: every node that could run a job of "
+                                   f"{self.gpus_per_job} {self.gpu_type.upper()} takes no jobs "
+                                   f"now: {unusable_words(stuck)}.")
+
     def _remaining_gpu_h(self) -> float | None:
         """What the project has left: from the allocations service in a hub session, else
         from Slurm (one sshare, not the whole allocation view)."""
@@ -207,6 +226,7 @@ class GPUCluster(SLURMCluster):
         if workers is not None:
             jobs = int(math.ceil(workers / self.gpus_per_job))
         if memory is None and cores is None:
+            self.check_nodes(jobs)
             self.check_budget(jobs)
         return super().scale(jobs=jobs, memory=memory, cores=cores)
 

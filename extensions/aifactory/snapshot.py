@@ -81,6 +81,26 @@ def gpu_availability(nodes: list[slurm.Node], reserved_nodes: set[str]) -> list[
     return [GpuAvailability(p, t, *v) for (p, t), v in sorted(rows.items())]
 
 
+def only_unusable_nodes(nodes: list[slurm.Node], partition: str, gpu_type: str, gpus: int,
+                        allowed: set[str] | None = None) -> list[slurm.Node]:
+    """The nodes of `partition` that could hold `gpus` GPUs of `gpu_type` ("" any), among
+    `allowed` if given, when every one of them takes no jobs now; else []."""
+    def fits(node: slurm.Node) -> bool:
+        have = node.gpus()
+        count = have.get(gpu_type, 0) if gpu_type else sum(have.values())
+        return partition in node.partitions and count >= gpus and (
+            allowed is None or node.name in allowed)
+
+    candidates = [n for n in nodes if fits(n)]
+    return candidates if candidates and not any(n.usable for n in candidates) else []
+
+
+def unusable_words(nodes: list[slurm.Node]) -> str:
+    """"gpu01 drained (disk failure); gpu02 down, not responding"."""
+    return "; ".join(f"{n.name} {n.condition}" + (f" ({n.reason})" if n.reason else "")
+                     for n in nodes)
+
+
 def usable_reservations(reservations: Mapping[str, slurm.Reservation], user: str,
                         accounts: list[str]) -> dict[str, slurm.Reservation]:
     """Reservations `user` may run in: named for them or for one of their accounts."""

@@ -38,6 +38,9 @@ def ensure_bridge(demo: Demo) -> None:
 def ensure_node_netns(demo: Demo, node: NodeSpec) -> None:
     ns = node.name
     host_if = f"veth-{ns}"[:15]
+    if Path(netns_path(ns)).exists() and sh("ip", "-n", ns, "link", "show", "lo",
+                                             check=False).returncode != 0:
+        sh("ip", "netns", "delete", ns)  # a name left behind by a namespace that is gone
     if not Path(netns_path(ns)).exists():
         sh("ip", "netns", "add", ns)
     if not _link_exists(host_if):
@@ -55,7 +58,10 @@ def ensure_node_netns(demo: Demo, node: NodeSpec) -> None:
 
 
 def hosts_block(demo: Demo) -> str:
-    lines = [BEGIN] + [f"{n.address} {n.name}" for n in demo.nodes]
+    # The login node's cluster address too: Slurm 24.11 looks up the name of whoever sends it
+    # a message, and from a node's namespace no DNS server answers (10 s per message).
+    lines = [BEGIN, f"{demo.controller_address} aifactory-login"]
+    lines += [f"{n.address} {n.name}" for n in demo.nodes]
     return "\n".join(lines + [END]) + "\n"
 
 

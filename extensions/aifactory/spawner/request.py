@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from .. import courses, slurm
 from ..site import FIELDS, Site, format_minutes, walltime_minutes
-from ..snapshot import usable_reservations
+from ..snapshot import only_unusable_nodes, unusable_words, usable_reservations
 
 SAFE_VALUE_RE = re.compile(r"^[A-Za-z0-9_.:-]{0,64}$")
 NUMBER_RE = re.compile(r"^[0-9]{1,5}$")
@@ -217,23 +217,15 @@ def check_nodes(request: SessionRequest, nodes: list[slurm.Node],
                 reservations: Mapping[str, slurm.Reservation], held: set[str]) -> None:
     """Refuse a request that only nodes taking no jobs (drained, down, ...) could serve,
     rather than let it wait in the queue for them. `held`: nodes of others' reservations."""
-    def fits(node: slurm.Node) -> bool:
-        gpus = node.gpus()
-        have = gpus.get(request.gpu_type, 0) if request.gpu_type else sum(gpus.values())
-        return request.partition in node.partitions and have >= request.gpus
-
-    candidates = [n for n in nodes if fits(n)]
     if request.reservation in reservations:
-        inside = slurm.expand_nodes(reservations[request.reservation].nodes)
-        candidates = [n for n in candidates if n.name in inside]
+        allowed = slurm.expand_nodes(reservations[request.reservation].nodes)
     else:
-        candidates = [n for n in candidates if n.name not in held]
-    if candidates and not any(n.usable for n in candidates):
-        why = "; ".join(f"{n.name} {n.condition}" + (f" ({n.reason})" if n.reason else "")
-                        for n in candidates)
-        raise RequestError(f"Every node that could run this session takes no jobs now: {why}. "
-                           "Nothing was submitted: ask for fewer GPUs or another partition, "
-                           "or try again later.")
+        allowed = {n.name for n in nodes} - held
+    if stuck := only_unusable_nodes(nodes, request.partition, request.gpu_type, request.gpus,
+                                    allowed):
+        raise RequestError(f"Every node that could run this session takes no jobs now: "
+                           f"{unusable_words(stuck)}. Nothing was submitted: ask for fewer GPUs "
+                           "or another partition, or try again later.")
 
 
 def check_budget(request: SessionRequest, budgets: Mapping[str, slurm.Budget]) -> None:
