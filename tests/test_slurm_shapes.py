@@ -69,7 +69,8 @@ def test_22_05_job_states_and_numbers():
     ("RUNNING", "RUNNING", (), True, True),                                 # 22.05
     (["RUNNING"], "RUNNING", (), True, True),                               # 23.11+
     ("COMPLETING", "COMPLETING", ("COMPLETING",), True, True),              # 22.05 prints the flag
-    (["COMPLETED", "COMPLETING"], "COMPLETED", ("COMPLETING",), True, True),
+    (["COMPLETED", "COMPLETING"], "COMPLETED", ("COMPLETING",), True, False),
+    (["FAILED", "COMPLETING"], "FAILED", ("COMPLETING",), True, False),  # ended at once
     (["RUNNING", "CONFIGURING"], "RUNNING", ("CONFIGURING",), True, False),
     (["PENDING", "REQUEUED"], "PENDING", ("REQUEUED",), True, False),
     (["CANCELLED"], "CANCELLED", (), False, False),
@@ -86,9 +87,20 @@ def test_job_state_and_flags(words, state, flags, alive, running):
     ({"set": False, "infinite": True, "number": 0}, slurm.UNLIMITED),
     ({"set": False, "infinite": False, "number": 0}, None),
     (4294967295, slurm.UNLIMITED), (4294967294, None), (None, None),
+    (65535, 65535), ({"set": True, "infinite": False, "number": 4294967295}, 4294967295),
 ])
 def test_numbers_keep_unlimited_and_not_set_apart_from_zero(value, expected):
     assert slurm.number(value) == expected
+
+
+def test_a_priority_or_an_elapsed_time_is_a_number_whatever_its_value():
+    [job] = slurm.parse_jobs_json(json.dumps({"jobs": [
+        {"job_id": 7, "job_state": "RUNNING", "priority": 65535, "node_count": 4294967294}]}))
+    assert job.priority == 65535
+    [record] = slurm.parse_sacct_json(json.dumps({"jobs": [
+        {"job_id": 7, "state": {"current": ["COMPLETED"]},
+         "time": {"elapsed": 65535, "total": {"seconds": 4294967295, "microseconds": 65535}}}]}))
+    assert record.elapsed_s == 65535 and record.cpu_time_s == 65535 / 1e6
 
 
 def test_no_time_is_none_not_1970():

@@ -235,6 +235,7 @@ def job_row(job: slurm.Job, now: float) -> dict:
     return {
         "job_id": job.job_id, "name": job.name, "user": job.user, "account": job.account,
         "partition": job.partition, "state": job.state, "kind": kind_of(job.comment),
+        "ending": job.completing and not running,
         "reason": job.reason if job.pending else None,
         "reason_text": slurm.explain_reason(job.reason, gpu_type) if job.pending
         else None,

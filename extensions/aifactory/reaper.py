@@ -26,8 +26,11 @@ def watch(pid: int, tag: str, interval: float = 2.0) -> None:
     for attempt in range(30):  # slurmctld may be away just now: keep trying for a while
         try:
             for job in slurm.jobs(user=getpass.getuser()):
-                if job.comment == tag and job.alive:
-                    slurm.cancel(job.job_id)
+                if job.comment == tag and job.alive and not job.completing:
+                    try:
+                        slurm.cancel(job.job_id)
+                    except slurm.JobGone:
+                        pass  # it ended meanwhile
             return
         except slurm.SlurmError:
             time.sleep(10)

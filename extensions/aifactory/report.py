@@ -60,6 +60,8 @@ def active_cells(j: dict) -> list[str]:
         status = f"{j['reason_text']} (Slurm: {j['reason']})"
         if j["estimated_start"]:
             status += f"; estimated start {when(j['estimated_start'])}"
+    elif j.get("ending"):
+        status = f"ending on {j['nodes']} (Slurm: {j['state']}, COMPLETING)"
     else:
         status = (f"running on {j['nodes']}, {duration(j['elapsed_s'])} elapsed, "
                   f"{duration(j['time_left_s'])} left")

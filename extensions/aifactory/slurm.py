@@ -96,9 +96,10 @@ def json_everywhere() -> bool:
 
 UNLIMITED = math.inf  # a limit Slurm calls INFINITE / UNLIMITED; "not set" is None, never 0
 
-# 22.05 writes "not set" and "infinite" as magic integers; 23.02+ as {"set", "infinite", "number"}.
-_NO_VAL = {0xFFFFFFFE, 0xFFFFFFFFFFFFFFFE, 0xFFFE}
-_INFINITE = {0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF, 0xFFFF}
+# 22.05 writes "not set" and "infinite" as Slurm's NO_VAL and INFINITE integers (32 or 64
+# bits); 23.02+ as {"set", "infinite", "number"}, where the number is always a plain number.
+_NO_VAL = {0xFFFFFFFE, 0xFFFFFFFFFFFFFFFE}
+_INFINITE = {0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF}
 
 
 def number(value) -> float | int | None:
@@ -109,6 +110,7 @@ def number(value) -> float | int | None:
         if not value.get("set", True):
             return None
         value = value.get("number")
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     if value in _NO_VAL:
@@ -116,6 +118,12 @@ def number(value) -> float | int | None:
     if value in _INFINITE:
         return UNLIMITED
     return value
+
+
+def count(value) -> int:
+    """A Slurm number as a plain count: 0 when not set or unlimited."""
+    n = number(value)
+    return int(n) if n is not None and n != UNLIMITED else 0
 
 
 def timestamp(value) -> int | None:
@@ -145,8 +153,9 @@ JOB_ALIVE_FLAGS = {"COMPLETING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQ
 
 # Node states: the base state and the flags that make a node unusable for new jobs.
 NODE_UNUSABLE_STATES = {"DOWN", "ERROR", "FUTURE", "UNKNOWN"}
+# (Powered-down and rebooting nodes are not among them: Slurm brings those up for a job.)
 NODE_UNUSABLE_FLAGS = {"DRAIN", "DRAINING", "DRAINED", "NOT_RESPONDING", "FAIL", "MAINTENANCE",
-                       "INVALID", "INVALID_REG", "REBOOT_ISSUED", "POWERED_DOWN", "POWERING_DOWN"}
+                       "INVALID", "INVALID_REG"}
 
 
 def _split_state(words: list[str], base_states: set[str]) -> tuple[str, tuple[str, ...]]:
@@ -193,9 +202,9 @@ class Job:
 
     @property
     def running(self) -> bool:
-        """Running on its nodes (also while it completes)."""
-        return bool(self.nodes) and not self.starting and (
-            self.state == "RUNNING" or self.completing)
+        """Running on its nodes. 22.05 says only "COMPLETING" while a job ends (no base state):
+        that counts as running, as it did; 23.02+ says how it ended, and it runs no more."""
+        return bool(self.nodes) and not self.starting and self.state in ("RUNNING", "COMPLETING")
 
     @property
     def alive(self) -> bool:
@@ -248,8 +257,6 @@ NODE_PROBLEM_WORDS = {
     "UNKNOWN": "not registered", "DRAIN": "drained", "DRAINING": "draining",
     "DRAINED": "drained", "NOT_RESPONDING": "not responding", "FAIL": "failing",
     "MAINTENANCE": "in maintenance", "INVALID": "misconfigured", "INVALID_REG": "misconfigured",
-    "REBOOT_ISSUED": "rebooting", "POWERED_DOWN": "powered down",
-    "POWERING_DOWN": "powering down",
 }
 
 
@@ -440,7 +447,7 @@ def _job_gpus(j: dict, nodes: int) -> tuple[int, dict[str, int]]:
 def _job_from_json(j: dict) -> Job:
     state, flags = _split_state(_words(j.get("job_state")), JOB_BASE_STATES)
     nodes = _text(j.get("nodes"))
-    gpus, by_type = _job_gpus(j, int(number(j.get("node_count")) or 1))
+    gpus, by_type = _job_gpus(j, count(j.get("node_count")) or 1)
     comment = j.get("comment")
     return Job(
         job_id=str(j["job_id"]),
@@ -460,7 +467,7 @@ def _job_from_json(j: dict) -> Job:
         submit_time=timestamp(j.get("submit_time")),
         start_time=timestamp(j.get("start_time")),
         end_time=timestamp(j.get("end_time")),
-        priority=int(number(j.get("priority")) or 0),
+        priority=count(j.get("priority")),
         comment=_text(comment.get("job")) if isinstance(comment, dict) else _text(comment),
     )
 
@@ -541,7 +548,7 @@ def _node_from_json(n: dict) -> Node:
 
 def parse_nodes_json(text: str) -> list[Node]:
     """Nodes from `scontrol show nodes --json` (23.02+), `sinfo --json` (22.05) or slurmrestd."""
-    return [_node_from_json(n) for n in _load_json(text, "sinfo").get("nodes", [])]
+    return [_node_from_json(n) for n in _load_json(text, "scontrol").get("nodes", [])]
 
 
 def nodes() -> list[Node]:
@@ -673,6 +680,11 @@ def expand_nodes(nodelist: str) -> set[str]:
     return names
 
 
+def resumable(node: Node) -> bool:
+    """A node `scontrol update State=RESUME` brings back (down, drained or failing)."""
+    return node.state == "DOWN" or bool({"DRAIN", "FAIL"} & set(node.flags))
+
+
 def update_node(name: str, **settings: str) -> None:
     run(["scontrol", "update", f"NodeName={name}", *(f"{k}={v}" for k, v in settings.items())])
 
@@ -793,7 +805,7 @@ class PastJob:
 
 def _allocated(tres: list[dict], kind: str, name: str = "") -> int:
     # 22.05 names plain TRES null, 23.02+ "".
-    return sum(int(number(t.get("count")) or 0) for t in tres or []
+    return sum(count(t.get("count")) for t in tres or []
                if t.get("type") == kind and (t.get("name") or "") == name)
 
 
@@ -809,8 +821,8 @@ def past_job_from_json(j: dict) -> PastJob:
         flags=flags, gpus=_allocated(allocated, "gres", "gpu"), cpus=_allocated(allocated, "cpu"),
         billing=_allocated(allocated, "billing"),
         start_time=timestamp(t.get("start")), end_time=timestamp(t.get("end")),
-        elapsed_s=int(number(t.get("elapsed")) or 0), time_limit_min=number(t.get("limit")),
-        cpu_time_s=(number(total.get("seconds")) or 0) + (number(total.get("microseconds")) or 0) / 1e6,
+        elapsed_s=count(t.get("elapsed")), time_limit_min=number(t.get("limit")),
+        cpu_time_s=count(total.get("seconds")) + count(total.get("microseconds")) / 1e6,
         nodes=_text(j.get("nodes")),
         comment=_text(comment.get("job")) if isinstance(comment, dict) else _text(comment))
 

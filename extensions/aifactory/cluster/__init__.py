@@ -135,8 +135,11 @@ def _nodes_ready(demo: Demo) -> bool:
 def _resume_nodes(demo: Demo) -> None:
     """Nodes that were down while slurmctld ran (a `down`/`up` cycle) are put back."""
     for n in slurm.nodes():
-        if not n.usable and n.name in {x.name for x in demo.nodes}:
-            slurm.update_node(n.name, State="RESUME")
+        if n.name in {x.name for x in demo.nodes} and slurm.resumable(n):
+            try:
+                slurm.update_node(n.name, State="RESUME")
+            except slurm.SlurmError:
+                pass  # it came back by itself meanwhile
 
 
 def _gpu_tres_known() -> bool:

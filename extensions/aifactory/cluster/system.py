@@ -69,6 +69,11 @@ def read_pid(pidfile: Path) -> int | None:
         return None
     if stat.rsplit(")", 1)[1].split()[0] == "Z":
         return None
+    try:  # a process of the other test bed (another root) is not ours either
+        if os.readlink(f"/proc/{pid}/root") != os.readlink("/proc/self/root"):
+            return None
+    except OSError:
+        pass
     return pid
 
 
