@@ -62,7 +62,10 @@ class Cache:
         started = time.time()
         try:
             value = await asyncio.to_thread(FETCH[name])
-        except slurm.SlurmError as e:
+        except Exception as e:  # noqa: BLE001  (a surprise must not end this part's loop)
+            if not isinstance(e, slurm.SlurmError):
+                log.exception("%s: an answer we could not read", allocations.SOURCES[name])
+                e = slurm.SlurmError(f"an answer aifactory could not read ({type(e).__name__})")
             if name not in self.snap.errors:
                 log.warning("%s: %s", allocations.SOURCES[name], e)
             self.snap.errors[name] = str(e)
