@@ -231,9 +231,11 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         env = self.get_env()
         env["PATH"] = f"{self.venv}/bin:/usr/local/bin:/usr/bin:/bin"
         env["AIFACTORY_PROFILE"] = self.session_request.profile
-        self._submitted_at = time.time()
         self.job_id = await slurm.submit_async(self.job_script(self.session_request),
                                                user=self.user.name, env=env)
+        # slurmctld knows the job once sbatch has answered: a queue fetch begun after this
+        # moment has it (one begun while sbatch ran may not, and would read as "ended").
+        self._submitted_at = time.time()
         self.log.info("Submitted notebook job %s for %s (%s)", self.job_id, self.user.name,
                       self.session_request.describe_cost())
         return self.job_id
