@@ -185,8 +185,9 @@ def write_site(path: Path, material: str, with_course: bool) -> None:
                   "walltime": "01:00:00", "account": ACCOUNT, "reservation": RESERVATION},
         "fixed": ["account", "reservation", "partition"],
     })
-    data = {"budget_tres": site.get("budget_tres", "gres/gpu"), "partitions": site["partitions"],
-            "profiles": profiles}
+    data = {"partitions": site["partitions"], "profiles": profiles}
+    if "billing" in site:
+        data["billing"] = site["billing"]
     if with_course:
         data["courses"] = [{
             "name": COURSE, "display_name": "Bench workshop", "account": ACCOUNT,

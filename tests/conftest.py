@@ -11,6 +11,7 @@ import html
 import json
 import os
 import re
+import subprocess
 import time
 from pathlib import Path
 
@@ -70,6 +71,42 @@ def submit(user: str, *sbatch_args: str, script: str = "sleep 1") -> str:
     out = slurm.run(["sbatch", "--parsable", "--output=/dev/null", *sbatch_args, "--wrap", script],
                     user=user)
     return out.strip().split(";")[0]
+
+
+def as_user(user: str, *command: str, env: dict | None = None) -> str:
+    """`command` run by `user` in a login-node terminal (in /tmp, with `env` added); its output."""
+    prefix = ["env", *(f"{k}={v}" for k, v in env.items())] if env else []
+    out = subprocess.run(["runuser", "-u", user, "--", *prefix, *command], capture_output=True,
+                         text=True, cwd="/tmp", timeout=300)
+    assert out.returncode == 0, f"{command} as {user}: {out.stderr}"
+    return out.stdout
+
+
+def cli(user: str, *args: str, env: dict | None = None) -> str:
+    """`aifactory ...` as `user` on the login node (it asks Slurm directly)."""
+    return as_user(user, "/opt/aifactory/venv/bin/aifactory", *args, env=env)
+
+
+def add_account(name: str, user: str, limit: str) -> None:
+    """A fresh Slurm account of `user`'s with GrpTRESMins `limit` and no usage (one left by a
+    killed run is made again)."""
+    try:
+        slurm.sacctmgr("delete", "account", name)
+    except slurm.SlurmError:
+        pass
+    slurm.sacctmgr("add", "account", name, "Description=tests", "Organization=tests")
+    slurm.sacctmgr("add", "user", user, f"Account={name}")
+    slurm.sacctmgr("modify", "account", "where", f"name={name}", "set", f"GrpTRESMins={limit}")
+    slurm.sacctmgr("modify", "account", "where", f"name={name}", "set", "RawUsage=0")
+
+
+def remove_account(name: str, jobs: list[str]) -> None:
+    """Cancel `jobs`, wait until none of the account's jobs lives, and delete the account."""
+    for job_id in jobs:
+        slurm.cancel(job_id)
+    wait_until(lambda: not any(j.account == name and j.alive for j in slurm.jobs()), 60,
+               what=f"the jobs of {name} to end")
+    slurm.sacctmgr("delete", "account", name)
 
 
 def job_state(job_id: str) -> slurm.Job | None:

@@ -55,7 +55,7 @@ def test_budget_numbers_granted_used_held_remaining_and_the_burn_rate():
     assert (p["granted_gpu_h"], p["used_gpu_h"], p["held_gpu_h"], p["remaining_gpu_h"]) == (
         100, 30, 10, 60)
     assert p["percent_used"] == 40.0
-    assert p["burn_gpu_h_per_day"] == round((12 + 48 + 1) / 7, 4)
+    assert p["burn_per_day_gpu_h"] == round((12 + 48 + 1) / 7, 4)
     # 60 left at ~8.7 a day runs out in about a week, well before the period ends.
     exhausted = dt.datetime.fromisoformat(p["exhaustion_date"]).timestamp()
     assert exhausted == pytest.approx(NOW + 60 / (61 / 7) * DAY, abs=60)
@@ -67,7 +67,7 @@ def test_a_slow_project_keeps_budget_unused_and_does_not_run_out_this_period():
     budget = slurm.Budget("proj-x", granted_min=100 * 60, used_min=0, held_min=0)
     p = allocations.project_budget(budget, [past("1", "proj-x", 1, NOW - DAY, NOW - DAY + 7 * 3600)],
                                    "QUARTERLY", NOW)
-    assert p["burn_gpu_h_per_day"] == 1.0
+    assert p["burn_per_day_gpu_h"] == 1.0
     assert p["exhaustion_date"] is None
     days_left = (allocations.period_end("QUARTERLY", NOW) - NOW) / DAY
     assert p["unused_at_period_end_gpu_h"] == pytest.approx(100 - days_left, abs=0.01)

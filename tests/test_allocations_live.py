@@ -1,12 +1,11 @@
 """The allocations service, its widgets and the CLI against the live cluster and hub."""
 
 import json
-import subprocess
 import time
 
 import pytest
 import requests
-from conftest import HUB, submit, wait_until
+from conftest import HUB, add_account, cli, remove_account, submit, wait_until
 
 from aifactory import report, slurm
 from aifactory.client import ServiceClient
@@ -22,11 +21,9 @@ def api(token: str | None, path: str, method: str = "GET") -> requests.Response:
     return requests.request(method, SERVICE + "api/" + path, headers=headers, timeout=30)
 
 
-def cli(user: str, *args: str) -> dict:
+def cli_json(user: str, *args: str) -> dict:
     """`aifactory ... --json` run by `user` in a login-node terminal (asks Slurm directly)."""
-    out = subprocess.run(["runuser", "-u", user, "--", "/opt/aifactory/venv/bin/aifactory",
-                          *args, "--json"], capture_output=True, text=True, cwd="/tmp", check=True)
-    return json.loads(out.stdout)
+    return json.loads(cli(user, *args, "--json"))
 
 
 def project(answer: dict, account: str) -> dict:
@@ -36,21 +33,10 @@ def project(answer: dict, account: str) -> dict:
 @pytest.fixture
 def audit_project(live_cluster):
     """A fresh project of alice's with 10 GPU-hours and no usage yet."""
-    try:  # left by a run that was killed
-        slurm.sacctmgr("delete", "account", AUDIT)
-    except slurm.SlurmError:
-        pass
-    slurm.sacctmgr("add", "account", AUDIT, "Description=usage audit", "Organization=tests")
-    slurm.sacctmgr("add", "user", "alice", f"Account={AUDIT}")
-    slurm.sacctmgr("modify", "account", "where", f"name={AUDIT}", "set", "GrpTRESMins=gres/gpu=600")
-    slurm.sacctmgr("modify", "account", "where", f"name={AUDIT}", "set", "RawUsage=0")
+    add_account(AUDIT, "alice", "gres/gpu=600")
     jobs = []
     yield jobs
-    for job_id in jobs:
-        slurm.cancel(job_id)
-    wait_until(lambda: not any(j.account == AUDIT and j.alive for j in slurm.jobs()), 60,
-               what="the audit jobs to end")
-    slurm.sacctmgr("delete", "account", AUDIT)
+    remove_account(AUDIT, jobs)
 
 
 def test_used_equals_sacct_and_the_api_widget_and_cli_agree(hub_client, audit_project):
@@ -87,7 +73,7 @@ def test_used_equals_sacct_and_the_api_widget_and_cli_agree(hub_client, audit_pr
         return p["held_gpu_h"] == 0 and abs(p["used_gpu_h"] - expected) <= 0.01 * expected and p
     settled_budget = wait_until(settled, 180, interval=3,
                                 what=f"used to reach {expected:.4f} GPU-h with nothing held")
-    assert settled_budget["burn_gpu_h_per_day"] >= round(expected / 7, 4) - 1e-4
+    assert settled_budget["burn_per_day_gpu_h"] >= round(expected / 7, 4) - 1e-4
     print(f"\nused {settled_budget['used_gpu_h']} GPU-h; sacct sum {expected:.4f} GPU-h")
 
     # The same numbers in the API, the CLI on the login node and the widget in a notebook.
@@ -95,7 +81,7 @@ def test_used_equals_sacct_and_the_api_widget_and_cli_agree(hub_client, audit_pr
 
     def agree():
         from_api = project(api(token, f"budgets/{AUDIT}").json(), AUDIT)
-        from_cli = project(cli("alice", "budget", AUDIT), AUDIT)
+        from_cli = project(cli_json("alice", "budget", AUDIT), AUDIT)
         panel.refresh()
         return from_api == from_cli and report.budgets_text({"projects": [from_cli]}) in panel.text()
     wait_until(agree, 90, interval=5, what="the API, the CLI and the widget to agree")
@@ -168,7 +154,7 @@ def test_with_slurmdbd_away_the_last_numbers_come_with_their_age(hub_client):
                    for w in answer["warnings"]), answer["warnings"]
         after = project(answer, "proj-climate")
         assert after["granted_gpu_h"] == before["granted_gpu_h"]
-        assert after["burn_gpu_h_per_day"] == before["burn_gpu_h_per_day"]
+        assert after["burn_per_day_gpu_h"] == before["burn_per_day_gpu_h"]
     finally:
         services.start_slurmdbd()
     wait_until(lambda: not api(token, "budgets").json()["warnings"], 90, interval=2,

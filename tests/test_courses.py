@@ -109,7 +109,7 @@ def test_the_instructors_view_of_each_participant():
         "student1": "running", "student2": "pending", "student3": "not started",
         "student4": "stopped", "student5": "stopped"}
     assert rows["student1"]["node"] == "gpu03"
-    assert rows["student1"]["gpu_h_used"] == round(400 / 3600, 4)  # RawUsage: GPU-seconds
+    assert rows["student1"]["used_gpu_h"] == round(400 / 3600, 4)  # RawUsage: GPU-seconds
     assert rows["student2"]["reason"] == "Resources"
     assert "pending: " in report.session_words(rows["student2"])
     assert view["counts"] == {"running": 1, "pending": 1, "not started": 1, "stopped": 2}

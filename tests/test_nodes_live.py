@@ -2,21 +2,14 @@
 with Slurm's reason and since when, and a session only they could run is refused at once."""
 
 import json
-import subprocess
 import time
 
 import requests
-from conftest import HUB, wait_until
+from conftest import HUB, cli, wait_until
 
 from aifactory import slurm
 
 REASON = "aifactory test: fan failure"
-
-
-def cli(user: str, *args: str) -> str:
-    """`aifactory ...` in a login-node terminal, as `user` (asks Slurm directly)."""
-    return subprocess.run(["runuser", "-u", user, "--", "/opt/aifactory/venv/bin/aifactory",
-                           *args], capture_output=True, text=True, cwd="/tmp", check=True).stdout
 
 
 def h100_row(answer: dict) -> dict:

@@ -57,6 +57,15 @@ def test_24_11_test_bed_queue_as_our_cluster_sees_it():
         "Resources", 4, "aifactory-session:h100-4")
     assert waiting.start_time and waiting.start_time > waiting.submit_time  # Slurm's estimate
     assert broke.reason == "AssocGrpGRESMinutes" and broke.reason in slurm.HOPELESS_REASONS
+    # The billing TRES: allocated for the running job, requested for the waiting ones.
+    assert (running.billing, waiting.billing) == (4, 8)
+
+
+@pytest.mark.parametrize("version, billing", [("23.02", [128, 32, 64, 32]),
+                                              ("24.11", [768, 64])])
+def test_jobs_carry_their_billing(version, billing):
+    name = "jobs-slurmrestd.json" if version == "23.02" else "jobs-cli.json"
+    assert [j.billing for j in slurm.parse_jobs_json(recorded(version, name))][:4] == billing
 
 
 def test_22_05_job_states_and_numbers():

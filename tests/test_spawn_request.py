@@ -162,8 +162,9 @@ def test_budget_check_gives_the_cost_and_what_is_left():
     with pytest.raises(RequestError) as err:
         check_budget(request, {"proj-tiny": slurm.Budget("proj-tiny", 60, 20, 10)})
     assert str(err.value).startswith("4 GPUs × 8 h = 32 GPU-hours, but project proj-tiny has "
-                                     "0.5 GPU-hours left.")
-    with pytest.raises(RequestError, match="GPU budget is used up"):
+                                     "0.50 GPU-hours left.")
+    with pytest.raises(RequestError, match="proj-tiny's budget is used up: 0.83 GPU-hours of "
+                                           "1.00 GPU-hours used, 0.17 GPU-hours held"):
         check_budget(request, {"proj-tiny": slurm.Budget("proj-tiny", 60, 50, 10)})
     small = ask({"profile": "h100-1", "account": "proj-tiny", "option_walltime": "1h",
                  "walltime": "00:30:00"})

@@ -3,14 +3,14 @@
 The allocations service computes these answers from its cache for everyone; the CLI and the
 widgets outside a hub compute them from a snapshot they take themselves. Either way the
 answers are plain dicts (the API's JSON), so the API, the widgets and the CLI show the same
-numbers. Budgets are in GPU-hours:
+numbers. Budgets are in the site's unit (`unit`: GPU-hours on gres/gpu, or the site's
+billing unit on `billing`, see aifactory.billing), each amount also in GPU-hours (`*_gpu_h`):
 
-- granted: the project's GrpTRESMins on gres/gpu;
-- used: GPU-hours spent this budget period (the association's RawUsage; partitions bill
-  GPUs only, so this is GPU-seconds, and Slurm enforces the budget against it);
-- held: what running jobs are about to spend (remaining walltime x GPUs, TRESRunMins);
+- granted: the project's GrpTRESMins on the site's TRES;
+- used: spent this budget period, as Slurm enforces the budget (slurm.parse_sshare);
+- held: what running jobs are about to spend (remaining walltime x TRES, TRESRunMins);
 - remaining = granted - used - held;
-- burn rate: GPU-hours per day over the last 7 days (from the job records), and from it the
+- burn rate: per day over the last 7 days (from the job records), and from it the
   projected exhaustion date and what will go unused when the budget period ends.
 """
 
@@ -21,7 +21,9 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from . import courses as courses_module
+from . import site as site_module
 from . import slurm
+from .billing import Billing
 from .snapshot import gpu_availability, held_nodes, usable_reservations
 
 BURN_WINDOW_DAYS = 7
@@ -42,12 +44,21 @@ FETCH = {
     "queue": lambda: {j.job_id: j for j in slurm.jobs()},
     "nodes": slurm.nodes,
     "reservations": slurm.reservations,
-    "shares": slurm.shares,
+    "shares": lambda: slurm.shares(site_billing().tres),
     "members": slurm.all_associations,
     "coordinators": slurm.coordinators,
     "history": lambda: slurm.job_history(int(time.time()) - BURN_WINDOW_DAYS * 86400),
     "period": slurm.usage_reset_period,
 }
+
+
+def site_billing() -> Billing:
+    """How the site accounts (site.yaml `billing`); GPU-hours where there is no site file
+    (a wrong one is an error: its budgets would be read on the wrong TRES)."""
+    try:
+        return site_module.load_cached().billing
+    except OSError:
+        return Billing()
 
 
 class AccessError(Exception):
@@ -135,20 +146,33 @@ def period_end(period: str, now: float) -> float | None:
     return end.timestamp()
 
 
-def gpu_seconds_between(job: slurm.PastJob, start: float, end: float, now: float) -> float:
-    if not job.start_time or not job.gpus:
+def charged_seconds_between(job: slurm.PastJob, start: float, end: float, now: float,
+                            billing: Billing) -> float:
+    """Unit-seconds (GPU-seconds, or billing x seconds) the job ran between start and end."""
+    rate = job.gpus if billing.by_gpu else job.billing
+    if not job.start_time or not rate:
         return 0.0
     job_end = job.end_time or now
-    return max(0.0, min(job_end, end) - max(job.start_time, start)) * job.gpus
+    return max(0.0, min(job_end, end) - max(job.start_time, start)) * rate
+
+
+def amounts(billing: Billing, **minutes: float | None) -> dict:
+    """{name: units, name_gpu_h: GPU-hours} for amounts given in minutes of the TRES."""
+    out = {}
+    for name, value in minutes.items():
+        units = None if value is None else value / 60
+        out[name] = _round(units)
+        out[f"{name}_gpu_h"] = _round(billing.gpu_hours(units))
+    return out
 
 
 def project_budget(account: slurm.Budget, history: list[slurm.PastJob], period: str,
-                   now: float) -> dict:
+                   now: float, billing: Billing = Billing()) -> dict:
     granted = account.granted_min / 60 if account.granted_min is not None else None
     used, held = account.used_min / 60, account.held_min / 60
     remaining = granted - used - held if granted is not None else None
     window = BURN_WINDOW_DAYS * 86400
-    burned = sum(gpu_seconds_between(j, now - window, now, now)
+    burned = sum(charged_seconds_between(j, now - window, now, now, billing)
                  for j in history if j.account == account.account)
     burn_per_day = burned / 3600 / BURN_WINDOW_DAYS
     end = period_end(period, now)
@@ -162,15 +186,14 @@ def project_budget(account: slurm.Budget, history: list[slurm.PastJob], period: 
             unused = max(0.0, remaining - burn_per_day * (end - now) / 86400)
     if exhaustion is not None and end is not None and exhaustion > end:
         exhaustion = None  # the period ends first
+    minutes = {"granted": granted, "used": used, "held": held, "remaining": remaining,
+               "burn_per_day": burn_per_day, "unused_at_period_end": unused}
     return {
-        "account": account.account,
-        "granted_gpu_h": _round(granted), "used_gpu_h": _round(used), "held_gpu_h": _round(held),
-        "remaining_gpu_h": _round(remaining),
+        "account": account.account, "unit": billing.unit,
+        **amounts(billing, **{k: None if v is None else v * 60 for k, v in minutes.items()}),
         "percent_used": round((used + held) / granted * 100, 1) if granted else None,
-        "burn_gpu_h_per_day": _round(burn_per_day),
         "exhaustion_date": _iso(exhaustion),
         "period_end": _iso(end),
-        "unused_at_period_end_gpu_h": _round(unused),
     }
 
 
@@ -194,9 +217,12 @@ def roles(viewer: Viewer, snap: Snapshot, coordinator_groups: dict) -> dict[str,
 
 
 def budgets(viewer: Viewer, snap: Snapshot, coordinator_groups: dict | None = None,
-            account: str | None = None, now: float | None = None) -> dict:
-    """The projects `viewer` may see; per-user usage where they coordinate (or are admin)."""
+            account: str | None = None, now: float | None = None,
+            billing: Billing | None = None) -> dict:
+    """The projects `viewer` may see; per-user usage where they coordinate (or are admin).
+    `billing`: the site's (read from site.yaml when not given), as `snap.shares` were read."""
     now = now or time.time()
+    billing = billing or site_billing()
     visible = roles(viewer, snap, coordinator_groups or {})
     if account is not None:
         if account not in {b.account for b in snap.shares}:
@@ -208,11 +234,11 @@ def budgets(viewer: Viewer, snap: Snapshot, coordinator_groups: dict | None = No
     for row in snap.shares:
         if row.user or row.account not in visible:
             continue
-        project = project_budget(row, snap.history, snap.period, now)
+        project = project_budget(row, snap.history, snap.period, now, billing)
         project["role"] = visible[row.account]
         if project["role"] in ("admin", "coordinator"):
-            project["users"] = [{"user": u.user, "used_gpu_h": _round(u.used_min / 60),
-                                 "held_gpu_h": _round(u.held_min / 60)}
+            project["users"] = [{"user": u.user, **amounts(billing, used=u.used_min,
+                                                            held=u.held_min)}
                                 for u in snap.shares if u.account == row.account and u.user]
         projects.append(project)
     return {**_meta(snap, ("shares", "members", "coordinators", "history"), now),
@@ -337,7 +363,8 @@ def courses_list(viewer: Viewer, snap: Snapshot, site_courses, now: float | None
     return {**_meta(snap, ("reservations",), now), "user": viewer.name, "courses": rows}
 
 
-def participant_row(name: str, model: dict | None, snap: Snapshot, course, now: float) -> dict:
+def participant_row(name: str, model: dict | None, snap: Snapshot, course, now: float,
+                    billing: Billing = Billing()) -> dict:
     """One participant: session state (from the hub and Slurm), GPU-hours, last activity."""
     model = model or {}
     server = (model.get("servers") or {}).get("")
@@ -368,8 +395,8 @@ def participant_row(name: str, model: dict | None, snap: Snapshot, course, now: 
     row = {"user": name, "state": state, "job_id": job.job_id if job else None,
            "node": job.nodes if job and job.nodes else None,
            "reason": None, "reason_text": None, "estimated_start": None,
-           "gpu_h_used": _round(usage.used_min / 60) if usage else 0.0,
-           "gpu_h_held": _round(usage.held_min / 60) if usage else 0.0,
+           **amounts(billing, used=usage.used_min if usage else 0.0,
+                     held=usage.held_min if usage else 0.0),
            "last_activity": model.get("last_activity"),
            "in_hub": bool(model)}
     if job and job.pending:
@@ -380,14 +407,16 @@ def participant_row(name: str, model: dict | None, snap: Snapshot, course, now: 
 
 
 def course(viewer: Viewer, snap: Snapshot, c, participants: list[str],
-           hub_users: dict[str, dict], now: float | None = None) -> dict:
+           hub_users: dict[str, dict], now: float | None = None,
+           billing: Billing | None = None) -> dict:
     """The instructor's view of course `c`: participants, the window, the course budget."""
     now = now or time.time()
+    billing = billing or site_billing()
     if courses_module.role(c, viewer.groups, viewer.admin) not in ("admin", "instructor"):
         raise AccessError(403, f"You do not teach {c.display_name}.")
     window = courses_module.window(c, snap.reservations, now)
     budget_row = next((b for b in snap.shares if b.account == c.account and not b.user), None)
-    rows = [participant_row(name, hub_users.get(name), snap, c, now)
+    rows = [participant_row(name, hub_users.get(name), snap, c, now, billing)
             for name in sorted(participants)]
     counts: dict[str, int] = {}
     for r in rows:
@@ -399,6 +428,7 @@ def course(viewer: Viewer, snap: Snapshot, c, participants: list[str],
             "window": window["state"], "window_text": window["text"],
             "window_start": _iso(window["starts"]), "window_end": _iso(window["ends"]),
             "time_left_s": window["time_left_s"],
-            "budget": project_budget(budget_row, snap.history, snap.period, now)
+            "unit": billing.unit,
+            "budget": project_budget(budget_row, snap.history, snap.period, now, billing)
             if budget_row else None,
             "counts": counts, "participants": rows}

@@ -15,7 +15,8 @@ On top of dask-jobqueue's SLURMCluster:
   shows them as the notebook's Dask workers;
 - they are cancelled when the cluster closes, when the kernel exits or is killed (a small
   watcher process outlives it), and when the hub stops the notebook session;
-- scaling up first compares jobs x GPUs x walltime with the project's remaining GPU-hours and
+- scaling up first compares what the jobs cost at their full walltime (GPU-hours, or the
+  site's billing unit from the partition's weights) with what the project has left, and
   refuses what does not fit, unless `allow_over_budget=True`.
 """
 
@@ -35,7 +36,6 @@ from dask_jobqueue.slurm import SLURMJob
 
 from . import site as site_module
 from . import slurm
-from .allocations import gpu_h
 from .client import AllocationsError, ServiceClient, default_client
 from .snapshot import only_unusable_nodes, unusable_words
 
@@ -43,7 +43,7 @@ INHERITED = ("SLURM_", "SBATCH_", "SRUN_", "SALLOC_")
 
 
 class BudgetExceeded(ValueError):
-    """A scale whose GPU-hours do not fit in what the project has left."""
+    """A scale whose cost does not fit in what the project has left."""
 
 
 class NodesUnavailable(ValueError):
@@ -134,6 +134,8 @@ class GPUCluster(SLURMCluster):
         self.gpus_per_job, self.gpu_type, self.account = gpus, gpu_type, account
         self.partition = partition
         self.walltime_min = minutes
+        self.cpus_per_job, self.memory_gb_per_job = cpus * gpus, memory * gpus
+        self.billing = site.billing
         self.allow_over_budget = allow_over_budget
         self._budget_client = budget_client
         self.notebook_job = os.environ.get("SLURM_JOB_ID", "")
@@ -149,7 +151,8 @@ class GPUCluster(SLURMCluster):
         kwargs.setdefault("death_timeout", 60)
         super().__init__(
             queue=partition, account=account, cores=cpus * gpus, processes=gpus,
-            memory=f"{memory * gpus}GB", walltime=site_module.format_minutes(minutes),
+            # GiB, so Slurm gets --mem=<memory x gpus>G as the form's sessions do (not 56G for 60GB)
+            memory=f"{memory * gpus}GiB", walltime=site_module.format_minutes(minutes),
             job_name=f"dask-{self.notebook_job or getpass.getuser()}",
             job_extra_directives=[f"--gres=gpu:{gpu_type}:{gpus}", f"--comment={self.tag}",
                                   *course_options, *kwargs.pop("job_extra_directives", [])],
@@ -176,24 +179,39 @@ class GPUCluster(SLURMCluster):
     def cost_gpu_h(self, jobs: int) -> float:
         return jobs * self.gpus_per_job * self.walltime_min / 60
 
+    def cost(self, jobs: int) -> float:
+        """What `jobs` more jobs cost at their full walltime, in the site's unit."""
+        if self.billing.by_gpu:
+            return self.cost_gpu_h(jobs)
+        part = slurm.partitions().get(self.partition)
+        rate = self.billing.rate(part.billing_weights if part else "", cpus=self.cpus_per_job,
+                                 memory_mb=self.memory_gb_per_job * 1024,
+                                 gpus=self.gpus_per_job, gpu_type=self.gpu_type)
+        return jobs * rate * self.walltime_min / 60
+
     def check_budget(self, target_jobs: int) -> None:
         """Say what a scale to `target_jobs` adds; refuse it if the project cannot pay."""
         new = target_jobs - len(self.worker_spec)
         if new <= 0:
             return
-        cost = self.cost_gpu_h(new)
-        what = (f"{new} job{'s' if new > 1 else ''} x {self.gpus_per_job} {self.gpu_type.upper()} "
-                f"x {site_module.format_minutes(self.walltime_min)} = {gpu_h(cost)} GPU-hours")
+        amount = self.billing.amount
         try:
-            left = self._remaining_gpu_h()
+            cost = self.cost(new)
+        except (slurm.SlurmError, ValueError) as e:  # ValueError: weights we cannot read
+            print(f"Scaling up by {new} job(s); the cost could not be computed ({e}).")
+            return
+        what = (f"{new} job{'s' if new > 1 else ''} x {self.gpus_per_job} {self.gpu_type.upper()} "
+                f"x {site_module.format_minutes(self.walltime_min)} = {amount(cost)}")
+        try:
+            left = self._remaining()
         except (AllocationsError, slurm.SlurmError, IndexError, KeyError) as e:
             print(f"Scaling up by {what}; the budget could not be checked ({e}).")
             return
         if left is not None and cost > left and not self.allow_over_budget:
             raise BudgetExceeded(
-                f"Not scaled: {what}, but project {self.account} has {gpu_h(left)} GPU-hours "
+                f"Not scaled: {what}, but project {self.account} has {amount(left)} "
                 "left. Ask for fewer jobs or less walltime, or pass allow_over_budget=True.")
-        of = "no limit" if left is None else f"the {gpu_h(left)} left"
+        of = "no limit" if left is None else f"the {amount(left)} left"
         print(f"Scaling up by {what}, of {of} on project {self.account}.")
 
     def check_nodes(self, target_jobs: int) -> None:
@@ -209,13 +227,13 @@ class GPUCluster(SLURMCluster):
                                    f"{self.gpus_per_job} {self.gpu_type.upper()} takes no jobs "
                                    f"now: {unusable_words(stuck)}.")
 
-    def _remaining_gpu_h(self) -> float | None:
-        """What the project has left: from the allocations service in a hub session, else
-        from Slurm (one sshare, not the whole allocation view)."""
+    def _remaining(self) -> float | None:
+        """What the project has left in the site's unit: from the allocations service in a
+        hub session, else from Slurm (one sshare, not the whole allocation view)."""
         client = self._budget_client or default_client()
         if isinstance(client, ServiceClient):
-            return client.budgets(self.account)["projects"][0]["remaining_gpu_h"]
-        budget = slurm.budgets().get(self.account)
+            return client.budgets(self.account)["projects"][0]["remaining"]
+        budget = slurm.budgets(self.billing.tres).get(self.account)
         if budget is None:
             raise AllocationsError(f"Slurm has no project {self.account!r}")
         return None if budget.remaining_min is None else budget.remaining_min / 60

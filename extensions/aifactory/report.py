@@ -22,20 +22,33 @@ def footer(answer: dict) -> list[str]:
     return lines
 
 
+GPU_HOURS = "GPU-hours"
+
+
+def amount(row: dict, key: str, unit: str = GPU_HOURS) -> str:
+    """`row[key]` in the site's unit, with GPU-hours beside where the unit is another."""
+    if unit == GPU_HOURS or row.get(key) is None:
+        return gpu_h(row[f"{key}_gpu_h"])
+    return f"{gpu_h(row[key])} ({gpu_h(row[f'{key}_gpu_h'])} GPU-h)"
+
+
 def project_rows(p: dict) -> list[tuple[str, str, str]]:
     """(label, key, value) for one project's budget."""
     runs_out = when(p["exhaustion_date"]) if p["exhaustion_date"] else (
         "not this period" if p["granted_gpu_h"] else "-")
-    unused = p["unused_at_period_end_gpu_h"]
+    unit = p.get("unit", GPU_HOURS)
+    short = "GPU-h" if unit == GPU_HOURS else unit
+    unused = "-" if p["unused_at_period_end_gpu_h"] is None else amount(
+        p, "unused_at_period_end", unit)
     return [
-        ("granted (GPU-h)", "granted", gpu_h(p["granted_gpu_h"])),
-        ("used this period", "used", gpu_h(p["used_gpu_h"])),
-        ("held by running jobs", "held", gpu_h(p["held_gpu_h"])),
-        ("remaining", "remaining", gpu_h(p["remaining_gpu_h"])),
-        ("burn rate, last 7 days (GPU-h/day)", "burn", gpu_h(p["burn_gpu_h_per_day"])),
+        (f"granted ({short})", "granted", amount(p, "granted", unit)),
+        ("used this period", "used", amount(p, "used", unit)),
+        ("held by running jobs", "held", amount(p, "held", unit)),
+        ("remaining", "remaining", amount(p, "remaining", unit)),
+        (f"burn rate, last 7 days ({short}/day)", "burn", amount(p, "burn_per_day", unit)),
         ("runs out at this rate", "runs-out", runs_out),
         ("budget period ends", "period-end", when(p["period_end"])),
-        ("unused at period end at this rate", "unused", "-" if unused is None else gpu_h(unused)),
+        ("unused at period end at this rate", "unused", unused),
     ]
 
 
@@ -45,8 +58,9 @@ def budgets_text(answer: dict) -> str:
         lines.append(f"{p['account']} ({p['role']})"
                      + (f": {p['percent_used']} % used or held" if p["granted_gpu_h"] else ""))
         lines += [f"  {label}: {value}" for label, _, value in project_rows(p)]
-        lines += [f"    {u['user']}: used {gpu_h(u['used_gpu_h'])}, held "
-                  f"{gpu_h(u['held_gpu_h'])}" for u in p.get("users", [])]
+        unit = p.get("unit", GPU_HOURS)
+        lines += [f"    {u['user']}: used {amount(u, 'used', unit)}, held "
+                  f"{amount(u, 'held', unit)}" for u in p.get("users", [])]
     return "\n".join(lines) or "You are not a member of any project."
 
 
@@ -103,7 +117,9 @@ def node_down_text(n: dict) -> str:
     return f"{text} (Slurm: {n['state']})"
 
 
-COURSE_HEAD = ["participant", "session", "GPU-h used", "last activity"]
+def course_head(unit: str = GPU_HOURS) -> list[str]:
+    return ["participant", "session", f"{'GPU-h' if unit == GPU_HOURS else unit} used",
+            "last activity"]
 
 
 def ago(iso: str | None, now: float | None = None) -> str:
@@ -132,8 +148,8 @@ def session_words(p: dict) -> str:
     return p["state"]
 
 
-def course_cells(p: dict) -> list[str]:
-    return [p["user"], session_words(p), gpu_h(p["gpu_h_used"]), ago(p["last_activity"])]
+def course_cells(p: dict, unit: str = GPU_HOURS) -> list[str]:
+    return [p["user"], session_words(p), amount(p, "used", unit), ago(p["last_activity"])]
 
 
 def course_summary(answer: dict) -> list[str]:
@@ -141,11 +157,11 @@ def course_summary(answer: dict) -> list[str]:
              f"reservation {answer['reservation']})", f"  window: {answer['window_text']}"]
     if answer["time_left_s"] is not None:
         lines.append(f"  reservation time left: {duration(answer['time_left_s'])}")
-    b = answer["budget"]
+    b, unit = answer["budget"], answer.get("unit", GPU_HOURS)
     if b:
-        lines.append(f"  course budget: {gpu_h(b['used_gpu_h'])} used, {gpu_h(b['held_gpu_h'])} "
-                     f"held, {gpu_h(b['remaining_gpu_h'])} left of {gpu_h(b['granted_gpu_h'])} "
-                     "GPU-hours")
+        lines.append(f"  course budget ({unit}): {amount(b, 'used', unit)} used, "
+                     f"{amount(b, 'held', unit)} held, {amount(b, 'remaining', unit)} left of "
+                     f"{amount(b, 'granted', unit)}")
     counts = ", ".join(f"{n} {state}" for state, n in sorted(answer["counts"].items()))
     lines.append(f"  participants: {counts or 'none'}")
     return lines
@@ -153,7 +169,8 @@ def course_summary(answer: dict) -> list[str]:
 
 def course_text(answer: dict) -> str:
     lines = course_summary(answer)
-    lines += ["  " + " | ".join(course_cells(p)) for p in answer["participants"]]
+    unit = answer.get("unit", GPU_HOURS)
+    lines += ["  " + " | ".join(course_cells(p, unit)) for p in answer["participants"]]
     return "\n".join(lines)
 
 

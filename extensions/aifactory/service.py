@@ -35,7 +35,7 @@ from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from . import allocations, site, slurm
+from . import allocations, report, site, slurm
 from .allocations import FETCH, AccessError, Snapshot, Viewer
 
 log = logging.getLogger("aifactory.service")
@@ -236,13 +236,13 @@ class PageHandler(BaseHandler):
         answer = allocations.budgets(viewer, self.cache.snap,
                                      site.load_cached().coordinator_groups)
         rows = "".join(
-            f"<tr><td>{html.escape(p['account'])}</td><td>{allocations.gpu_h(p['granted_gpu_h'])}"
-            f"</td><td>{allocations.gpu_h(p['used_gpu_h'])}</td>"
-            f"<td>{allocations.gpu_h(p['held_gpu_h'])}</td>"
-            f"<td>{allocations.gpu_h(p['remaining_gpu_h'])}</td></tr>"
+            f"<tr><td>{html.escape(p['account'])}</td>" + "".join(
+                f"<td>{html.escape(report.amount(p, key, p['unit']))}</td>"
+                for key in ("granted", "used", "held", "remaining")) + "</tr>"
             for p in answer["projects"])
+        unit = allocations.site_billing().unit
         warnings = "".join(f"<p><b>{html.escape(w)}</b></p>" for w in answer["warnings"])
-        self.finish(f"<!doctype html><title>Allocations</title><h1>GPU-hours of "
+        self.finish(f"<!doctype html><title>Allocations</title><h1>{html.escape(unit)} of "
                     f"{html.escape(viewer.name)}</h1>{warnings}<table border=1><tr><th>project"
                     f"<th>granted<th>used<th>held<th>remaining</tr>{rows}</table>"
                     f"<p>as of {answer['as_of']}</p>")

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from .billing import Billing
+
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 WALLTIME_RE = re.compile(r"^(?:(\d{1,2})-)?(\d{1,3}):(\d{2}):(\d{2})$")
@@ -120,7 +122,7 @@ class Course:
 
 @dataclass(frozen=True)
 class Site:
-    budget_tres: str
+    billing: Billing
     partitions: dict[str, Partition]
     profiles: tuple[Profile, ...]
     # Hub groups whose members see per-user usage of a project, besides its Slurm coordinators.
@@ -184,7 +186,7 @@ def load(path: str | Path = DEFAULT_PATH) -> Site:
         raise SiteError(f"{path}: is not valid YAML.") from None
     if not isinstance(data, dict):
         _fail(path, "must be a mapping")
-    unknown = set(data) - {"budget_tres", "partitions", "profiles", "coordinator_groups", "dask",
+    unknown = set(data) - {"billing", "partitions", "profiles", "coordinator_groups", "dask",
                            "courses"}
     if unknown:
         _fail(path, f"unknown key '{sorted(unknown)[0]}'")
@@ -256,9 +258,7 @@ def load(path: str | Path = DEFAULT_PATH) -> Site:
         _fail(path, "two profiles have the same slug")
     if sum(p.default for p in profiles) > 1:
         _fail(path, "only one profile may be the default")
-    budget_tres = data.get("budget_tres", "gres/gpu")
-    if budget_tres != "gres/gpu":
-        _fail(path, "budget_tres: only gres/gpu is supported so far")
+    billing = _load_billing(path, data.get("billing"))
     coordinator_groups = data.get("coordinator_groups") or {}
     if not isinstance(coordinator_groups, dict) or not all(
             NAME_RE.match(str(a)) and isinstance(g, list) and g
@@ -286,10 +286,33 @@ def load(path: str | Path = DEFAULT_PATH) -> Site:
                               slurm={**p.slurm, "account": course.account,
                                      "reservation": course.reservation},
                               fixed=p.fixed | {"account", "reservation", "partition"})
-    return Site(budget_tres, partitions, tuple(profiles),
+    return Site(billing, partitions, tuple(profiles),
                 {str(a): tuple(g) for a, g in coordinator_groups.items()}, dask, courses)
 
 
+def _load_billing(path, raw) -> Billing:
+    if raw is None:
+        return Billing()
+    if not isinstance(raw, dict) or set(raw) - {"tres", "unit", "units_per_gpu_hour"}:
+        _fail(path, "billing may set only tres, unit and units_per_gpu_hour")
+    tres = raw.get("tres", "gres/gpu")
+    if tres == "gres/gpu":
+        if set(raw) != {"tres"}:
+            _fail(path, "billing: with tres gres/gpu budgets are GPU-hours; unit and "
+                        "units_per_gpu_hour are for tres billing")
+        return Billing()
+    if tres != "billing":
+        _fail(path, f"billing: tres {tres!r} must be gres/gpu or billing")
+    unit, price = raw.get("unit"), raw.get("units_per_gpu_hour")
+    if not isinstance(unit, str) or not UNIT_RE.match(unit) or unit.lower().startswith("gpu"):
+        _fail(path, "billing: unit must be a short name such as SBU (letters, digits, '-'), "
+                    "not GPU-hours")
+    if isinstance(price, bool) or not isinstance(price, (int, float)) or not 0 < price < 1e6:
+        _fail(path, "billing: units_per_gpu_hour must be a positive number")
+    return Billing("billing", unit, float(price))
+
+
+UNIT_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,19}$")
 GIT_URL_RE = re.compile(r"^(https://|file:///)[A-Za-z0-9_.~/:@%+-]+$")
 PATH_RE = re.compile(r"^/[A-Za-z0-9_./+-]*$")
 

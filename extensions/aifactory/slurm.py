@@ -186,6 +186,7 @@ class Job:
     comment: str = ""  # our tag, e.g. "aifactory-session:h100-1"
     flags: tuple[str, ...] = ()  # state flags: COMPLETING, CONFIGURING, REQUEUED, ...
     gpu_types: tuple[tuple[str, int], ...] = ()  # (("h100", 4),); "" for untyped GPUs
+    billing: int = 0  # its billing TRES, allocated (running) or requested (pending)
 
     @property
     def pending(self) -> bool:
@@ -469,6 +470,8 @@ def _job_from_json(j: dict) -> Job:
         end_time=timestamp(j.get("end_time")),
         priority=count(j.get("priority")),
         comment=_text(comment.get("job")) if isinstance(comment, dict) else _text(comment),
+        billing=tres_value(_text(j.get("tres_alloc_str")) or _text(j.get("tres_req_str")),
+                           "billing") or 0,
     )
 
 
@@ -611,12 +614,16 @@ def parse_reservations_text(text: str) -> list[Reservation]:
             for r in _oneliners(text, "ReservationName")]
 
 
+def _scontrol_show(entity: str, parse_json, parse_text) -> list:
+    """`scontrol show ENTITY` in the richest shape this Slurm gives (JSON from 23.02)."""
+    if json_everywhere():
+        return parse_json(run(["scontrol", "show", entity, "--json"]))
+    return parse_text(run(["scontrol", "show", entity, "--oneliner"]))
+
+
 def reservations() -> dict[str, Reservation]:
     """Reservations by name (active and future)."""
-    if json_everywhere():
-        found = parse_reservations_json(run(["scontrol", "show", "reservation", "--json"]))
-    else:
-        found = parse_reservations_text(run(["scontrol", "show", "reservation", "--oneliner"]))
+    found = _scontrol_show("reservation", parse_reservations_json, parse_reservations_text)
     return {r.name: r for r in found}
 
 
@@ -657,10 +664,8 @@ def parse_partitions_text(text: str) -> list[Partition]:
 
 
 def partitions() -> dict[str, Partition]:
-    if json_everywhere():
-        found = parse_partitions_json(run(["scontrol", "show", "partition", "--json"]))
-    else:
-        found = parse_partitions_text(run(["scontrol", "show", "partition", "--oneliner"]))
+    """Partitions by name, with their limits and TRESBillingWeights."""
+    found = _scontrol_show("partition", parse_partitions_json, parse_partitions_text)
     return {p.name: p for p in found}
 
 
@@ -710,13 +715,14 @@ def sacctmgr_list(entity: str, *conditions: str, fields: list[str]) -> list[dict
 
 @dataclass(frozen=True)
 class Budget:
-    """A project's GPU budget in GPU-minutes, as slurmctld enforces it (from sshare).
+    """A project's budget in minutes of its TRES (GPU-minutes on gres/gpu, unit-minutes on
+    billing), as slurmctld enforces it (from sshare).
 
     With `user` set, one member's share of the project (no grant of its own)."""
     account: str
-    granted_min: int | None  # None: no GPU limit on this account
-    used_min: float  # this budget period: RawUsage, GPU-seconds as partitions bill GPUs only
-    held_min: int  # remaining walltime x GPUs of running jobs (TRESRunMins)
+    granted_min: int | None  # GrpTRESMins; None: no limit on this account
+    used_min: float  # this budget period (see parse_sshare)
+    held_min: int  # remaining walltime x TRES of running jobs (TRESRunMins)
     user: str = ""
 
     @property
@@ -726,31 +732,41 @@ class Budget:
         return self.granted_min - self.used_min - self.held_min
 
 
-SSHARE_FIELDS = "Account,User,RawUsage,GrpTRESMins,TRESRunMins"
+SSHARE_FIELDS = "Account,User,RawUsage,GrpTRESMins,TRESRunMins,GrpTRESRaw"
 
 
-def parse_sshare(text: str) -> list[Budget]:
-    """Account and user rows of `sshare -aP -o Account,User,RawUsage,GrpTRESMins,TRESRunMins`."""
+def parse_sshare(text: str, tres: str = "gres/gpu") -> list[Budget]:
+    """Account and user rows of `sshare -aP -o Account,User,RawUsage,GrpTRESMins,TRESRunMins
+    [,GrpTRESRaw]`, in minutes of `tres`.
+
+    Used is GrpTRESRaw, what the limit counts (whole minutes): on billing, Slurm's whole
+    billing number x minutes (RawUsage counts the weighted sum before it is cut). On gres/gpu,
+    RawUsage is used where it agrees to the minute, as it is exact to the second: it counts
+    GPU-seconds while the partitions bill GPUs only (and not after they billed more)."""
     rows = []
     for line in text.splitlines():
         values = [v.strip() for v in line.split("|")]
-        if len(values) != 5 or values[0] in ("", "Account", "root"):
+        if len(values) not in (5, 6) or values[0] in ("", "Account", "root"):
             continue
-        account, user, raw_usage, granted, held = values
-        rows.append(Budget(account, tres_value(granted, "gres/gpu"), int(raw_usage or 0) / 60,
-                           tres_value(held, "gres/gpu") or 0, user))
+        account, user, raw_usage, granted, held = values[:5]
+        exact = int(raw_usage or 0) / 60
+        counted = (tres_value(values[5], tres) or 0) if len(values) == 6 else None
+        used = exact if counted is None or (tres == "gres/gpu"
+                                            and counted <= exact < counted + 1) else counted
+        rows.append(Budget(account, tres_value(granted, tres), used,
+                           tres_value(held, tres) or 0, user))
     return rows
 
 
-def shares() -> list[Budget]:
+def shares(tres: str = "gres/gpu") -> list[Budget]:
     """Every project's budget and every member's share of it, from slurmctld."""
     return parse_sshare(run(["sshare", "--noheader", "--parsable2", "--all",
-                             f"--format={SSHARE_FIELDS}"]))
+                             f"--format={SSHARE_FIELDS}"]), tres)
 
 
-def budgets() -> dict[str, Budget]:
-    """GPU budgets of every account, from slurmctld's association manager."""
-    return {b.account: b for b in shares() if not b.user}
+def budgets(tres: str = "gres/gpu") -> dict[str, Budget]:
+    """Budgets of every account on `tres`, from slurmctld's association manager."""
+    return {b.account: b for b in shares(tres) if not b.user}
 
 
 def all_associations() -> dict[str, list[str]]:
@@ -902,6 +918,7 @@ PENDING_REASONS = {
     "AssocGrpGRESMinutes": "your project's GPU budget is used up",
     "AssocGrpGRESRunMinutes": "your project's GPU budget is taken by its running jobs",
     "AssocGrpBillingMinutes": "your project's budget is used up",
+    "AssocGrpBillingRunMinutes": "your project's budget is taken by its running jobs",
     "AssocMaxJobsLimit": "your project has as many running jobs as it may",
     "QOSMaxGRESPerUser": "you already use as many GPUs as you may",
     "Reservation": "waiting for its reservation to start",

@@ -124,9 +124,16 @@ class SlurmView:
         self.queue: Cached[dict[str, slurm.Job]] = Cached(
             lambda: {j.job_id: j for j in slurm.jobs()})
         self.nodes: Cached[list[slurm.Node]] = Cached(slurm.nodes)
-        self.budgets: Cached[dict[str, slurm.Budget]] = Cached(slurm.budgets)
         self.reservations: Cached[dict[str, slurm.Reservation]] = Cached(slurm.reservations)
+        self.partitions: Cached[dict[str, slurm.Partition]] = Cached(slurm.partitions)
         self._associations: dict[str, Cached[slurm.Associations]] = {}
+        self._budgets: dict[str, Cached[dict[str, slurm.Budget]]] = {}
+
+    def budgets(self, tres: str) -> Cached[dict[str, slurm.Budget]]:
+        """Budgets in minutes of `tres` (the site's billing TRES)."""
+        if tres not in self._budgets:
+            self._budgets[tres] = Cached(lambda: slurm.budgets(tres))
+        return self._budgets[tres]
 
     def associations(self, user: str) -> Cached[slurm.Associations]:
         if user not in self._associations:

@@ -18,9 +18,9 @@ import ipywidgets as w
 
 from .allocations import duration, gpu_h
 from .client import AllocationsError, default_client
-from .report import (ACTIVE_HEAD, COURSE_HEAD, RECENT_HEAD, active_cells, budgets_text,
-                     course_cells, course_summary, course_text, footer, gpus_text, jobs_text,
-                     node_down_text, project_rows, recent_cells, when)
+from .report import (ACTIVE_HEAD, GPU_HOURS, RECENT_HEAD, active_cells, amount, budgets_text,
+                     course_cells, course_head, course_summary, course_text, footer, gpus_text,
+                     jobs_text, node_down_text, project_rows, recent_cells, when)
 
 UNREACHABLE_WORDS = "scheduler unreachable"
 
@@ -161,12 +161,14 @@ class AllocationPanel(Panel):
                         f'<div style="background:{colour};opacity:.45;'
                         f'width:{min(held, max(0, 100 - used)):.1f}%"></div></div>')
             out += "<table>" + "".join(
-                f'<tr><td>{label}</td><td class="aif-{key}" style="text-align:right">'
+                f'<tr><td>{_e(label)}</td><td class="aif-{key}" style="text-align:right">'
                 f'{_e(value)}</td></tr>' for label, key, value in project_rows(p)) + "</table>"
             if p.get("users"):
                 out += "<table><tr><th>member</th><th>used</th><th>held</th></tr>" + "".join(
-                    f'<tr class="aif-member"><td>{_e(u["user"])}</td><td>{gpu_h(u["used_gpu_h"])}'
-                    f'</td><td>{gpu_h(u["held_gpu_h"])}</td></tr>' for u in p["users"]) + "</table>"
+                    f'<tr class="aif-member"><td>{_e(u["user"])}</td>'
+                    f'<td>{_e(amount(u, "used", p.get("unit", GPU_HOURS)))}</td>'
+                    f'<td>{_e(amount(u, "held", p.get("unit", GPU_HOURS)))}</td></tr>'
+                    for u in p["users"]) + "</table>"
             out += "</div>"
         return out
 
@@ -436,10 +438,11 @@ class CoursePanel(Panel):
 
     def body_html(self, answer: dict) -> str:
         summary = course_summary(answer)
-        head = "".join(f"<th>{h}</th>" for h in COURSE_HEAD)
+        unit = answer.get("unit", GPU_HOURS)
+        head = "".join(f"<th>{_e(h)}</th>" for h in course_head(unit))
         rows = "".join(
             f'<tr class="aif-participant" data-user="{_e(p["user"])}" data-state="{_e(p["state"])}">'
-            + "".join(f"<td>{_e(c)}</td>" for c in course_cells(p)) + "</tr>"
+            + "".join(f"<td>{_e(c)}</td>" for c in course_cells(p, unit)) + "</tr>"
             for p in answer["participants"])
         return (f"<h4>{_e(summary[0])}</h4><ul>"
                 + "".join(f"<li>{_e(line.strip())}</li>" for line in summary[1:]) + "</ul>"

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .. import site as site_module
 from .. import slurm
+from ..billing import Billing
 from . import accounting, network, services
 from .demo import Demo, DemoFileError, load
 from .system import ETC_DIR, STATE_DIR, ClusterError, ensure_debs, sh, wait_for, write_if_changed
@@ -50,14 +51,21 @@ def _controller_host() -> str:
     return socket.gethostname().split(".")[0]
 
 
-def render_slurm_conf(demo: Demo, template: str) -> str:
+def billing_weights(p, billing: Billing) -> str:
+    """A partition's TRESBillingWeights: GPUs only for GPU-hours, else the demo's weights
+    (none: Slurm bills the job's CPUs)."""
+    weights = "GRES/gpu=1.0" if billing.by_gpu else p.billing_weights
+    return f" TRESBillingWeights={weights}" if weights else ""
+
+
+def render_slurm_conf(demo: Demo, template: str, billing: Billing = Billing()) -> str:
     nodes = []
     for n in demo.nodes:
         gres = f" Gres=gpu:{n.gpu_type}:{n.gpus}" if n.gpus else ""
         nodes.append(f"NodeName={n.name} NodeAddr={n.address} NodeHostname={n.name} "
                      f"CPUs={n.cpus} RealMemory={n.memory_mb}{gres} State=UNKNOWN")
     parts = [f"PartitionName={p.name} Nodes={','.join(p.nodes)} MaxTime={p.max_time} "
-             f"DefaultTime=01:00:00 State=UP TRESBillingWeights=GRES/gpu=1.0"
+             f"DefaultTime=01:00:00 State=UP{billing_weights(p, billing)}"
              f"{' Default=YES' if p.default else ''}"
              for p in demo.partitions]
     gpu_types = sorted({n.gpu_type for n in demo.gpu_nodes}) or ["none"]
@@ -150,7 +158,7 @@ def _gpu_tres_known() -> bool:
         return False
 
 
-def check_inputs(demo_file: Path, hub_config: Path) -> Demo:
+def check_inputs(demo_file: Path, hub_config: Path) -> tuple[Demo, site_module.Site]:
     """Everything `up` was given, checked before anything is changed."""
     if os.geteuid() != 0:
         raise ClusterError("aifactory cluster up must run as root.")
@@ -166,17 +174,20 @@ def check_inputs(demo_file: Path, hub_config: Path) -> Demo:
         if site.course(course) is None or not site.course(course).material.startswith("/"):
             raise DemoFileError(f"{demo_file}: material: course {course} has no material "
                                 "folder in the site description.")
+    if not site.billing.by_gpu and not any(p.billing_weights for p in demo.partitions):
+        raise DemoFileError(f"{demo_file}: the site bills in {site.billing.unit}, so its "
+                            "partitions need billing_weights (TRESBillingWeights).")
     if not (VENV / "bin" / "jupyterhub").exists():
         raise ClusterError(f"The shared environment {VENV} is missing; run ./aif first "
                            "(it builds the environment, then calls this command).")
-    return demo
+    return demo, site
 
 
 def up(demo_file: Path | None = None, hub_config: Path | None = None, log=print) -> UpReport:
     started = time.monotonic()
     hub_config = Path(hub_config or default_hub_config())
     demo_file = Path(demo_file or hub_config / "cluster" / "demo.yaml")
-    demo = check_inputs(demo_file, hub_config)
+    demo, site = check_inputs(demo_file, hub_config)
 
     # npm comes with some Node.js builds (NodeSource's); Debian's own needs the npm package.
     node = [] if shutil.which("npm") else ["nodejs", "npm"]
@@ -196,7 +207,8 @@ def up(demo_file: Path | None = None, hub_config: Path | None = None, log=print)
         shutil.chown(d, owner, owner)
     conf_changed = write_if_changed(
         Path("/etc/slurm/slurm.conf"),
-        render_slurm_conf(demo, (hub_config / "cluster/slurm.conf.in").read_text()))
+        render_slurm_conf(demo, (hub_config / "cluster/slurm.conf.in").read_text(),
+                          site.billing))
     conf_changed |= write_if_changed(Path("/etc/slurm/gres.conf"), render_gres_conf(demo))
     if slurm.version() >= (24, 5):
         # slurmd 24.05+ sets up cgroups even with proctrack/linuxproc; there is no cgroup
@@ -225,9 +237,8 @@ def up(demo_file: Path | None = None, hub_config: Path | None = None, log=print)
     # Unix users first: slurmctld maps association user names to uids when they arrive.
     passwords = accounting.apply_unix_users(demo)
     accounting.apply_unix_groups(demo)
-    accounting.install_material(demo, site_module.load(hub_config / "site.yaml"),
-                                hub_config.resolve().parent)
-    accounting.apply_accounts(demo)
+    accounting.install_material(demo, site, hub_config.resolve().parent)
+    accounting.apply_accounts(demo, site.billing)
     for n in demo.nodes:
         services.start_slurmd(n.name)
     try:

@@ -1,6 +1,8 @@
 """Apply the demo description to Slurm accounting and to Unix, idempotently.
 
-Adds and updates; never deletes. Budgets are GPU-hours held as GrpTRESMins=gres/gpu=minutes.
+Adds and updates; never deletes. The demo file gives budgets in GPU-hours; they are held as
+GrpTRESMins=gres/gpu=<minutes>, or where the site bills in units as GrpTRESMins=billing=
+<GPU-hours x units_per_gpu_hour x 60> (the other TRES's limit is cleared).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from .. import courses, slurm
+from ..billing import Billing
 from .demo import Demo
 from .system import STATE_DIR, sh, write_if_changed
 
@@ -26,7 +29,16 @@ def ensure_cluster(demo: Demo) -> None:
         slurm.sacctmgr("add", "cluster", demo.cluster)
 
 
-def apply_accounts(demo: Demo) -> None:
+def budget_limit(gpu_hours: int, billing: Billing) -> tuple[str, str]:
+    """(GrpTRESMins as sacctmgr lists it, as it is set: clearing the other TRES)."""
+    if billing.by_gpu:
+        limit = f"gres/gpu={gpu_hours * 60}"
+        return limit, f"{limit},billing=-1"
+    limit = f"billing={round(gpu_hours * billing.units_per_gpu_hour * 60)}"
+    return limit, f"gres/gpu=-1,{limit}"
+
+
+def apply_accounts(demo: Demo, billing: Billing = Billing()) -> None:
     """Accounts, budgets, users, coordinators. Needs slurmctld registered (it creates the
     gres/gpu TRES in the database that budgets refer to)."""
 
@@ -43,10 +55,10 @@ def apply_accounts(demo: Demo) -> None:
               != (a.description.lower(), a.kind)):  # sacctmgr keeps descriptions lower-case
             slurm.sacctmgr("modify", "account", "where", f"name={a.name}", "set",
                            f"Description={a.description}", f"Organization={a.kind}")
-        budget = f"gres/gpu={a.gpu_hours * 60}"
-        if limits.get(a.name) != budget:
+        listed, setting = budget_limit(a.gpu_hours, billing)
+        if limits.get(a.name) != listed:
             slurm.sacctmgr("modify", "account", "where", f"name={a.name}",
-                           f"cluster={demo.cluster}", "set", f"GrpTRESMins={budget}")
+                           f"cluster={demo.cluster}", "set", f"GrpTRESMins={setting}")
 
     associations = {(r["account"], r["user"]) for r in slurm.sacctmgr_list(
         "association", f"cluster={demo.cluster}", fields=["Account", "User"]) if r["user"]}

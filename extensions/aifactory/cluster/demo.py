@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from ..billing import WeightsError, parse_weights
+
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 GPU_TYPE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,15}$")
 SLURM_TIME_RE = re.compile(r"^(\d+-)?\d{1,2}:\d{2}:\d{2}$")
@@ -43,6 +45,8 @@ class PartitionSpec:
     nodes: tuple[str, ...]
     default: bool = False
     max_time: str = "1-00:00:00"
+    # TRESBillingWeights where the site bills in units (site.yaml `billing: {tres: billing}`)
+    billing_weights: str = ""
 
 
 @dataclass(frozen=True)
@@ -219,7 +223,7 @@ def load(path: str | Path) -> Demo:
     partitions = []
     for i, raw in enumerate(top.entries("partitions")):
         r = _Reader(raw, f"partitions[{i}]", path)
-        r.only("name", "nodes", "default", "max_time")
+        r.only("name", "nodes", "default", "max_time", "billing_weights")
         name = r.name("name")
         members = r.names("nodes")
         missing = [n for n in members if n not in node_names]
@@ -228,7 +232,13 @@ def load(path: str | Path) -> Demo:
         max_time = r.get("max_time", str, "1-00:00:00")
         if not SLURM_TIME_RE.match(max_time):
             r.fail(f"partition {name}: max_time {max_time!r} is not a Slurm time like 2-00:00:00")
-        partitions.append(PartitionSpec(name, members, r.get("default", bool, False), max_time))
+        weights = r.get("billing_weights", str, "")
+        try:
+            parse_weights(weights)
+        except WeightsError as e:
+            r.fail(f"partition {name}: billing_weights: {e}")
+        partitions.append(PartitionSpec(name, members, r.get("default", bool, False), max_time,
+                                        weights))
     _unique(path, "partition", [p.name for p in partitions])
     if sum(p.default for p in partitions) != 1:
         raise DemoFileError(f"{path}: exactly one partition must have 'default: true'.")

@@ -29,6 +29,7 @@ from traitlets import Float, Unicode, default
 
 from .. import courses
 from .. import site as site_module
+from ..billing import WeightsError, parse_weights
 from .. import slurm
 from ..snapshot import VIEW, held_nodes, usable_reservations
 from . import callback  # noqa: F401  (closes batchspawner's port-callback hole)
@@ -78,6 +79,8 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
     material_source = ""  # the course material's folder, for this start
     material_dest = ""    # ... copied to this folder of the home (the course's name)
     _submitted_at = 0.0
+    # The TRESBillingWeights the last request was priced with (None: Slurm's could not be read)
+    _partition_weights: str | None = ""
 
     @property
     def site(self) -> site_module.Site:
@@ -94,13 +97,14 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
     async def _options_form(self, spawner=None) -> str:
         site = self.site
         access, reservations, availability, budgets = slurm.Associations([], "", {}), {}, [], {}
-        reservations_all = {}
+        reservations_all, weights = {}, {}
         unreachable = ""
         try:
             access, reservations = await self._user_access()
             reservations_all = VIEW.reservations.last or {}
             availability = await VIEW.availability(set(reservations))
-            budgets = await VIEW.budgets.get(30)
+            budgets = await VIEW.budgets(site.billing.tres).get(30)
+            weights = await self._weights()
         except slurm.SlurmError as e:
             unreachable = str(e)
         groups = self.hub_groups()
@@ -118,8 +122,15 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
                       default_account=access.default_account,
                       qos=sorted({q for qs in access.qos.values() for q in qs}),
                       reservations=sorted(reservations), availability=availability,
-                      budgets=budgets, budgets_age=VIEW.budgets.age() if budgets else None,
-                      unreachable=unreachable)
+                      budgets=budgets,
+                      budgets_age=VIEW.budgets(site.billing.tres).age() if budgets else None,
+                      weights=weights, unreachable=unreachable)
+
+    async def _weights(self) -> dict[str, str]:
+        """Each partition's TRESBillingWeights, asked only where the site bills in units."""
+        if self.site.billing.by_gpu:
+            return {}
+        return {name: p.billing_weights for name, p in (await VIEW.partitions.get(300)).items()}
 
     @default("options_form")
     def _options_form_default(self):
@@ -135,7 +146,8 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         """Check options (from a form, a URL or the API) and the budget; RequestError if not."""
         try:
             access = await VIEW.associations(self.user.name).get(60)
-            budgets = await VIEW.budgets.get(5)
+            budgets = await VIEW.budgets(self.site.billing.tres).get(5)
+            weights = await self._weights()
         except slurm.SlurmUnreachable:
             raise RequestError("The scheduler is unreachable right now; please try again "
                                "in a minute.") from None
@@ -143,7 +155,14 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
                           accounts=access.accounts, default_account=access.default_account,
                           reservations=await VIEW.reservations.get(60), qos=access.qos,
                           groups=self.hub_groups())
-        check_budget(request, budgets)
+        self._partition_weights = weights.get(request.partition, "")
+        try:
+            parse_weights(self._partition_weights)
+        except WeightsError as e:  # Slurm's own setting: it still enforces the budget
+            self.log.warning("No budget check before the start: %s", e)
+            self._partition_weights = None
+        else:
+            check_budget(request, budgets, self.site.billing, self._partition_weights)
         # The nodes as the form showed them a moment ago (no extra RPC per start); a refusal
         # is made only on a fresh answer. When the nodes are not known, Slurm decides.
         nodes, reservations = VIEW.nodes.last, VIEW.reservations.last
@@ -236,8 +255,9 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         # slurmctld knows the job once sbatch has answered: a queue fetch begun after this
         # moment has it (one begun while sbatch ran may not, and would read as "ended").
         self._submitted_at = time.time()
-        self.log.info("Submitted notebook job %s for %s (%s)", self.job_id, self.user.name,
-                      self.session_request.describe_cost())
+        cost = ("cost not known" if self._partition_weights is None else
+                self.session_request.describe_cost(self.site.billing, self._partition_weights))
+        self.log.info("Submitted notebook job %s for %s (%s)", self.job_id, self.user.name, cost)
         return self.job_id
 
     async def _job(self, max_age: float) -> slurm.Job | None:

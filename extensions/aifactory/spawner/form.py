@@ -10,6 +10,7 @@ import json
 
 from jinja2 import Environment
 
+from ..billing import WeightsError, parse_weights, tres_order
 from ..site import Site
 from ..snapshot import GpuAvailability
 from .. import slurm
@@ -41,7 +42,7 @@ budgets could not be read just now ({{ unreachable }}). You can still start; the
   {% for o in p.options %}
   <br><span class="aif-muted">{{ o.display_name }}:</span>
   <select name="option_{{ o.name }}" data-profile="{{ p.slug }}" class="aif-option">
-    {% for c in o.choices %}<option value="{{ c.key }}" data-walltime="{{ c.slurm.get('walltime', '') }}"
+    {% for c in o.choices %}<option value="{{ c.key }}" data-slurm="{{ c.slurm|tojson|forceescape }}"
       {% if c.key == o.default_choice().key %}selected{% endif %}>{{ c.display_name }}</option>{% endfor %}
   </select>
   {% endfor %}
@@ -58,14 +59,14 @@ budgets could not be read just now ({{ unreachable }}). You can still start; the
   {% else %}<tr><td colspan="5" class="aif-muted">not known right now</td></tr>{% endfor %}
 </table>
 
-<h4>Your projects' GPU budgets</h4>
+<h4>Your projects' budgets</h4>
 <table class="aif-table" id="aif-budgets">
   <tr><th>Project</th><th>Granted</th><th>Used</th><th>Held by running jobs</th><th>Left</th></tr>
   {% for b in budgets %}
   <tr><td>{{ b.account }}</td><td>{{ b.granted }}</td><td>{{ b.used }}</td><td>{{ b.held }}</td><td>{{ b.left }}</td></tr>
   {% endfor %}
 </table>
-<p class="aif-muted">GPU-hours, as Slurm counts them{% if as_of is not none %} ({{ as_of }} s ago){% endif %}.</p>
+<p class="aif-muted" id="aif-budget-unit">{{ unit_words }}{% if as_of is not none %} ({{ as_of }} s ago){% endif %}.</p>
 
 <details id="aif-advanced">
   <summary>Advanced</summary>
@@ -100,21 +101,41 @@ budgets could not be read just now ({{ unreachable }}). You can still start; the
   function update() {
     const checked = form.querySelector("input[name=profile]:checked");
     if (!checked) return;
-    const p = data.profiles[checked.value];
-    let walltime = p.walltime;
+    // The profile, then its chosen options, then the advanced fields: as the hub resolves them.
+    const p = Object.assign({}, data.profiles[checked.value]);
     form.querySelectorAll("select.aif-option[data-profile='" + checked.value + "']").forEach(function (s) {
-      const w = s.options[s.selectedIndex].dataset.walltime; if (w) walltime = w; });
+      Object.assign(p, JSON.parse(s.options[s.selectedIndex].dataset.slurm)); });
     form.querySelectorAll("select.aif-option").forEach(function (s) { s.disabled = s.dataset.profile !== checked.value; });
-    const gpus = val("gpus") !== "" ? +val("gpus") : p.gpus;
-    walltime = val("walltime") || walltime;
+    const num = (name, fallback) => val(name) !== "" ? +val(name) : fallback;
+    const gpus = num("gpus", p.gpus), cpus = num("cpus", p.cpus), memory = num("memory_gb", p.memory_gb);
+    const partition = val("partition") || p.partition;
+    const type = val("gpu_type") || p.gpu_type || data.first_gpu_type[partition] || "";
+    const walltime = val("walltime") || p.walltime;
     const account = val("account") || p.account || data.default_account;
     const hours = minutes(walltime) / 60;
     const cost = document.getElementById("aif-cost");
-    if (!gpus) { cost.textContent = "No GPUs: this session costs no GPU-hours (" + walltime + ")."; return; }
-    const left = data.left[account];
-    const used = gpus + " GPU" + (gpus > 1 ? "s" : "") + " × " + (+hours.toFixed(2)) + " h = " + (+(gpus * hours).toFixed(2)) + " GPU-hours";
-    cost.textContent = left === undefined || left === null ? used + " on project " + account + "."
-      : used + " of the " + left + " left on project " + account + (gpus * hours > left ? ": more than is left." : ".");
+    const left = data.left[account], b = data.billing;
+    let text, units;
+    if (b.by_gpu) {
+      if (!gpus) { cost.textContent = "No GPUs: this session costs no GPU-hours (" + walltime + ")."; return; }
+      units = gpus * hours;
+      text = gpus + " GPU" + (gpus > 1 ? "s" : "") + " × " + (+hours.toFixed(2)) + " h = " + (+units.toFixed(2)) + " GPU-hours";
+    } else {
+      // Slurm's billing: the partition's weights summed in its TRES order, cut to a whole number.
+      const given = {"cpu": cpus, "mem": memory * 1024, "node": 1, "gres/gpu": gpus};
+      if (type) given["gres/gpu:" + type] = gpus;
+      const weights = data.weights[partition];
+      if (weights === null) { cost.textContent = "The cost is not known: Slurm's billing weights of " + partition + " could not be read."; return; }
+      let sum = weights && weights.length ? 0 : cpus;
+      (weights || []).forEach(function (w) { sum += w[1] * (given[w[0]] || 0); });
+      const rate = Math.floor(sum);
+      units = rate * hours;
+      text = rate + " " + b.unit + "/h × " + (+hours.toFixed(2)) + " h = " + (+units.toFixed(2)) + " " + b.unit
+        + " (" + (+(units / b.units_per_gpu_hour).toFixed(2)) + " GPU-h)";
+    }
+    const leftWords = b.by_gpu ? left : left + " " + b.unit;
+    cost.textContent = left === undefined || left === null ? text + " on project " + account + "."
+      : text + " of the " + leftWords + " left on project " + account + (units > left ? ": more than is left." : ".");
   }
   form.addEventListener("change", update);
   form.addEventListener("input", update);
@@ -124,29 +145,50 @@ budgets could not be read just now ({{ unreachable }}). You can still start; the
 """)
 
 
-def _hours(minutes: int | None) -> str:
-    return "unlimited" if minutes is None else f"{minutes / 60:.1f}"
+def _weights_or_none(text: str) -> list | None:
+    """The weights in Slurm's order for the page's script; None where they cannot be read."""
+    try:
+        return tres_order(parse_weights(text))
+    except WeightsError:
+        return None
 
 
 def render(site: Site, *, selected: str, accounts: list[str], default_account: str,
            qos: list[str], reservations: list[str], availability: list[GpuAvailability],
            budgets: dict[str, slurm.Budget], budgets_age: float | None,
-           unreachable: str = "", profiles=None, course_notes: dict | None = None) -> str:
+           unreachable: str = "", profiles=None, course_notes: dict | None = None,
+           weights: dict[str, str] | None = None) -> str:
     """`profiles`: those this person may choose (default: all); `course_notes`: per course
-    profile, its window (courses.window), shown on the profile."""
+    profile, its window (courses.window), shown on the profile; `weights`: each partition's
+    TRESBillingWeights where the site bills in units. Budgets are in minutes of its TRES."""
     profiles = site.profiles if profiles is None else profiles
+    billing = site.billing
     mine = [budgets[a] for a in accounts if a in budgets]
+
+    def amount(minutes):
+        if minutes is None:
+            return "unlimited"
+        beside = "" if billing.by_gpu else f" ({billing.gpu_hours(minutes / 60):.1f} GPU-h)"
+        return f"{minutes / 60:.1f}{beside}"
+
     data = {
         "default_account": default_account,
         "left": {b.account: (None if b.remaining_min is None else round(b.remaining_min / 60, 1))
                  for b in mine},
-        "profiles": {p.slug: {"gpus": p.slurm.get("gpus", 0), "walltime": p.slurm["walltime"],
-                              "account": p.slurm.get("account", "")} for p in profiles},
+        "profiles": {p.slug: {key: p.slurm.get(key, 0 if key == "gpus" else "")
+                              for key in ("gpus", "cpus", "memory_gb", "walltime", "account",
+                                          "partition", "gpu_type")} for p in profiles},
+        "billing": {"by_gpu": billing.by_gpu, "unit": billing.unit,
+                    "units_per_gpu_hour": billing.units_per_gpu_hour},
+        "weights": {name: _weights_or_none(text) for name, text in (weights or {}).items()},
+        "first_gpu_type": {name: p.gpu_types[0] if p.gpu_types else ""
+                           for name, p in site.partitions.items()},
     }
     return TEMPLATE.render(
         profiles=profiles, course_notes=course_notes or {}, selected=selected, availability=availability,
-        budgets=[{"account": b.account, "granted": _hours(b.granted_min), "used": _hours(b.used_min),
-                  "held": _hours(b.held_min), "left": _hours(b.remaining_min)} for b in mine],
+        budgets=[{"account": b.account, "granted": amount(b.granted_min), "used": amount(b.used_min),
+                  "held": amount(b.held_min), "left": amount(b.remaining_min)} for b in mine],
+        unit_words=billing.describe(),
         as_of=None if budgets_age is None else int(budgets_age),
         partitions=list(site.partitions),
         gpu_types=sorted({t for p in site.partitions.values() for t in p.gpu_types}),

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 from .. import courses, slurm
+from ..billing import Billing
 from ..site import FIELDS, Site, format_minutes, walltime_minutes
 from ..snapshot import only_unusable_nodes, unusable_words, usable_reservations
 
@@ -62,9 +63,23 @@ class SessionRequest:
         del options["idle_minutes"]
         return options
 
-    def describe_cost(self) -> str:
-        hours = self.walltime_min / 60
-        return f"{self.gpus} GPU{'s' if self.gpus != 1 else ''} × {hours:g} h = {self.gpu_minutes / 60:g} GPU-hours"
+    def rate(self, billing: Billing, weights: str = "") -> int:
+        """Units per hour: GPUs, or the billing Slurm gives this job in its partition
+        (`weights`: the partition's TRESBillingWeights)."""
+        return billing.rate(weights, cpus=self.cpus, memory_mb=self.memory_gb * 1024,
+                            gpus=self.gpus, gpu_type=self.gpu_type)
+
+    def cost(self, billing: Billing, weights: str = "") -> float:
+        """What the session costs if it runs its whole walltime, in the site's unit."""
+        return self.rate(billing, weights) * self.walltime_min / 60
+
+    def describe_cost(self, billing: Billing = Billing(), weights: str = "") -> str:
+        hours = f"{self.walltime_min / 60:g} h"
+        if billing.by_gpu:
+            return (f"{self.gpus} GPU{'s' if self.gpus != 1 else ''} × {hours} = "
+                    f"{self.gpu_minutes / 60:g} GPU-hours")
+        return (f"{self.rate(billing, weights)} {billing.unit}/h × {hours} = "
+                f"{billing.amount(self.cost(billing, weights))}")
 
 
 def _normalize(raw: Mapping[str, Any], option_names: set[str]) -> dict[str, str]:
@@ -228,17 +243,24 @@ def check_nodes(request: SessionRequest, nodes: list[slurm.Node],
                            "or another partition, or try again later.")
 
 
-def check_budget(request: SessionRequest, budgets: Mapping[str, slurm.Budget]) -> None:
-    """Refuse a request that the project's GPU budget cannot pay for."""
+def check_budget(request: SessionRequest, budgets: Mapping[str, slurm.Budget],
+                 billing: Billing = Billing(), weights: str = "") -> None:
+    """Refuse a request that the project's budget cannot pay for (`budgets` in minutes of
+    the site's TRES, `weights`: the partition's TRESBillingWeights)."""
     budget = budgets.get(request.account)
-    if not request.gpus or budget is None or budget.granted_min is None:
+    cost_min = request.cost(billing, weights) * 60
+    if not cost_min or budget is None or budget.granted_min is None:
         return
     remaining = budget.remaining_min
     if remaining <= 0:
         raise RequestError(
-            f"Project {request.account}'s GPU budget is used up: {budget.used_min / 60:.1f} of "
-            f"{budget.granted_min / 60:g} GPU-hours used, {budget.held_min / 60:.1f} held by "
-            "running jobs. Choose a CPU profile or another project.")
-    if request.gpu_minutes > remaining:
-        raise RequestError(f"{request.describe_cost()}, but project {request.account} has "
-                           f"{remaining / 60:.1f} GPU-hours left. Ask for less time or fewer GPUs.")
+            f"Project {request.account}'s budget is used up: "
+            f"{billing.amount(budget.used_min / 60)} of {billing.amount(budget.granted_min / 60)}"
+            f" used, {billing.amount(budget.held_min / 60)} held by running jobs. "
+            + ("Choose a CPU profile or another project." if billing.by_gpu
+               else "Choose another project."))
+    if cost_min > remaining:
+        raise RequestError(f"{request.describe_cost(billing, weights)}, but project "
+                           f"{request.account} has {billing.amount(remaining / 60)} left. "
+                           "Ask for less time or " + ("fewer GPUs." if billing.by_gpu
+                                                      else "a smaller session."))
