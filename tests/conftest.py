@@ -25,6 +25,13 @@ ARTIFACTS = Path(__file__).parent / "artifacts"
 PASSWORDS = Path("/var/lib/aifactory/demo-passwords.json")
 
 
+def pytest_collection_modifyitems(items):
+    """Tests that need the running cluster are `live`: `pytest -m "not live"` is the fast loop."""
+    for item in items:
+        if "live_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.live)
+
+
 def _missing(reason: str):
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"the live cluster is required in CI: {reason}")

@@ -15,7 +15,7 @@ from conftest import ARTIFACTS, HUB, notebook_jobs, submit, wait_until
 from playwright import sync_api as playwright
 
 from aifactory import slurm
-from aifactory.allocations import gpu_h
+from aifactory.report import gpu_h
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]

@@ -335,22 +335,6 @@ def gpus(viewer: Viewer, snap: Snapshot, now: float | None = None) -> dict:
             "nodes_down": down}
 
 
-# --- words ------------------------------------------------------------------------------
-
-def gpu_h(x: float | None) -> str:
-    """GPU-hours as every view prints them."""
-    return "no limit" if x is None else f"{x:,.2f}"
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    days, rest = divmod(seconds, 86400)
-    text = f"{rest // 3600}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
-    return f"{days}-{text}" if days else text
-
-
 # --- courses ----------------------------------------------------------------------------
 
 def courses_list(viewer: Viewer, snap: Snapshot, site_courses, now: float | None = None) -> dict:

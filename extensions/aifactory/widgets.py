@@ -16,11 +16,10 @@ import time
 
 import ipywidgets as w
 
-from .allocations import duration, gpu_h
 from .client import AllocationsError, default_client
 from .report import (ACTIVE_HEAD, GPU_HOURS, RECENT_HEAD, active_cells, amount, budgets_text,
-                     course_cells, course_head, course_summary, course_text, footer, gpus_text,
-                     jobs_text, node_down_text, project_rows, recent_cells, when)
+                     course_cells, course_head, course_summary, course_text, duration, footer,
+                     gpu_h, gpus_text, jobs_text, node_down_text, project_rows, recent_cells, when)
 
 UNREACHABLE_WORDS = "scheduler unreachable"
 
