@@ -156,13 +156,12 @@ def charged_seconds_between(job: slurm.PastJob, start: float, end: float, now: f
     return max(0.0, min(job_end, end) - max(job.start_time, start)) * rate
 
 
-def amounts(billing: Billing, **minutes: float | None) -> dict:
-    """{name: units, name_gpu_h: GPU-hours} for amounts given in minutes of the TRES."""
+def amounts(billing: Billing, **units: float | None) -> dict:
+    """{name: units, name_gpu_h: GPU-hours} for amounts in the site's unit."""
     out = {}
-    for name, value in minutes.items():
-        units = None if value is None else value / 60
-        out[name] = _round(units)
-        out[f"{name}_gpu_h"] = _round(billing.gpu_hours(units))
+    for name, value in units.items():
+        out[name] = _round(value)
+        out[f"{name}_gpu_h"] = _round(billing.gpu_hours(value))
     return out
 
 
@@ -186,11 +185,10 @@ def project_budget(account: slurm.Budget, history: list[slurm.PastJob], period: 
             unused = max(0.0, remaining - burn_per_day * (end - now) / 86400)
     if exhaustion is not None and end is not None and exhaustion > end:
         exhaustion = None  # the period ends first
-    minutes = {"granted": granted, "used": used, "held": held, "remaining": remaining,
-               "burn_per_day": burn_per_day, "unused_at_period_end": unused}
     return {
         "account": account.account, "unit": billing.unit,
-        **amounts(billing, **{k: None if v is None else v * 60 for k, v in minutes.items()}),
+        **amounts(billing, granted=granted, used=used, held=held, remaining=remaining,
+                  burn_per_day=burn_per_day, unused_at_period_end=unused),
         "percent_used": round((used + held) / granted * 100, 1) if granted else None,
         "exhaustion_date": _iso(exhaustion),
         "period_end": _iso(end),
@@ -237,8 +235,8 @@ def budgets(viewer: Viewer, snap: Snapshot, coordinator_groups: dict | None = No
         project = project_budget(row, snap.history, snap.period, now, billing)
         project["role"] = visible[row.account]
         if project["role"] in ("admin", "coordinator"):
-            project["users"] = [{"user": u.user, **amounts(billing, used=u.used_min,
-                                                            held=u.held_min)}
+            project["users"] = [{"user": u.user, **amounts(billing, used=u.used_min / 60,
+                                                            held=u.held_min / 60)}
                                 for u in snap.shares if u.account == row.account and u.user]
         projects.append(project)
     return {**_meta(snap, ("shares", "members", "coordinators", "history"), now),
@@ -379,8 +377,8 @@ def participant_row(name: str, model: dict | None, snap: Snapshot, course, now: 
     row = {"user": name, "state": state, "job_id": job.job_id if job else None,
            "node": job.nodes if job and job.nodes else None,
            "reason": None, "reason_text": None, "estimated_start": None,
-           **amounts(billing, used=usage.used_min if usage else 0.0,
-                     held=usage.held_min if usage else 0.0),
+           **amounts(billing, used=usage.used_min / 60 if usage else 0.0,
+                     held=usage.held_min / 60 if usage else 0.0),
            "last_activity": model.get("last_activity"),
            "in_hub": bool(model)}
     if job and job.pending:

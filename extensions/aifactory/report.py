@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 
+from .billing import number
+
 
 def gpu_h(x: float | None) -> str:
     """GPU-hours as every view prints them."""
-    return "no limit" if x is None else f"{x:,.2f}"
+    return "no limit" if x is None else number(x)
 
 
 def duration(seconds: float | None) -> str:
