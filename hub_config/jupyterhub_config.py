@@ -48,7 +48,7 @@ c.JupyterHub.services = [{
     "name": "allocations",
     "url": allocations_url,
     "command": [os.environ.get("AIFACTORY_VENV", "/opt/aifactory/venv") + "/bin/python",
-                "-m", "aifactory.service"],
+                "-P", "-m", "aifactory.service"],
     "environment": {"AIFACTORY_SITE": str(here / "site.yaml")},
     "oauth_no_confirm": True,
     "display": False,

@@ -260,3 +260,46 @@ def notebook_process(user: str) -> int | None:
         except (OSError, ValueError):
             continue
     return None
+
+
+# --- Dask from a notebook, as a demo user (tests/dask_driver.py) ---------------------------
+
+DRIVER = (Path(__file__).parent / "dask_driver.py").read_text()
+VENV_PYTHON = "/opt/aifactory/venv/bin/python"
+SITE = "/etc/aifactory/hub_config/site.yaml"
+# What a notebook job's environment holds that must not reach the worker jobs.
+NOTEBOOK_ENV = {"SLURM_JOB_ID": "990001", "SLURM_JOB_ACCOUNT": "proj-climate",
+                "SLURM_MEM_PER_NODE": "1024", "SLURM_CPUS_ON_NODE": "1",
+                "SBATCH_PARTITION": "cpu", "SBATCH_TIMELIMIT": "1"}
+
+
+def driver(user: str, *args: str, env: dict | None = None, prefix: tuple = ()) -> subprocess.Popen:
+    """The driver as `user` in /tmp, as a notebook kernel would run it."""
+    environment = {"PATH": "/opt/aifactory/venv/bin:/usr/bin:/bin", "AIFACTORY_SITE": SITE,
+                   "HOME": f"/home/{user}", **(env or {})}
+    return subprocess.Popen(["runuser", "-u", user, "--", "env", "-i",
+                             *(f"{k}={v}" for k, v in environment.items()),
+                             *prefix, VENV_PYTHON, "-c", DRIVER, *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/tmp")
+
+
+def lines(proc: subprocess.Popen, count: int, timeout: float = 300) -> dict:
+    """The first `count` JSON lines the driver prints, merged; other lines under "printed"."""
+    printed = []
+    result = {"printed": printed}
+    deadline = time.monotonic() + timeout
+    while len(result) < count + 1:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"driver ended: {proc.stderr.read()[-3000:]}")
+        if line.startswith("{"):
+            result.update(json.loads(line))
+        else:  # what the notebook would show
+            printed.append(line.strip())
+        assert time.monotonic() < deadline, "driver too slow"
+    return result
+
+
+def tagged(tag: str) -> list[slurm.Job]:
+    return [j for j in slurm.jobs() if j.comment == tag
+            and j.alive]

@@ -5,7 +5,8 @@
 Modes:
   workers   2 jobs x 4 GPUs: where each worker runs and which GPU it has, a GPU-resource task,
             the worker jobs as Slurm sees them, then run_ddp with gloo; closes the cluster
-  hold N    scale to N jobs of 4 GPUs, print the tag, then wait (to be killed, or stopped)
+  hold N    scale to N jobs of 4 GPUs, print the tag and the scheduler's address, then wait
+            (to be killed, or stopped)
   budget    GPUCluster on proj-tiny, scale beyond its budget: prints the refusal
   fail      run_ddp where rank 1 raises: the error, and how long until it came
 """
@@ -56,10 +57,15 @@ def fail_on_rank_1():
     return "unreachable"
 
 
-def where():
+def where(dask_worker=None):
+    scratch = os.environ.get("DASK_TEMPORARY_DIRECTORY", "")
+    info = os.stat(scratch) if scratch else None
     return {"node": os.environ.get("SLURMD_NODENAME"),
             "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"),
-            "inherited": sorted(k for k in os.environ if k.startswith(("SBATCH_",)))}
+            "inherited": sorted(k for k in os.environ if k.startswith(("SBATCH_",))),
+            "scratch": scratch, "scratch_mode": oct(info.st_mode & 0o777) if info else "",
+            "scratch_uid": info.st_uid if info else -1,
+            "local_directory": dask_worker.local_directory if dask_worker else ""}
 
 
 def main(mode, *args):
@@ -98,7 +104,7 @@ def main(mode, *args):
     if mode == "hold":
         cluster = GPUCluster(gpus_per_job=4, walltime="00:10:00")
         cluster.scale(jobs=int(args[0]))
-        say(tag=cluster.tag)
+        say(tag=cluster.tag, address=cluster.scheduler_address)
         while True:
             time.sleep(60)
 

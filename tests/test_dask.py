@@ -2,55 +2,14 @@
 
 import json
 import os
+import pwd
 import signal
 import subprocess
-import time
-from pathlib import Path
 
-from conftest import notebook_jobs, wait_until
+from conftest import (NOTEBOOK_ENV, VENV_PYTHON, driver, lines, notebook_jobs, tagged,
+                      wait_until)
 
 from aifactory import slurm
-
-DRIVER = (Path(__file__).parent / "dask_driver.py").read_text()
-PYTHON = "/opt/aifactory/venv/bin/python"
-SITE = "/etc/aifactory/hub_config/site.yaml"
-# What a notebook job's environment holds that must not reach the worker jobs.
-NOTEBOOK_ENV = {"SLURM_JOB_ID": "990001", "SLURM_JOB_ACCOUNT": "proj-climate",
-                "SLURM_MEM_PER_NODE": "1024", "SLURM_CPUS_ON_NODE": "1",
-                "SBATCH_PARTITION": "cpu", "SBATCH_TIMELIMIT": "1"}
-
-
-def driver(user: str, *args: str, env: dict | None = None, prefix: tuple = ()) -> subprocess.Popen:
-    """The driver as `user` in /tmp, as a notebook kernel would run it."""
-    environment = {"PATH": "/opt/aifactory/venv/bin:/usr/bin:/bin", "AIFACTORY_SITE": SITE,
-                   "HOME": f"/home/{user}", **(env or {})}
-    return subprocess.Popen(["runuser", "-u", user, "--", "env", "-i",
-                             *(f"{k}={v}" for k, v in environment.items()),
-                             *prefix, PYTHON, "-c", DRIVER, *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/tmp")
-
-
-def lines(proc: subprocess.Popen, count: int, timeout: float = 300) -> dict:
-    """The first `count` JSON lines the driver prints, merged; other lines under "printed"."""
-    printed = []
-    result = {"printed": printed}
-    deadline = time.monotonic() + timeout
-    while len(result) < count + 1:
-        line = proc.stdout.readline()
-        if not line:
-            raise AssertionError(f"driver ended: {proc.stderr.read()[-3000:]}")
-        if line.startswith("{"):
-            result.update(json.loads(line))
-        else:  # what the notebook would show
-            printed.append(line.strip())
-        assert time.monotonic() < deadline, "driver too slow"
-    return result
-
-
-def tagged(tag: str) -> list[slurm.Job]:
-    return [j for j in slurm.jobs() if j.comment == tag
-            and j.alive]
-
 
 def test_eight_gpu_workers_on_two_nodes_and_ddp_across_them(live_cluster):
     proc = driver("alice", "workers", env=NOTEBOOK_ENV)
@@ -67,6 +26,12 @@ def test_eight_gpu_workers_on_two_nodes_and_ddp_across_them(live_cluster):
     assert len(pairs) == 8 and all(w["gpu"] in "0123" and len(w["gpu"]) == 1 for w in workers)
     # The notebook job's SBATCH_PARTITION=cpu did not reach sbatch: the jobs are GPU jobs.
     assert all(not w["inherited"] for w in workers)
+    # Each job spills into a folder of its own, alice's alone, with a name nobody could guess.
+    for w in workers:
+        assert w["scratch"].startswith("/tmp/aifactory-dask-"), w
+        assert (w["scratch_mode"], w["scratch_uid"]) == ("0o700", pwd.getpwnam("alice").pw_uid)
+        assert w["local_directory"].startswith(w["scratch"] + "/")
+    assert len({w["scratch"] for w in workers}) == 2  # one per job
     assert len(out["jobs"]) == 2
     for job in out["jobs"]:
         assert (job["name"], job["partition"], job["gpus"], job["account"]) == (
@@ -85,6 +50,8 @@ def test_eight_gpu_workers_on_two_nodes_and_ddp_across_them(live_cluster):
         assert r["params"] == ranks[0]["params"]  # DDP kept every replica the same
     assert out["closed"]
     wait_until(lambda: not tagged(out["tag"]), 90, what="the worker jobs to go")
+    wait_until(lambda: not any(os.path.exists(w["scratch"]) for w in workers), 30,
+               what="the jobs' scratch folders to be removed")
 
 
 def test_a_killed_kernel_leaves_no_jobs_pending_or_running(live_cluster):
@@ -136,14 +103,14 @@ def test_a_failing_rank_stops_every_rank_and_the_error_names_it(live_cluster):
         proc.wait(120)
     finally:
         proc.kill()
-    assert out["error"].startswith("DDPError: rank 1 (on tcp://")
+    assert out["error"].startswith("DDPError: rank 1 (on tls://")  # mutual TLS by default
     assert "bad batch on rank 1" in out["error"] and "all 2 ranks were stopped" in out["error"]
     assert out["seconds"] < 60  # not the collective's 10-minute timeout
     assert out["after"]["gpu"] in "0123"
 
 
 def test_the_dask_sidebar_in_jupyterlab_makes_gpu_clusters():
-    out = subprocess.run([PYTHON, "-c", "import dask, json; "
+    out = subprocess.run([VENV_PYTHON, "-c", "import dask, json; "
                           "print(json.dumps(dask.config.get('labextension.factory')))"],
                          capture_output=True, text=True, check=True)
     factory = json.loads(out.stdout)

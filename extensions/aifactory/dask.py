@@ -25,6 +25,7 @@ from __future__ import annotations
 import getpass
 import math
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -34,8 +35,8 @@ from urllib.parse import urlparse
 from dask_jobqueue import SLURMCluster
 from dask_jobqueue.slurm import SLURMJob
 
+from . import dask_tls, slurm
 from . import site as site_module
-from . import slurm
 from .client import AllocationsError, ServiceClient, default_client
 from .snapshot import only_unusable_nodes, unusable_words
 
@@ -141,13 +142,23 @@ class GPUCluster(SLURMCluster):
         self.notebook_job = os.environ.get("SLURM_JOB_ID", "")
         self.tag = session_tag(self.notebook_job) + uuid.uuid4().hex[:8]
         hub = urlparse(os.environ.get("JUPYTERHUB_API_URL", "")).hostname
-        if hub and "scheduler_options" not in kwargs:
-            if (address := _address_towards(hub)):
-                kwargs["scheduler_options"] = {"host": address}
+        scheduler_options = {"dashboard_address": "127.0.0.1:0"}  # reached through the hub
+        if hub and (address := _address_towards(hub)):
+            scheduler_options["host"] = address
+        kwargs["scheduler_options"] = {**scheduler_options, **kwargs.get("scheduler_options", {})}
+        # Mutual TLS with the user's own identity: nobody else connects (security=False: TCP).
+        security = kwargs.pop("security", None)
+        kwargs["security"] = (dask_tls.security() if security is None else security) or None
         kwargs.setdefault("interface", d["interface"])
-        kwargs.setdefault("local_directory", d["local_directory"])
+        # Each job spills into a folder of its own that only its user can enter, made by the
+        # job (mktemp -d: 0700, a name nobody can take first) and removed when it ends.
+        kwargs["job_script_prologue"] = [
+            *scratch_prologue(d["local_directory"]), *kwargs.pop("job_script_prologue", [])]
+        kwargs.setdefault("local_directory", '"$AIFACTORY_SCRATCH"')
         kwargs.setdefault("log_directory", os.path.expanduser("~/.aifactory/dask-logs"))
-        kwargs.setdefault("python", d["python"])
+        # -P: never import from the job's working folder (a shared one may hold a planted
+        # `distributed` or `aifactory`).
+        kwargs.setdefault("python", f"{d['python']} -P")
         kwargs.setdefault("death_timeout", 60)
         super().__init__(
             queue=partition, account=account, cores=cpus * gpus, processes=gpus,
@@ -161,7 +172,7 @@ class GPUCluster(SLURMCluster):
                                *kwargs.pop("worker_extra_args", [])],
             **kwargs)
         self._watcher = subprocess.Popen(
-            [sys.executable, "-m", "aifactory.reaper", str(os.getpid()), self.tag],
+            [sys.executable, "-P", "-m", "aifactory.reaper", str(os.getpid()), self.tag],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True)
 
@@ -263,12 +274,22 @@ class GPUCluster(SLURMCluster):
 
     @property
     def dashboard_link(self) -> str:
-        """The dashboard through the hub (jupyter-server-proxy), or directly elsewhere."""
+        """The dashboard through the hub (jupyter-server-proxy); it listens on the loopback."""
         port = self.scheduler_info.get("services", {}).get("dashboard")
         prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX")
         if prefix and port:
             return f"{prefix}proxy/{port}/status"
-        return super().dashboard_link
+        return f"http://127.0.0.1:{port}/status" if port else super().dashboard_link
+
+
+def scratch_prologue(parent: str) -> list[str]:
+    """Job script lines making $AIFACTORY_SCRATCH: a private folder under `parent`, removed
+    when the job ends (a cancel sends TERM, which the EXIT trap then follows)."""
+    return [f'AIFACTORY_SCRATCH="$(mktemp -d {shlex.quote(parent)}/aifactory-dask-'
+            f'"$SLURM_JOB_ID".XXXXXX)" || exit 1',
+            """trap 'rm -rf "$AIFACTORY_SCRATCH"' EXIT""",
+            "trap 'exit 143' TERM",
+            'export DASK_TEMPORARY_DIRECTORY="$AIFACTORY_SCRATCH"']
 
 
 def _whole(value, name: str, lo: int, hi: int) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import grp
 import json
+import os
 import pwd
 import secrets
 import shutil
@@ -117,6 +118,8 @@ def apply_unix_users(demo: Demo) -> dict[str, str]:
             sh("useradd", "--create-home", "--shell", "/bin/bash", "--groups",
                demo.login_group, u.name)
             passwords.pop(u.name, None)
+        # A home is its user's alone (useradd follows login.defs, often 0755).
+        os.chmod(pwd.getpwnam(u.name).pw_dir, 0o700)
         if u.name not in [m for m in grp.getgrnam(demo.login_group).gr_mem]:
             sh("usermod", "--append", "--groups", demo.login_group, u.name)
         if u.name not in passwords:

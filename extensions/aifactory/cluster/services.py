@@ -126,9 +126,13 @@ def start_hub(config: Path, workdir: Path, env: dict) -> None:
         return
     workdir.mkdir(parents=True, exist_ok=True)
     os.chmod(workdir, 0o700)
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    # The hub's log names users, jobs and nodes: root and the adm group only.
+    LOG_DIR.mkdir(mode=0o750, parents=True, exist_ok=True)
+    os.chmod(LOG_DIR, 0o750)
     RUN_DIR.mkdir(parents=True, exist_ok=True)
-    log = open(LOG_DIR / "jupyterhub.log", "ab")
+    log = os.fdopen(os.open(LOG_DIR / "jupyterhub.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                            0o640), "ab")
+    os.chmod(LOG_DIR / "jupyterhub.log", 0o640)
     proc = subprocess.Popen(
         [f"{env['AIFACTORY_VENV']}/bin/jupyterhub", "-f", str(config)],
         cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -141,5 +145,5 @@ def stop_hub() -> bool:
     # The hub stops the proxy it started; if it was killed, stop the proxy by its pid file.
     stop_pid(Path("/var/lib/aifactory/hub/jupyterhub-proxy.pid"), "configurable-http-proxy")
     # Its managed service too, if the hub did not get to stop it (the next one needs the port).
-    sh("pkill", "-TERM", "-f", "^[^ ]*python[^ ]* -m aifactory.service$", check=False)
+    sh("pkill", "-TERM", "-f", "^[^ ]*python[^ ]* (-P )?-m aifactory.service$", check=False)
     return stopped

@@ -40,9 +40,16 @@ def write_if_changed(path: Path, text: str, mode: int = 0o644, owner: str | None
     path.parent.mkdir(parents=True, exist_ok=True)
     changed = not path.exists() or path.read_text() != text
     if changed:
+        # Made with its mode and owner before a byte is written: a secret is never readable
+        # by others, not even for a moment (an umask can only take rights away).
         tmp = path.with_name(path.name + ".new")
-        tmp.write_text(text)
-        os.chmod(tmp, mode)
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode & 0o600)
+        with os.fdopen(fd, "w") as f:
+            if owner:
+                shutil.chown(tmp, owner, owner)
+            os.chmod(tmp, mode)
+            f.write(text)
         tmp.replace(path)
     os.chmod(path, mode)
     if owner:

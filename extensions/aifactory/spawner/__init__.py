@@ -27,14 +27,15 @@ from batchspawner.batchspawner import JobStatus
 from jupyterhub.user import User
 from traitlets import Float, Unicode, default
 
-from .. import courses
+from .. import courses, dask_tls
 from .. import site as site_module
 from ..billing import WeightsError, parse_weights
 from .. import slurm
 from ..snapshot import VIEW, held_nodes, usable_reservations
 from . import callback  # noqa: F401  (closes batchspawner's port-callback hole)
 from .form import render
-from .request import RequestError, SessionRequest, check_budget, check_nodes, resolve
+from .request import (RequestError, SessionRequest, check_budget, check_nodes, profile_name,
+                      resolve)
 
 
 class StartError(RuntimeError):
@@ -115,7 +116,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
                 notes[course.profile] = courses.window(course, reservations_all)
         open_now = [slug for slug, n in notes.items() if n["state"] == "open"]
         # During a course its participants start in the course's profile unless they choose.
-        selected = ((self.user_options or {}).get("profile")
+        selected = (profile_name(self.user_options)
                     or (open_now[0] if open_now else site.default_profile.slug))
         return render(site, profiles=profiles, course_notes=notes,
                       selected=selected, accounts=access.accounts,
@@ -190,7 +191,14 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         # JupyterHub 6 passes spawn-link options named opt-NAME as NAME; 5 passes them as they
         # are. Take the opt- ones alone when there are any, as JupyterHub 6 does.
         prefixed = {k[4:]: v for k, v in query_data.items() if k.startswith("opt-")}
-        return await self.options_from_form(prefixed or query_data)
+        options = prefixed or query_data
+        # A link may start a profile as it is; one that sets resources, an account or anything
+        # else shows the form, filled from the link, so the person sees the cost first.
+        if set(options) - {"profile"}:
+            await self.options_from_form(options)  # a bad link says what is wrong first
+            raise StartError("This link asks for a session with its own settings: check them "
+                             "and the cost below, then press Start.")
+        return await self.options_from_form(options)
 
     def _check_requester(self, request: SessionRequest) -> None:
         """Someone starting another user's session (not an admin, not a service) may start
@@ -230,9 +238,21 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             lines.append(f"#SBATCH --qos={request.qos}")
         command = [self.batchspawner_singleuser_cmd, *self.cmd, *self.get_args()]
         lines.append(f"export PATH={shlex.quote(self.venv)}/bin:$PATH")
+        lines += [
+            "umask 077",  # what the session writes is its user's alone
+            # Dask spills into a folder of this job's own, not a predictable /tmp name.
+            'AIFACTORY_SCRATCH="$(mktemp -d "${TMPDIR:-/tmp}/aifactory-$SLURM_JOB_ID.XXXXXX")"'
+            ' && export DASK_TEMPORARY_DIRECTORY="$AIFACTORY_SCRATCH"',
+            """trap 'rm -rf "$AIFACTORY_SCRATCH"' EXIT""",
+            "trap 'exit 143' TERM",
+            # The user's Dask identity (mutual TLS); its settings only once it exists.
+            "if python -P -m aifactory.dask_tls; then",
+            *(f"  export {k}={shlex.quote(v)}" for k, v in dask_tls.environment(home).items()),
+            "fi",
+        ]
         if self.material_source:
             # As the participant: their own edits are kept (aifactory.material).
-            lines.append(f"python -m aifactory.material {shlex.quote(self.material_source)} "
+            lines.append(f"python -P -m aifactory.material {shlex.quote(self.material_source)} "
                          f"{shlex.quote(home + '/' + self.material_dest)} "
                          "|| echo 'course material not copied'")
         lines += [
@@ -250,6 +270,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         env = self.get_env()
         env["PATH"] = f"{self.venv}/bin:/usr/local/bin:/usr/bin:/bin"
         env["AIFACTORY_PROFILE"] = self.session_request.profile
+        env["SLURM_UMASK"] = "0077"  # sbatch passes it on: the job's log is the user's alone
         self.job_id = await slurm.submit_async(self.job_script(self.session_request),
                                                user=self.user.name, env=env)
         # slurmctld knows the job once sbatch has answered: a queue fetch begun after this
@@ -263,7 +284,14 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
     async def _job(self, max_age: float) -> slurm.Job | None:
         """This session's job from the shared view; SlurmUnreachable if Slurm is away."""
         # Only a snapshot taken after the submission can say the job is not there.
-        return (await VIEW.queue.get(max_age, newer_than=self._submitted_at)).get(self.job_id)
+        job = (await VIEW.queue.get(max_age, newer_than=self._submitted_at)).get(self.job_id)
+        if job is not None and job.user != self.user.name:
+            # A stored job id that is not this user's (a restored or edited state): never
+            # route to it, never act on it.
+            self.log.warning("Job %s belongs to %s, not %s: ignored", self.job_id, job.user,
+                             self.user.name)
+            return None
+        return job
 
     async def _end_reason(self) -> str:
         """Why the job ended, in words, from the queue or else from accounting."""
@@ -311,6 +339,10 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
     async def start(self):
         self.session_request = await self.resolve_request(self.user_options)
         self._check_requester(self.session_request)
+        # Kept as resolved: the cull, the home page and the service read these, not the raw body.
+        self.user_options = self.session_request.to_options()
+        if self.orm_spawner is not None:
+            self.orm_spawner.user_options = self.user_options
         profile = self.site.profile(self.session_request.profile)
         course = self.site.course(profile.course) if profile and profile.course else None
         self.material_source = ""
@@ -386,7 +418,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         return 1
 
     async def _cull_if_idle(self):
-        profile = self.site.profile((self.user_options or {}).get("profile", ""))
+        profile = self.site.profile(profile_name(self.user_options))
         idle_minutes = profile.idle_minutes if profile else None
         last = self.orm_spawner.last_activity if self.orm_spawner else None
         if not idle_minutes or last is None:
@@ -404,10 +436,13 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
     async def cancel_batch_job(self):
         if self.job_id:
             self.log.info("Cancelling notebook job %s", self.job_id)
-            try:
-                await slurm.cancel_async(self.job_id)
+            try:  # as the user: Slurm itself refuses a job id that is not theirs
+                await slurm.cancel_async(self.job_id, user=self.user.name)
             except slurm.JobGone:
                 pass
+            except slurm.SlurmError as e:
+                self.log.warning("Job %s of %s not cancelled: %s", self.job_id,
+                                 self.user.name, e)
 
     async def cancel_dask_jobs(self):
         """The session's Dask worker jobs end with it, pending or running."""
@@ -421,7 +456,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
                     and job.alive):
                 self.log.info("Cancelling %s's Dask job %s", self.user.name, job.job_id)
                 try:
-                    await slurm.cancel_async(job.job_id)
+                    await slurm.cancel_async(job.job_id, user=self.user.name)
                 except slurm.SlurmError:
                     pass
 
@@ -474,5 +509,5 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             left = self.job_end_time - time.time()
             info.update(job_id=self.job_id, node=self.ip, ends_at=_clock(self.job_end_time),
                         time_left=_duration(left),
-                        profile=(self.user_options or {}).get("profile", ""))
+                        profile=profile_name(self.user_options))
         return info

@@ -137,6 +137,20 @@ budgets could not be read just now ({{ unreachable }}). You can still start; the
     cost.textContent = left === undefined || left === null ? text + " on project " + account + "."
       : text + " of the " + leftWords + " left on project " + account + (units > left ? ": more than is left." : ".");
   }
+  // A spawn link's fields (opt-NAME=value) fill the form: the person sees the cost, then starts.
+  new URLSearchParams(location.search).forEach(function (value, key) {
+    const name = key.replace(/^opt-/, "");
+    if (name === "profile") {
+      const radio = form.querySelector("input[name=profile][value='" + CSS.escape(value) + "']");
+      if (radio) radio.checked = true;
+      return;
+    }
+    const el = form.querySelector("[name='" + CSS.escape(name) + "']");
+    if (!el || el.type === "radio") return;
+    el.value = value;
+    const advanced = el.closest("details");
+    if (advanced) advanced.open = true;
+  });
   form.addEventListener("change", update);
   form.addEventListener("input", update);
   update();

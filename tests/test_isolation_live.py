@@ -1,0 +1,128 @@
+"""One tenant cannot reach another (issue 11), tried as an attacker would: dave, a member of
+the login group with a Slurm account of his own (course-ml202), against alice's work on the
+live cluster. Each test also checks that alice still reaches her own."""
+
+import json
+import os
+import stat
+import subprocess
+
+from conftest import (VENV_PYTHON, as_user, cli, driver, lines, notebook_jobs, notebook_process,
+                      process_env, submit, tagged, wait_until)
+
+from aifactory import slurm
+
+ATTACKER = "dave"
+
+# A client that connects to a scheduler and asks who runs it, or says how it was refused.
+CONNECT = """
+import json, sys
+from distributed import Client
+from aifactory import dask_tls
+
+def who():
+    import getpass
+    return getpass.getuser()
+
+address, result = sys.argv[1], {}
+tries = {"tls_without_identity": (address, {}),
+         "tcp_on_the_same_port": (address.replace("tls://", "tcp://"), {}),
+         "tls_with_own_identity": (address, {"security": dask_tls.security()})}
+for name, (to, kwargs) in tries.items():
+    try:
+        with Client(to, timeout=8, **kwargs) as client:
+            result[name] = client.run_on_scheduler(who)
+    except Exception as e:
+        result[name] = "refused: " + type(e).__name__
+print(json.dumps(result))
+"""
+
+
+def connect_as(user: str, address: str) -> dict:
+    out = as_user(user, "env", "-i", f"HOME=/home/{user}", "PATH=/opt/aifactory/venv/bin:/usr/bin:/bin",
+                  VENV_PYTHON, "-c", CONNECT, address)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_a_foreign_dask_client_is_refused_while_the_owner_connects(live_cluster):
+    proc = driver("alice", "hold", "1")
+    try:
+        out = lines(proc, 1)
+        address = out["address"]
+        assert address.startswith("tls://")
+        wait_until(lambda: any(j.running for j in tagged(out["tag"])), 60,
+                   what="alice's worker job to run")
+        stolen = connect_as(ATTACKER, address)
+        assert all(v.startswith("refused") for v in stolen.values()), stolen
+        mine = connect_as("alice", address)
+        assert mine["tls_with_own_identity"] == "alice"  # her identity, from any process
+        assert mine["tcp_on_the_same_port"].startswith("refused")
+    finally:  # the kernel dies; its watcher cancels the worker job
+        subprocess.run(["pkill", "-KILL", "-u", "alice", "-f", "hold 1$"])
+        proc.wait(30)
+    wait_until(lambda: not tagged(out["tag"]), 90, what="the killed kernel's jobs to go")
+
+
+def test_dask_credentials_are_their_owners_alone(live_cluster):
+    as_user("alice", "env", "HOME=/home/alice", VENV_PYTHON, "-P", "-m", "aifactory.dask_tls")
+    folder = "/home/alice/.aifactory/dask-tls"
+    for path, mode in ((os.path.dirname(folder), 0o700), (folder, 0o700),
+                       (f"{folder}/key.pem", 0o600), (f"{folder}/cert.pem", 0o600)):
+        assert stat.S_IMODE(os.stat(path).st_mode) == mode, path
+    read = subprocess.run(["runuser", "-u", ATTACKER, "--", "cat", f"{folder}/key.pem"],
+                          capture_output=True, text=True)
+    assert read.returncode != 0 and "Permission denied" in read.stderr
+
+
+def test_slurm_shows_the_other_user_nothing_of_alices(live_cluster):
+    job = submit("alice", "--partition=cpu", "--time=5", script="sleep 120")
+    try:
+        wait_until(lambda: (j := slurm.job(job)) and j.alive, 10, what="alice's job")
+        queue = as_user(ATTACKER, "squeue", "--all", "--noheader", "--format=%i %u")
+        assert job not in queue and "alice" not in queue
+        history = as_user(ATTACKER, "sacct", "--allusers", "--noheader", "--parsable2",
+                          "--starttime=now-7days", "--format=JobID,User,Account")
+        assert "alice" not in history and "proj-climate" not in history
+        shares = as_user(ATTACKER, "sshare", "--all", "--noheader", "--parsable2")
+        assert "proj-climate" not in shares and "alice" not in shares
+        assert "course-ml202" in shares  # his own project, still
+        assocs = as_user(ATTACKER, "sacctmgr", "--noheader", "--parsable2", "show", "assoc",
+                         "format=account,user")
+        assert "proj-climate" not in assocs and "alice" not in assocs
+        reservations = as_user(ATTACKER, "scontrol", "show", "reservation")
+        assert "dl101" not in reservations  # not his course
+        # alice sees hers, from Slurm and through the CLI.
+        assert job in as_user("alice", "squeue", "--noheader", "--format=%i")
+        assert job in cli("alice", "jobs")
+        assert "proj-climate" in cli("alice", "budget")
+    finally:
+        slurm.cancel(job)
+
+
+def test_homes_are_private(live_cluster):
+    for user in ("alice", ATTACKER):
+        assert stat.S_IMODE(os.stat(f"/home/{user}").st_mode) == 0o700, user
+    listing = subprocess.run(["runuser", "-u", ATTACKER, "--", "ls", "/home/alice"],
+                             capture_output=True, text=True)
+    assert listing.returncode != 0 and "Permission denied" in listing.stderr
+
+
+def test_a_session_keeps_its_log_scratch_and_dask_identity_private(hub_client):
+    alice = hub_client("alice")
+    alice.start(profile="cpu")
+    [job] = notebook_jobs("alice")
+    log = f"/home/alice/.jupyterhub-slurm-{job.job_id}.log"
+    assert stat.S_IMODE(os.stat(log).st_mode) == 0o600
+    env = process_env(notebook_process("alice"))
+    scratch = env["DASK_TEMPORARY_DIRECTORY"]
+    assert scratch.startswith(f"/tmp/aifactory-{job.job_id}.")
+    info = os.stat(scratch)
+    assert (stat.S_IMODE(info.st_mode), info.st_uid) == (0o700, os.stat("/home/alice").st_uid)
+    assert env["DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY"] == "/home/alice/.aifactory/dask-tls/key.pem"
+    # The hub's log names sessions' nodes and ports: not for other users.
+    assert stat.S_IMODE(os.stat("/var/log/aifactory/jupyterhub.log").st_mode) & 0o007 == 0
+    read = subprocess.run(["runuser", "-u", ATTACKER, "--", "cat",
+                           "/var/log/aifactory/jupyterhub.log"], capture_output=True, text=True)
+    assert read.returncode != 0
+    alice.stop()
+    wait_until(lambda: not os.path.exists(scratch), 30, what="the session's scratch to go")
