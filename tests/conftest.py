@@ -94,9 +94,9 @@ def cli(user: str, *args: str, env: dict | None = None) -> str:
     return as_user(user, "/opt/aifactory/venv/bin/aifactory", *args, env=env)
 
 
-def add_account(name: str, user: str, limit: str) -> None:
+def add_account(name: str, user: str, limit: str, coordinator: bool = False) -> None:
     """A fresh Slurm account of `user`'s with GrpTRESMins `limit` and no usage (one left by a
-    killed run is made again)."""
+    killed run is made again); `coordinator`: `user` coordinates it too."""
     try:
         slurm.sacctmgr("delete", "account", name)
     except slurm.SlurmError:
@@ -105,6 +105,8 @@ def add_account(name: str, user: str, limit: str) -> None:
     slurm.sacctmgr("add", "user", user, f"Account={name}")
     slurm.sacctmgr("modify", "account", "where", f"name={name}", "set", f"GrpTRESMins={limit}")
     slurm.sacctmgr("modify", "account", "where", f"name={name}", "set", "RawUsage=0")
+    if coordinator:
+        slurm.sacctmgr("add", "coordinator", f"account={name}", f"names={user}")
 
 
 def remove_account(name: str, jobs: list[str]) -> None:

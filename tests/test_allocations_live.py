@@ -32,8 +32,9 @@ def project(answer: dict, account: str) -> dict:
 
 @pytest.fixture
 def audit_project(live_cluster):
-    """A fresh project of alice's with 10 GPU-hours and no usage yet."""
-    add_account(AUDIT, "alice", "gres/gpu=600")
+    """A fresh project of alice's with 10 GPU-hours and no usage yet; she coordinates it (so
+    Slurm, with PrivateData=usage, shows her its totals on the login node too)."""
+    add_account(AUDIT, "alice", "gres/gpu=600", coordinator=True)
     jobs = []
     yield jobs
     remove_account(AUDIT, jobs)

@@ -101,3 +101,17 @@ def test_generated_slurm_config_describes_the_nodes():
     gres = render_gres_conf(demo)
     assert "NodeName=gpu02 Name=gpu Type=h100 File=/dev/fakegpu[0-3]" in gres
     assert "NodeName=cpu01" not in gres
+
+
+def test_job_submit_lua_holds_each_course_to_its_profile():
+    from aifactory import site as site_module
+    from aifactory.cluster import render_job_submit_lua
+
+    site = site_module.load(REPO / "hub_config" / "site.yaml")
+    lua = render_job_submit_lua(site, (REPO / "hub_config/cluster/job_submit.lua.in").read_text())
+    # DL101's profile: 1 H100 by default, limits of 1 GPU, 8 CPUs, 60 GB and 3 hours.
+    assert ('["course-dl101"] = {reservation = "dl101", partition = "gpu", gpus = 1, cpus = 8, '
+            'memory_mb = 61440, minutes = 180},') in lua
+    assert '["course-ml202"] = {reservation = "ml202"' in lua
+    assert "proj-climate" not in lua  # research projects are not held
+    assert "JobSubmitPlugins=lua" in (REPO / "hub_config/cluster/slurm.conf.in").read_text()

@@ -7,7 +7,7 @@ import os
 import stat
 import subprocess
 
-from conftest import (VENV_PYTHON, as_user, cli, driver, lines, notebook_jobs, notebook_process,
+from conftest import (HUB, VENV_PYTHON, as_user, cli, driver, lines, notebook_jobs, notebook_process,
                       process_env, submit, tagged, wait_until)
 
 from aifactory import slurm
@@ -94,7 +94,13 @@ def test_slurm_shows_the_other_user_nothing_of_alices(live_cluster):
         # alice sees hers, from Slurm and through the CLI.
         assert job in as_user("alice", "squeue", "--noheader", "--format=%i")
         assert job in cli("alice", "jobs")
-        assert "proj-climate" in cli("alice", "budget")
+        assert "proj-climate" in cli("alice", "budget")  # she coordinates it
+        # bob, a plain member, learns from Slurm only his own share; the CLI says where the
+        # project's totals are (the service, in a hub session).
+        member = subprocess.run(["runuser", "-u", "bob", "--", "/opt/aifactory/venv/bin/aifactory",
+                                 "budget", "proj-climate"], capture_output=True, text=True, cwd="/tmp")
+        assert member.returncode != 0
+        assert "totals of project proj-climate only to its coordinators" in member.stderr
     finally:
         slurm.cancel(job)
 
@@ -126,3 +132,93 @@ def test_a_session_keeps_its_log_scratch_and_dask_identity_private(hub_client):
     assert read.returncode != 0
     alice.stop()
     wait_until(lambda: not os.path.exists(scratch), 30, what="the session's scratch to go")
+
+
+def sbatch_as(user: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["runuser", "-u", user, "--", "sbatch", "--parsable", "--output=/dev/null",
+                           *args, "--wrap", "sleep 60"], capture_output=True, text=True, cwd="/tmp")
+
+
+def test_slurm_itself_holds_a_course_account_to_its_sessions(live_cluster):
+    course = ("--account=course-dl101", "--partition=gpu")
+    outside = sbatch_as("student1", *course, "--gres=gpu:h100:4", "--time=08:00:00")
+    assert outside.returncode != 0
+    assert "course-dl101 is a course account; its jobs run only in reservation dl101" in outside.stderr
+    inside = [("--gres=gpu:h100:4", "--time=60", "use at most 1 GPUs (this one asks for 4)"),
+              ("--gres=gpu:h100:1", "--time=08:00:00", "run at most 180 minutes"),
+              ("--gres=gpu:h100:1", "--time=60", "--cpus-per-task=16", "use at most 8 CPUs"),
+              ("--gres=gpu:h100:1", "--time=60", "--mem=200G", "use at most 61440 MB"),
+              ("--gres=gpu:h100:1", "--time=60", "--partition=cpu", "run only in partition gpu")]
+    for *args, words in inside:
+        refused = sbatch_as("student1", *course, "--reservation=dl101", *args)
+        assert refused.returncode != 0 and words in refused.stderr, (args, refused.stderr)
+    # A job like a course session is taken; once in, it cannot be moved or grown.
+    taken = sbatch_as("student1", *course, "--reservation=dl101", "--gres=gpu:h100:1",
+                      "--time=60", "--cpus-per-task=4", "--mem=30G", "--hold")
+    assert taken.returncode == 0, taken.stderr
+    job = taken.stdout.strip().split(";")[0]
+    try:
+        moved = subprocess.run(["runuser", "-u", "student1", "--", "scontrol", "update",
+                                f"jobid={job}", "reservation="], capture_output=True, text=True)
+        assert moved.returncode != 0
+        assert slurm.job(job).reservation == "dl101"
+    finally:
+        slurm.cancel(job)
+    # Other accounts are not held to it.
+    free = sbatch_as("alice", "--account=proj-climate", "--partition=gpu", "--gres=gpu:h100:4",
+                     "--time=08:00:00", "--hold")
+    assert free.returncode == 0, free.stderr
+    slurm.cancel(free.stdout.strip().split(";")[0])
+
+
+def test_a_spawn_link_with_resources_shows_the_form_with_the_cost_instead_of_starting(hub_client):
+    alice = hub_client("alice")
+    before = slurm.rpc_counts().get("REQUEST_SUBMIT_BATCH_JOB", 0)
+    link = f"{HUB}/hub/spawn?opt-profile=h100-1&opt-gpus=2&opt-walltime=08:00:00&opt-account=proj-climate"
+    r = alice.http.get(link, allow_redirects=False)
+    assert r.status_code == 200, r.status_code  # the form, not a redirect to a pending page
+    page = r.content.decode()
+    assert "This link asks for a session with its own settings" in page and 'id="aif-cost"' in page
+    # A bad link says what is wrong, on the form too.
+    bad = alice.http.get(f"{HUB}/hub/spawn?opt-profile=h100-1&opt-gpus=99", allow_redirects=False)
+    assert bad.status_code == 200 and "GPUs" in bad.content.decode()
+    assert slurm.rpc_counts().get("REQUEST_SUBMIT_BATCH_JOB", 0) == before
+    assert not alice.server() and not notebook_jobs("alice")
+
+
+def test_the_hub_never_acts_on_another_users_job_id(hub_client):
+    """A session state holding someone else's job id (a restored or edited database) is
+    neither routed to nor cancelled."""
+    victim = submit("alice", "--partition=cpu", "--time=5", script="sleep 300")
+    try:
+        wait_until(lambda: (j := slurm.job(victim)) and j.alive, 10, what="alice's job")
+        out = subprocess.run([VENV_PYTHON, "-c", CANCEL_AS_HUB, victim], capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        answer = json.loads(out.stdout.strip().splitlines()[-1])
+        assert answer["status"] == "NOTFOUND"  # alice's job is not dave's session
+        assert slurm.job(victim).alive  # and stop() did not cancel it
+    finally:
+        slurm.cancel(victim)
+
+
+# The spawner as the hub runs it (root), for dave, with alice's job id in its state.
+CANCEL_AS_HUB = """
+import asyncio, json, sys
+from aifactory.spawner import SlurmSpawner
+
+class User:
+    name = "dave"
+    url = "/user/dave/"
+    def __getattr__(self, name):
+        return None
+
+async def main(job_id):
+    spawner = SlurmSpawner(user=User(), site_path="/etc/aifactory/hub_config/site.yaml")
+    spawner.load_state({"job_id": job_id})
+    status = await spawner.query_job_status(max_age=0)
+    await spawner.stop(now=True)
+    print(json.dumps({"status": status.name}))
+
+asyncio.run(main(sys.argv[1]))
+"""

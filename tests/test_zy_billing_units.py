@@ -50,7 +50,7 @@ def units_mode(live_cluster, tmp_path_factory):
 @pytest.fixture
 def audit_project(units_mode):
     """A fresh project of alice's with 10 000 AIU and no usage yet."""
-    add_account(AUDIT, "alice", f"billing={10_000 * 60}")
+    add_account(AUDIT, "alice", f"billing={10_000 * 60}", coordinator=True)
     jobs = []
     yield jobs
     remove_account(AUDIT, jobs)

@@ -222,7 +222,13 @@ def budgets(viewer: Viewer, snap: Snapshot, coordinator_groups: dict | None = No
     now = now or time.time()
     billing = billing or site_billing()
     visible = roles(viewer, snap, coordinator_groups or {})
+    # Slurm with PrivateData=usage shows a plain member only their own share, not the
+    # project's line: asked as them (outside the hub), its totals are not known.
+    with_totals = {b.account for b in snap.shares if not b.user}
+    hidden = [a for a in snap.members.get(viewer.name, []) if a not in with_totals]
     if account is not None:
+        if account in hidden:
+            raise AccessError(403, private_totals(account))
         if account not in {b.account for b in snap.shares}:
             raise AccessError(404, f"There is no project '{account}'.")
         if account not in visible:
@@ -239,8 +245,16 @@ def budgets(viewer: Viewer, snap: Snapshot, coordinator_groups: dict | None = No
                                                             held=u.held_min / 60)}
                                 for u in snap.shares if u.account == row.account and u.user]
         projects.append(project)
-    return {**_meta(snap, ("shares", "members", "coordinators", "history"), now),
-            "user": viewer.name, "projects": projects}
+    meta = _meta(snap, ("shares", "members", "coordinators", "history"), now)
+    meta["warnings"] += [private_totals(a) for a in hidden if account is None]
+    return {**meta, "user": viewer.name, "projects": projects}
+
+
+def private_totals(account: str) -> str:
+    return (f"Slurm shows the totals of project {account} only to its coordinators "
+            "(PrivateData=usage): run this in a hub session, where the allocations service "
+            "answers, or set AIFACTORY_ALLOCATIONS_URL and JUPYTERHUB_API_TOKEN (a token from "
+            "the hub's token page).")
 
 
 # --- jobs -------------------------------------------------------------------------------
