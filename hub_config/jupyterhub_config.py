@@ -29,6 +29,8 @@ c.JupyterHub.template_paths = [str(here / "templates")]
 c.JupyterHub.authenticator_class = "pam"
 c.PAMAuthenticator.allowed_groups = {os.environ.get("AIFACTORY_LOGIN_GROUP", "aifactory-users")}
 c.PAMAuthenticator.open_sessions = False
+# Hub admins are the members of this Unix group, as of their last login.
+c.PAMAuthenticator.admin_groups = {os.environ.get("AIFACTORY_ADMIN_GROUP", "aifactory-admins")}
 
 # Each session is a Slurm job on a compute node, chosen from the profiles in site.yaml.
 c.JupyterHub.spawner_class = "aifactory.spawner.SlurmSpawner"
@@ -54,16 +56,18 @@ c.JupyterHub.services = [{
     "display": False,
 }]
 # Courses (site.yaml `courses`): their hub groups come from the Unix groups of the same names,
-# read when the hub starts (this adds members; remove one on the hub's admin page). Each
-# course's instructors get a role to start and stop its participants' servers.
+# read when the hub starts; the allocations service keeps them equal (removals included).
+# Instructors start and stop course sessions through the service (aifactory.courses).
 site_description = site.load(here / "site.yaml")
 c.JupyterHub.load_groups = courses.hub_groups(site_description)
 c.JupyterHub.load_roles = [*courses.hub_roles(site_description),
     # Every user may ask the service (it shows each only what is theirs).
     {"name": "user", "scopes": ["self", "access:services!service=allocations"]},
-    # The service learns who is an admin and who is in which group.
+    # The service learns who is an admin and who is in which group; for courses it starts and
+    # stops participants' sessions (for instructors, after its checks) and keeps the groups.
     {"name": "allocations-service", "services": ["allocations"],
-     "scopes": ["list:users", "read:users", "read:groups", "read:servers"]},
+     "scopes": ["list:users", "read:users", "read:groups", "read:servers",
+                *courses.service_scopes(site_description)]},
 ]
 # A session's own token reaches the service too, so widgets in the notebook can use it; an
 # instructor's also carries their course role (the hub grants nobody scopes they lack).

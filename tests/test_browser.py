@@ -170,11 +170,12 @@ def test_the_instructors_course_view_with_participants_in_different_states(page,
                                                                           hub_client):
     carol, student1, student2 = hub_client("carol"), hub_client("student1"), hub_client("student2")
     student1.start(profile="course-dl101")  # running, on one of gpu03's 4 GPUs
-    blocker = submit("carol", "--account=course-dl101", "--reservation=dl101",
-                     "--gres=gpu:h100:3", "--time=10", script="sleep 600")
+    # Three course-sized jobs (Slurm holds the course account to 1 GPU per job).
+    blockers = [submit("carol", "--account=course-dl101", "--reservation=dl101",
+                       "--gres=gpu:h100:1", "--time=10", script="sleep 600") for _ in range(3)]
     try:
-        wait_until(lambda: (j := slurm.job(blocker)) and j.state == "RUNNING", 30,
-                   what="the other 3 GPUs of the reservation to be taken")
+        wait_until(lambda: all((j := slurm.job(b)) and j.state == "RUNNING" for b in blockers),
+                   30, what="the other 3 GPUs of the reservation to be taken")
         assert student2.submit_form(profile="course-dl101").status_code == 302  # pending
         wait_until(lambda: [j.state for j in notebook_jobs("student2")] == ["PENDING"], 30,
                    what="student2's session to wait")
@@ -202,7 +203,8 @@ def test_the_instructors_course_view_with_participants_in_different_states(page,
         assert [j.state for j in notebook_jobs("student1")] == ["RUNNING"]  # untouched
         page.screenshot(path=ARTIFACTS / "10-course-view-after-stop.png", full_page=True)
     finally:
-        slurm.cancel(blocker)
+        for blocker in blockers:
+            slurm.cancel(blocker)
 
 
 def cli_budget(user: str) -> dict:

@@ -80,6 +80,10 @@ def test_only_an_instructor_may_start_a_course_session_for_a_participant():
     roles = {r["name"]: r for r in courses.hub_roles(SITE)}
     assert roles["instructor-dl101"]["groups"] == ["dl101-instructors"]
     assert all(s.endswith("!group=dl101-participants") for s in roles["instructor-dl101"]["scopes"])
+    # No right over other people's servers in the hub: the service acts after its checks.
+    assert not any(s.startswith("servers") for s in roles["instructor-dl101"]["scopes"])
+    assert {"servers!group=dl101-participants", "groups!group=dl101-instructors"} <= set(
+        courses.service_scopes(SITE))
 
 
 def session(job_id, user, state, reason="None", nodes=""):

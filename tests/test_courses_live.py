@@ -2,6 +2,7 @@
 
 import pwd
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import requests
 from conftest import HUB, notebook_jobs, notebook_process, process_env, wait_until
 
 from aifactory import slurm
-from aifactory.client import AllocationsError, HubActions, ServiceClient
+from aifactory.client import AllocationsError, ServiceClient
 
 SERVICE = f"{HUB}/services/allocations/"
 
@@ -80,36 +81,34 @@ def test_an_instructor_starts_and_stops_a_participants_session_and_nothing_else(
     carol, student1, dave = hub_client("carol"), hub_client("student1"), hub_client("dave")
     hub_client("student2")  # stops student2's session afterwards
     token = carol.token()
-    hub = HubActions(f"{HUB}/hub/api", token)
+    service = ServiceClient(SERVICE, token)
     view = course_view(token)
     assert {p["user"] for p in view["participants"]} == {"student1", "student2"}
     assert view["window"] == "open" and view["budget"]["account"] == "course-dl101"
 
-    assert hub.start("student2", "course-dl101") in ("started", "starting")
+    assert service.course_session("dl101", "student2", "start") in ("started", "starting")
     wait_until(lambda: state_of(token, "student2") == "running", 120,
                what="the course view to show student2 running")
     [job] = notebook_jobs("student2")
     assert (job.account, job.reservation) == ("course-dl101", "dl101")
-    assert hub.stop("student2") in ("stopped", "stopping")
+    assert service.course_session("dl101", "student2", "stop") in ("stopped", "stopping")
     wait_until(lambda: state_of(token, "student2") == "stopped", 60,
                what="the course view to show student2 stopped")
     wait_until(lambda: not notebook_jobs("student2"), 60, what="student2's job to end")
 
     before = submitted()
-    # Only the course's profile, not one the participant could choose for themselves.
-    try:
-        hub.start("student2", "cpu")
-        raise AssertionError("carol started a cpu session for student2")
-    except AllocationsError as e:
-        assert "carol may not start a 'cpu' session for student2" in str(e)
+    # Only the course's profile: carol's own hub token starts nothing for a participant.
+    r = requests.post(f"{HUB}/hub/api/users/student2/server", json={"profile": "cpu"},
+                      headers={"Authorization": f"token {token}"}, timeout=30)
+    assert r.status_code in (403, 404), r.status_code
     wait_until(lambda: not notebook_jobs("student2"), 20, what="no job for student2")
-    # Not another course's participants, nor their view.
-    for act in (lambda: hub.start("student3", "course-ml202"), lambda: hub.stop("student3")):
+    # Not another course's participants (through the service, or for another course).
+    for name, user in (("dl101", "student3"), ("ml202", "student3")):
         try:
-            act()
-            raise AssertionError("carol acted on student3")
+            service.course_session(name, user, "start")
+            raise AssertionError(f"carol started {user}'s session in {name}")
         except AllocationsError as e:
-            assert "403" in str(e) or "404" in str(e)
+            assert "is not a participant of DL101" in str(e) or "You do not teach ML202" in str(e)
     try:
         course_view(token, "ml202")
         raise AssertionError("carol saw ml202")
@@ -144,7 +143,9 @@ def test_an_instructors_session_token_carries_the_course_role_and_a_students_doe
         r = requests.get(f"{HUB}/hub/api/user", headers={"Authorization": f"token {token}"},
                          timeout=30)
         scopes[user] = set(r.json()["scopes"])
-    assert "servers!group=dl101-participants" in scopes["carol"]
+    # Instructors hold no right to other people's servers in the hub (the service acts).
+    assert not any(s.startswith("servers!group=") for s in scopes["carol"]), scopes["carol"]
+    assert "read:users:activity!group=dl101-participants" in scopes["carol"]
     assert not any("group=" in s for s in scopes["student1"]), scopes["student1"]
 
 
@@ -157,3 +158,44 @@ def test_the_course_api_refuses_bad_names_with_a_sentence(hub_client):
                          timeout=30)
         assert r.status_code == status and words in r.json()["error"], (path, r.text)
     assert requests.get(SERVICE + "api/courses", timeout=30).status_code == 401
+
+
+def test_an_instructor_cannot_stop_a_participants_own_session(hub_client):
+    carol, student1 = hub_client("carol"), hub_client("student1")
+    student1.start(profile="cpu")  # their own session, on their own project
+    service = ServiceClient(SERVICE, carol.token())
+    try:
+        service.course_session("dl101", "student1", "stop")
+        raise AssertionError("carol stopped student1's own session")
+    except AllocationsError as e:
+        assert "student1's session is not their dl101 course session" in str(e)
+    r = requests.delete(f"{HUB}/hub/api/users/student1/server",
+                        headers={"Authorization": f"token {carol.token()}"}, timeout=30)
+    assert r.status_code in (403, 404), r.status_code
+    assert student1.server().get("ready") and notebook_jobs("student1")
+
+
+def test_a_removed_instructor_can_do_nothing_and_is_given_back_their_rights(hub_client):
+    carol = hub_client("carol")
+    hub_client("student2")  # stops student2's session afterwards, should one start
+    service = ServiceClient(SERVICE, carol.token())
+    assert service.course("dl101")["course"] == "dl101"
+
+    def instructor() -> bool:
+        return "dl101-instructors" in carol.api("GET", "/user").json()["groups"]
+
+    subprocess.run(["gpasswd", "--delete", "carol", "dl101-instructors"], check=True,
+                   capture_output=True)
+    try:
+        # The service makes the hub's groups follow the Unix groups (every 30 s).
+        wait_until(lambda: not instructor(), 90, interval=3, what="carol to leave the group")
+        try:
+            service.course_session("dl101", "student2", "start")
+            raise AssertionError("a removed instructor started a session")
+        except AllocationsError as e:
+            assert "You do not teach DL101" in str(e)
+        assert not notebook_jobs("student2")
+    finally:
+        subprocess.run(["gpasswd", "--add", "carol", "dl101-instructors"], check=True,
+                       capture_output=True)
+    wait_until(instructor, 90, interval=3, what="carol to be an instructor again")

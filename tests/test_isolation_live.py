@@ -164,11 +164,14 @@ def test_slurm_itself_holds_a_course_account_to_its_sessions(live_cluster):
         assert slurm.job(job).reservation == "dl101"
     finally:
         slurm.cancel(job)
-    # Other accounts are not held to it.
-    free = sbatch_as("alice", "--account=proj-climate", "--partition=gpu", "--gres=gpu:h100:4",
-                     "--time=08:00:00", "--hold")
-    assert free.returncode == 0, free.stderr
-    slurm.cancel(free.stdout.strip().split(";")[0])
+    # Other accounts are not held to it; nor are a participant's jobs without GPUs (their
+    # CPU notebooks), which cost a GPU-hour budget nothing.
+    for user, args in (("alice", ("--account=proj-climate", "--partition=gpu",
+                                  "--gres=gpu:h100:4", "--time=08:00:00")),
+                       ("student1", ("--account=course-dl101", "--partition=cpu", "--time=60"))):
+        free = sbatch_as(user, *args, "--hold")
+        assert free.returncode == 0, (user, free.stderr)
+        slurm.cancel(free.stdout.strip().split(";")[0])
 
 
 def test_a_spawn_link_with_resources_shows_the_form_with_the_cost_instead_of_starting(hub_client):

@@ -68,7 +68,7 @@ def _allocation(args) -> int:
 def _course(args) -> int:
     """course [NAME] [--start USER|all] [--stop USER|all]: an instructor's view and actions."""
     from . import report
-    from .client import AllocationsError, HubActions, course_targets, default_client
+    from .client import AllocationsError, course_targets, default_client
     client = default_client()
     try:
         if not args.name:
@@ -78,12 +78,10 @@ def _course(args) -> int:
         answer = client.course(args.name)
         for action, who in (("start", args.start), ("stop", args.stop)):
             if who:
-                hub = HubActions()
                 users = course_targets(answer, action) if who == "all" else [who]
                 for user in users:
                     try:
-                        done = (hub.start(user, answer["profile"]) if action == "start"
-                                else hub.stop(user))
+                        done = client.course_session(args.name, user, action)
                     except AllocationsError as e:
                         done = f"not done: {e}"
                     print(f"{user}: {done}")

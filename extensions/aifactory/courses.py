@@ -1,10 +1,11 @@
 """Courses in the hub: their groups, the instructors' rights, and who may start what.
 
 A course (site.yaml `courses`) names two hub groups. The hub config loads them from the Unix
-groups of the same names (a site's LDAP or course enrolment) and gives each course's
-instructors one role: start and stop the servers of that course's participants, nothing
-else. Instructors act with their own rights: the session token of an instructor carries the
-same scopes, so a CoursePanel in their notebook calls the hub API as them.
+groups of the same names (a site's LDAP or course enrolment), and the allocations service
+keeps them equal to those groups while it runs. Instructors start and stop their
+participants' course sessions through the service, which checks the course, the participant
+and the session's profile, then acts with its own token; in the hub itself they hold no
+right over other people's servers.
 """
 
 from __future__ import annotations
@@ -21,7 +22,20 @@ from .site import Course, Site
 
 
 def instructor_scopes(course: Course) -> list[str]:
-    return [f"servers!group={course.participants}", f"read:users:activity!group={course.participants}"]
+    """What instructors hold in the hub themselves: seeing their participants' activity.
+    Starting and stopping course sessions goes through the allocations service, which checks
+    that it is the course's session (a hub scope cannot say which server)."""
+    return [f"read:users:activity!group={course.participants}"]
+
+
+def service_scopes(site: Site) -> list[str]:
+    """The allocations service's rights for courses: participants' servers (it acts for
+    instructors after its own checks) and the course groups (kept as the Unix groups)."""
+    scopes = []
+    for c in site.courses:
+        scopes += [f"servers!group={c.participants}", f"groups!group={c.participants}",
+                   f"groups!group={c.instructors}"]
+    return scopes
 
 
 def hub_groups(site: Site, log=print) -> dict[str, dict]:

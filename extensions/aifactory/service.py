@@ -14,8 +14,15 @@ API, under /services/allocations/api/ (JSON; every answer has as_of, age_s, sour
   GET    gpus                    free and total GPUs per partition and type; nodes down
   GET    courses                 the courses you teach or take: window, spawn link
   GET    courses/NAME            a course you teach: participants' sessions, GPU-hours, last
-                                 activity; its window and budget (start and stop sessions
-                                 through the hub API, with your own token)
+                                 activity; its window and budget
+  POST   courses/NAME/sessions/USER    start a participant's course session (instructors)
+  DELETE courses/NAME/sessions/USER    stop it; only a session of the course's profile
+
+Instructors hold no right to other people's servers in the hub: the service acts for them,
+with its own token, once it has checked who asks (their hub groups, asked afresh), whom (a
+participant of that course) and what (the course's session). Course groups follow the Unix
+groups of the same names: the service reconciles them at start and every half minute, so a
+person removed from a group loses what it gave them.
   GET    health                  age and last error of each part of the cache (no login needed)
 """
 
@@ -35,8 +42,9 @@ from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from . import allocations, report, site, slurm
+from . import allocations, courses, report, site, slurm
 from .allocations import FETCH, AccessError, Snapshot, Viewer
+from .site import profile_name
 
 log = logging.getLogger("aifactory.service")
 
@@ -47,6 +55,7 @@ ACCOUNT_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 JOB_ID_RE = re.compile(r"^[0-9]{1,12}$")
 COURSE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+GROUPS_EVERY_S = 30
 
 
 class Cache:
@@ -218,6 +227,46 @@ class CourseHandler(ApiHandler):
         self.answer(allocations.course, course, participants, users)
 
 
+class CourseSessionHandler(ApiHandler):
+    """An instructor starts or stops a participant's course session; the service acts."""
+
+    async def _check(self, name: str, user: str):
+        name = _path_value(name, COURSE_RE, "course name")
+        user = _path_value(user, USER_RE, "user name")
+        course = site.load_cached().course(name)
+        if course is None:
+            raise web.HTTPError(404, f"There is no course '{name}'.")
+        hub = self.settings["hub"]
+        try:  # asked afresh: a removed instructor acts no more
+            viewer = await self.settings["viewers"].get(self.viewer.name, max_age=0)
+            members, users = await hub.course_members(course.participants, max_age=0)
+        except (HTTPClientError, OSError) as e:
+            raise web.HTTPError(503, f"the hub did not answer ({e}); nothing was done") from None
+        if not (viewer.admin or course.instructors in viewer.groups):
+            raise web.HTTPError(403, f"You do not teach {course.display_name}.")
+        if user not in members:
+            raise web.HTTPError(403, f"{user} is not a participant of {course.display_name}.")
+        return course, user, (users.get(user, {}).get("servers") or {}).get("")
+
+    async def post(self, name: str, user: str):
+        course, user, _ = await self._check(name, user)
+        done = await self.settings["hub"].server_action("POST", user, {"profile": course.profile})
+        log.info("%s started %s's %s session: %s", self.viewer.name, user, course.name, done)
+        self.send({"user": user, "done": done})
+
+    async def delete(self, name: str, user: str):
+        course, user, server = await self._check(name, user)
+        if server is None:
+            self.send({"user": user, "done": "not running"})
+            return
+        if profile_name(server.get("user_options")) != course.profile:
+            raise web.HTTPError(403, f"{user}'s session is not their {course.name} course "
+                                     f"session; only {user} or an admin may stop it.")
+        done = await self.settings["hub"].server_action("DELETE", user)
+        log.info("%s stopped %s's %s session: %s", self.viewer.name, user, course.name, done)
+        self.send({"user": user, "done": done})
+
+
 class HealthHandler(BaseHandler):
     def get(self):
         snap, now = self.cache.snap, time.time()
@@ -275,10 +324,57 @@ class Hub:
         self._users = (time.monotonic(), users)
         return users
 
-    async def course_members(self, group: str) -> tuple[list[str], dict[str, dict]]:
+    async def course_members(self, group: str, max_age: float | None = None
+                             ) -> tuple[list[str], dict[str, dict]]:
         members = (await self.get(f"groups/{group}"))["users"]
+        if max_age is not None and self._users and time.monotonic() - self._users[0] > max_age:
+            self._users = None
         users = await self.users()
         return members, {name: users[name] for name in members if name in users}
+
+    async def send(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        """A change through the hub's API: (status, the answer's JSON)."""
+        try:
+            response = await AsyncHTTPClient().fetch(
+                f"{self.hub_api}/{path}", method=method, request_timeout=30,
+                headers={"Authorization": f"token {self.token}"},
+                body=None if body is None else json.dumps(body), allow_nonstandard_methods=True)
+        except HTTPClientError as e:
+            if e.response is None:
+                raise
+            response = e.response
+        try:
+            answer = json.loads(response.body or b"{}")
+        except ValueError:
+            answer = {}
+        return response.code, answer
+
+    async def server_action(self, method: str, user: str, body: dict | None = None) -> str:
+        """Start (POST) or stop (DELETE) `user`'s server; what happened, in words."""
+        code, answer = await self.send(method, f"users/{user}/server", body)
+        self._users = None
+        if code in (201, 202, 204):
+            return ("started" if code == 201 else "starting") if method == "POST" else (
+                "stopping" if code == 202 else "stopped")
+        message = answer.get("message") or f"status {code}"
+        if code == 400 and "already" in message:
+            return "already running" if method == "POST" else "not running"
+        raise web.HTTPError(code if code in (400, 403, 404) else 502,
+                            f"the hub refused: {message}")
+
+    async def reconcile_groups(self, groups: dict[str, list[str]]) -> None:
+        """Make each hub group hold exactly these members (the Unix groups' now)."""
+        for name, wanted in groups.items():
+            code, group = await self.send("GET", f"groups/{name}")
+            if code != 200:  # the hub makes the groups when it starts (load_groups)
+                continue
+            have = set(group.get("users") or ())
+            if gone := sorted(have - set(wanted)):
+                await self.send("DELETE", f"groups/{name}/users", {"users": gone})
+                log.info("hub group %s: removed %s (not in the Unix group)", name, gone)
+            if new := sorted(set(wanted) - have):
+                await self.send("POST", f"groups/{name}/users", {"users": new})
+                log.info("hub group %s: added %s", name, new)
 
 
 class Viewers:
@@ -288,14 +384,17 @@ class Viewers:
         self.hub, self.max_age = hub, max_age
         self._known: dict[str, tuple[float, Viewer]] = {}
 
-    async def get(self, name: str) -> Viewer:
+    async def get(self, name: str, max_age: float | None = None) -> Viewer:
+        """Who `name` is; `max_age=0`: asked now, and no older answer is used instead."""
         seen = self._known.get(name)
-        if seen and time.monotonic() - seen[0] < self.max_age:
+        if seen and time.monotonic() - seen[0] < (self.max_age if max_age is None else max_age):
             return seen[1]
         try:
             model = await self.hub.get(f"users/{name}")
             viewer = Viewer(name, bool(model.get("admin")), frozenset(model.get("groups") or ()))
         except (HTTPClientError, OSError) as e:
+            if max_age == 0:
+                raise
             if seen:  # the hub did not answer: keep what we knew
                 return seen[1]
             log.warning("cannot look up %s at the hub: %s", name, e)
@@ -317,6 +416,7 @@ def make_app(cache: Cache, prefix: str) -> web.Application:
         (api + "gpus", GpusHandler),
         (api + "courses", CoursesHandler),
         (api + r"courses/([^/]+)", CourseHandler),
+        (api + r"courses/([^/]+)/sessions/([^/]+)", CourseSessionHandler),
         (api + "health", HealthHandler),
     ], cache=cache, cookie_secret=os.urandom(32),
         viewers=Viewers(hub), hub=hub)
@@ -335,7 +435,19 @@ async def main() -> None:
     app = make_app(cache, prefix)
     app.listen(url.port, url.hostname)
     log.info("serving %s on %s", prefix, url.geturl())
+    app.settings["groups_task"] = asyncio.create_task(keep_course_groups(app.settings["hub"]))
     await cache.run()
+
+
+async def keep_course_groups(hub: Hub, every_s: float = GROUPS_EVERY_S) -> None:
+    """The hub's course groups as the Unix groups are now, at start and every `every_s`."""
+    while True:
+        try:
+            wanted = courses.hub_groups(site.load_cached(), log=log.warning)
+            await hub.reconcile_groups({name: g["users"] for name, g in wanted.items()})
+        except Exception as e:  # noqa: BLE001  (the loop must outlive a hub restart)
+            log.warning("course groups not reconciled: %s", e)
+        await asyncio.sleep(every_s)
 
 
 if __name__ == "__main__":

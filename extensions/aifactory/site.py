@@ -10,6 +10,7 @@ import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, Mapping
 
 import yaml
 
@@ -151,6 +152,15 @@ class Site:
     def default_profile(self) -> Profile:
         return next((p for p in self.profiles if p.default),
                     next(p for p in self.profiles if not p.course))
+
+
+def profile_name(options: Mapping[str, Any] | None) -> str:
+    """The profile slug in stored options as `resolve` reads it (a REST body may hold
+    `[" h100-4"]`), so what looks a profile up finds the one that was started."""
+    value = (options or {}).get("profile", "")
+    if isinstance(value, (list, tuple)):
+        value = value[0] if len(value) == 1 else ""
+    return value.strip() if isinstance(value, str) else ""
 
 
 def _fail(path, what):

@@ -328,17 +328,16 @@ class CoursePanel(Panel):
     """An instructor's view of a course: each participant's session, GPU-hours and last
     activity; the reservation's time left and the course budget; start and stop buttons.
 
-    The view comes from the allocations service; the buttons call the hub's API with this
-    session's token, so the hub checks that you teach this course.
+    The view and the buttons go to the allocations service, which checks that you teach
+    this course and that the session is the course's before it starts or stops one.
     """
 
     title = "Course"
 
     def __init__(self, course: str | None = None, client=None, refresh_s: float = 15,
-                 hub=None, **kwargs):
+                 **kwargs):
         self.client = client or default_client()
         self.course = course or self._my_course()
-        self.hub = hub
         self._buttons: dict[str, tuple] = {}
         self._fast_until = 0.0
         super().__init__(self.client, refresh_s, **kwargs)
@@ -389,25 +388,15 @@ class CoursePanel(Panel):
             start.disabled = p["state"] in ("running", "pending", "stopping")
             stop.disabled = p["state"] not in ("running", "pending")
 
-    def _actions(self):
-        from .client import HubActions
-        if self.hub is None:
-            self.hub = HubActions()
-        return self.hub
-
     def _act(self, action: str, users: list[str]) -> str:
         if not users:
             return f"Nobody to {action}."
         done = []
         for user in users:
             try:
-                hub = self._actions()
-                result = (hub.start(user, self.answer["profile"]) if action == "start"
-                          else hub.stop(user))
+                result = self.client.course_session(self.course, user, action)
             except AllocationsError as e:
                 result = f"not done: {e}"
-            except KeyError:
-                result = "not done: this kernel has no hub token (JUPYTERHUB_API_TOKEN)"
             done.append(f"{user}: {result}")
         return "; ".join(done)
 

@@ -34,8 +34,8 @@ from .. import slurm
 from ..snapshot import VIEW, held_nodes, usable_reservations
 from . import callback  # noqa: F401  (closes batchspawner's port-callback hole)
 from .form import render
-from .request import (RequestError, SessionRequest, check_budget, check_nodes, profile_name,
-                      resolve)
+from ..site import profile_name
+from .request import RequestError, SessionRequest, check_budget, check_nodes, resolve
 
 
 class StartError(RuntimeError):

@@ -82,15 +82,6 @@ class SessionRequest:
                 f"{billing.amount(self.cost(billing, weights))}")
 
 
-def profile_name(options: Mapping[str, Any] | None) -> str:
-    """The profile slug in stored options as `resolve` reads it (a REST body may hold
-    `[" h100-4"]`), so what looks a profile up finds the one that was started."""
-    value = (options or {}).get("profile", "")
-    if isinstance(value, (list, tuple)):
-        value = value[0] if len(value) == 1 else ""
-    return value.strip() if isinstance(value, str) else ""
-
-
 def _normalize(raw: Mapping[str, Any], option_names: set[str]) -> dict[str, str]:
     values = {}
     allowed = set(FIELDS) | {"profile"} | {f"option_{n}" for n in option_names}
