@@ -10,7 +10,8 @@ the nodes' eth0, the scheduler here on the login node's cluster address:
 - "plain": SLURMCluster(processes=4, job_extra_directives=["--gres=gpu:h100:4"], ...): one
   `dask worker --nworkers 4` per job, every worker seeing all four GPUs;
 - "ours": GPUCluster(gpus_per_job=4): one worker per GPU, pinned, clean environment, tagged,
-  cost checked before the scale.
+  cost checked before the scale, mutual TLS with the user's identity (the default);
+- "ours_tcp": the same with security=False, to show what TLS itself costs.
 
 Measured per round (the order alternates): seconds from scale(jobs=2) to 8 workers
 connected, and the throughput of many small tasks (client.map of a trivial function; the
@@ -46,6 +47,12 @@ def ours() -> GPUCluster:
     return GPUCluster(gpus_per_job=4, cpus_per_gpu=8, memory_gb_per_gpu=60,
                       walltime="00:10:00", scheduler_options=SCHEDULER,
                       log_directory="/tmp/aif-bench-dask-logs")
+
+
+def ours_tcp() -> GPUCluster:
+    return GPUCluster(gpus_per_job=4, cpus_per_gpu=8, memory_gb_per_gpu=60,
+                      walltime="00:10:00", scheduler_options=SCHEDULER,
+                      log_directory="/tmp/aif-bench-dask-logs", security=False)
 
 
 def inc(x):
@@ -85,24 +92,27 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=5000)
     args = parser.parse_args()
     os.environ.setdefault("AIFACTORY_SITE", "/etc/aifactory/hub_config/site.yaml")
-    results = {"plain": [], "ours": []}
+    results = {"plain": [], "ours": [], "ours_tcp": []}
     for r in range(args.rounds):
-        order = [("plain", plain), ("ours", ours)]
+        order = [("plain", plain), ("ours", ours), ("ours_tcp", ours_tcp)]
         for name, make in order if r % 2 == 0 else order[::-1]:
             m = measure(make, args.tasks)
             results[name].append(m)
-            print(f"round {r + 1} {name:5}: 8 workers in {m['ready_s']:.1f} s, "
+            print(f"round {r + 1} {name:8}: 8 workers in {m['ready_s']:.1f} s, "
                   f"{m['tasks_per_s']:.0f} tasks/s, {m['rpcs']} slurmctld RPCs", flush=True)
     med = {name: {k: statistics.median(m[k] for m in rs) for k in rs[0]}
            for name, rs in results.items()}
     print(f"\nmedian of {args.rounds} rounds, {args.tasks} tasks each")
-    print(f"{'':6} {'ready s':>8} {'tasks/s':>8} {'RPCs':>6}")
+    print(f"{'':8} {'ready s':>8} {'tasks/s':>8} {'RPCs':>6}")
     for name, m in med.items():
-        print(f"{name:6} {m['ready_s']:>8.1f} {m['tasks_per_s']:>8.0f} {m['rpcs']:>6.0f}")
+        print(f"{name:8} {m['ready_s']:>8.1f} {m['tasks_per_s']:>8.0f} {m['rpcs']:>6.0f}")
     print(f"throughput ratio ours/plain: {med['ours']['tasks_per_s'] / med['plain']['tasks_per_s']:.3f}"
           f" (goal >= 0.95)")
     print(f"start ratio ours/plain:      {med['ours']['ready_s'] / med['plain']['ready_s']:.3f}"
           f" (goal <= 1)")
+    print(f"TLS alone, ours/ours_tcp:    throughput "
+          f"{med['ours']['tasks_per_s'] / med['ours_tcp']['tasks_per_s']:.3f}, start "
+          f"{med['ours']['ready_s'] / med['ours_tcp']['ready_s']:.3f}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import pytest
 
 from aifactory import allocations, report, slurm
 from aifactory.allocations import AccessError, Snapshot, Viewer
+from aifactory.billing import Billing
 from aifactory.widgets import bar_colour
 
 DATA = Path(__file__).parent / "data"
@@ -187,3 +188,35 @@ def test_panels_refresh_in_the_background_and_stop_when_closed():
     time.sleep(2.5)
     assert client.calls == stopped_at
     assert f'class="aif-free">{stopped_at}</td>' in panel.html()  # the newest answer is shown
+
+
+def test_a_node_reserved_by_a_reservation_the_viewer_cannot_see_is_not_free_for_them():
+    """With PrivateData=reservations a user sees no reservation of others, only the node's
+    RESERVED flag: its GPUs are held for someone else, not free."""
+    from aifactory import slurm
+    from aifactory.snapshot import gpu_availability, held_nodes
+
+    nodes = [slurm.Node("gpu01", "IDLE", "", ("gpu",), "gpu:h100:4", "gpu:h100:0"),
+             slurm.Node("gpu03", "IDLE", "", ("gpu",), "gpu:h100:4", "gpu:h100:0", ("RESERVED",))]
+    held = held_nodes({}, set(), nodes=nodes)
+    assert held == {"gpu03"}
+    [row] = gpu_availability(nodes, held)
+    assert (row.free, row.total) == (4, 8)
+
+
+def test_a_plain_member_asking_slurm_directly_is_told_where_the_project_totals_are():
+    """As bob on a login node with PrivateData=usage, sshare shows his own share of
+    proj-climate but not the project's line: its totals are not made up from his share."""
+    shares = [slurm.Budget("proj-climate", None, 90.0, 0, user="bob"),
+              slurm.Budget("proj-tiny", 60, 50.0, 0), slurm.Budget("proj-tiny", None, 50.0, 0, user="bob")]
+    snap = snapshot(shares=shares, coordinators={"proj-tiny": ["bob"]})
+    bob = Viewer("bob")
+    answer = allocations.budgets(bob, snap, billing=Billing())
+    assert [p["account"] for p in answer["projects"]] == ["proj-tiny"]
+    assert any("totals of project proj-climate only to its coordinators" in w
+               for w in answer["warnings"])
+    with pytest.raises(AccessError, match="PrivateData=usage"):
+        allocations.budgets(bob, snap, account="proj-climate", billing=Billing())
+    # A project that is gone (no share of his either) is not a hidden one.
+    gone = snapshot(shares=shares[1:], coordinators={"proj-tiny": ["bob"]})
+    assert allocations.budgets(bob, gone, billing=Billing())["warnings"] == []

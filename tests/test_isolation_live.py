@@ -4,6 +4,7 @@ live cluster. Each test also checks that alice still reaches her own."""
 
 import json
 import os
+import re
 import stat
 import subprocess
 
@@ -181,7 +182,7 @@ def test_a_spawn_link_with_resources_shows_the_form_with_the_cost_instead_of_sta
     r = alice.http.get(link, allow_redirects=False)
     assert r.status_code == 200, r.status_code  # the form, not a redirect to a pending page
     page = r.content.decode()
-    assert "This link asks for a session with its own settings" in page and 'id="aif-cost"' in page
+    assert "This link asks for a session: check its settings" in page and 'id="aif-cost"' in page
     # A bad link says what is wrong, on the form too.
     bad = alice.http.get(f"{HUB}/hub/spawn?opt-profile=h100-1&opt-gpus=99", allow_redirects=False)
     assert bad.status_code == 200 and "GPUs" in bad.content.decode()
@@ -225,3 +226,71 @@ async def main(job_id):
 
 asyncio.run(main(sys.argv[1]))
 """
+
+
+# A listener of dave's on a compute node: answers 200 and keeps the headers it was sent.
+LISTENER = """
+import http.server, json, sys
+class Keep(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        with open(sys.argv[2], "a") as f:
+            f.write(json.dumps(dict(self.headers.items())) + "\\n")
+        self.send_response(200); self.end_headers(); self.wfile.write(b"dave was here")
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Keep).serve_forever()
+"""
+
+
+def on_node_as(node: str, user: str, *command: str, **kwargs):
+    return subprocess.Popen(["ip", "netns", "exec", node, "runuser", "-u", user, "--", *command],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def session_port(user: str, job_id: str) -> int:
+    log = open("/var/log/aifactory/jupyterhub.log").read()
+    found = re.findall(rf"Notebook job {job_id} running at [^:]+:(\d+)", log)
+    assert found, f"no route for job {job_id} in the hub's log"
+    return int(found[-1])
+
+
+def test_the_route_goes_to_a_port_the_session_already_holds(hub_client):
+    alice = hub_client("alice")
+    alice.start(profile="cpu")
+    [job] = notebook_jobs("alice")
+    port = session_port("alice", job.job_id)
+    # When the hub learnt the port, alice's server held it: nobody can bind it now ...
+    squat = on_node_as(job.nodes, ATTACKER, VENV_PYTHON, "-c", LISTENER, str(port), "/dev/null")
+    try:
+        assert squat.wait(20) != 0 and "Address already in use" in squat.stderr.read()
+    finally:
+        squat.kill()
+    # ... and what listens there is alice's server (the hub reaches her, through the proxy).
+    listeners = subprocess.run(["ip", "netns", "exec", job.nodes, "ss", "-Hltnp",
+                                f"sport = :{port}"], capture_output=True, text=True).stdout
+    pid = int(re.search(r"pid=(\d+)", listeners).group(1))
+    assert os.stat(f"/proc/{pid}").st_uid == os.stat("/home/alice").st_uid
+    assert alice.http.get(f"{HUB}/user/alice/api/status", timeout=30).status_code == 200
+
+
+def test_the_sessions_proxy_gives_another_users_listener_no_credentials(hub_client):
+    alice = hub_client("alice")
+    alice.start(profile="cpu")
+    [job] = notebook_jobs("alice")
+    port, seen = 18999, "/tmp/dave-saw-headers.jsonl"
+    if os.path.exists(seen):
+        os.remove(seen)
+    listener = on_node_as(job.nodes, ATTACKER, VENV_PYTHON, "-c", LISTENER, str(port), seen)
+    try:
+        # alice opens an old link to "her" dashboard, now another user's listener.
+        r = wait_until(lambda: (r := alice.http.get(f"{HUB}/user/alice/proxy/{port}/status",
+                                                    timeout=30)).status_code == 200 and r,
+                       30, what="the proxied listener")
+        assert r.text == "dave was here"  # the proxy works ...
+        headers = [json.loads(line) for line in open(seen)]
+        sent = {k.lower(): v for h in headers for k, v in h.items()}
+        assert alice.http.cookies  # ... alice's browser sent her cookies to the hub ...
+        assert "authorization" not in sent and "x-xsrftoken" not in sent  # ... none came through
+        assert "jupyterhub-" not in sent.get("cookie", "") and "_xsrf" not in sent.get("cookie", "")
+    finally:
+        listener.kill()

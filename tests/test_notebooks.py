@@ -178,7 +178,7 @@ def check_allocation(text: str, report: dict) -> None:
 def check_dask(text: str, report: dict) -> None:
     assert "Scaling up by 2 jobs x 1 H100 x 00:10:00 = 0.33 GPU-hours, of the" in text
     assert "2 workers ready" in text
-    workers = re.findall(r"^worker tcp://\S+ on (gpu\d\d), GPU (\d)$", text, re.M)
+    workers = re.findall(r"^worker tls://\S+ on (gpu\d\d), GPU (\d)$", text, re.M)  # mutual TLS
     assert len(workers) == 2 and len(set(workers)) == 2, workers
     tasks = re.findall(r"^task (\d) on (gpu\d\d), CUDA_VISIBLE_DEVICES=(\d), computed on \w+: "
                        r"499500$", text, re.M)

@@ -225,7 +225,8 @@ def budgets(viewer: Viewer, snap: Snapshot, coordinator_groups: dict | None = No
     # Slurm with PrivateData=usage shows a plain member only their own share, not the
     # project's line: asked as them (outside the hub), its totals are not known.
     with_totals = {b.account for b in snap.shares if not b.user}
-    hidden = [a for a in snap.members.get(viewer.name, []) if a not in with_totals]
+    own_share = {b.account for b in snap.shares if b.user == viewer.name}
+    hidden = sorted(own_share - with_totals)
     if account is not None:
         if account in hidden:
             raise AccessError(403, private_totals(account))
@@ -338,7 +339,7 @@ def gpus(viewer: Viewer, snap: Snapshot, now: float | None = None) -> dict:
     """Free and total GPUs per partition and type (free for this viewer), and nodes down."""
     now = now or time.time()
     mine = usable_reservations(snap.reservations, viewer.name, snap.members.get(viewer.name, []))
-    held = held_nodes(snap.reservations, mine)
+    held = held_nodes(snap.reservations, mine, nodes=snap.nodes)
     down = [{"node": n.name, "state": "+".join((n.state,) + n.flags), "condition": n.condition,
              "reason": n.reason, "since": _iso(n.reason_time)}
             for n in snap.nodes if not n.usable]

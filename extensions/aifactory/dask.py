@@ -168,7 +168,9 @@ class GPUCluster(SLURMCluster):
             job_extra_directives=[f"--gres=gpu:{gpu_type}:{gpus}", f"--comment={self.tag}",
                                   *course_options, *kwargs.pop("job_extra_directives", [])],
             # One worker per GPU, each keeping only its own GPU (aifactory.gpu_pin).
+            # No worker dashboards: the scheduler's shows the workers, and it alone is guarded.
             worker_extra_args=["--resources", "GPU=1", "--preload", "aifactory.gpu_pin",
+                               "--no-dashboard",
                                *kwargs.pop("worker_extra_args", [])],
             **kwargs)
         self._watcher = subprocess.Popen(

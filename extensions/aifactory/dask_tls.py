@@ -12,6 +12,7 @@ variables the session sets (`environment`).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
 import time
@@ -50,17 +51,21 @@ def ensure(folder: str = FOLDER, now: float | None = None) -> tuple[Path, Path]:
     cert, key = paths(folder)
     private_folder(cert.parent)
     now = time.time() if now is None else now
-    if cert.exists() and key.exists() and now - cert.stat().st_mtime < RENEW_AFTER_S:
-        return cert, key
-    from distributed.security import Security  # imports cryptography: only when needed
+    # One maker at a time (sessions and clusters starting together), so a key never lies
+    # beside another run's certificate.
+    with open(os.open(cert.parent / ".lock", os.O_WRONLY | os.O_CREAT, 0o600), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if cert.exists() and key.exists() and now - cert.stat().st_mtime < RENEW_AFTER_S:
+            return cert, key
+        from distributed.security import Security  # imports cryptography: only when needed
 
-    made = Security.temporary()
-    for path, text in ((key, made.tls_scheduler_key), (cert, made.tls_scheduler_cert)):
-        new = path.with_name(path.name + ".new")
-        new.unlink(missing_ok=True)
-        with os.fdopen(os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
-            f.write(text)
-        new.replace(path)
+        made = Security.temporary()
+        for path, text in ((key, made.tls_scheduler_key), (cert, made.tls_scheduler_cert)):
+            new = path.with_name(path.name + ".new")
+            new.unlink(missing_ok=True)
+            with os.fdopen(os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+                f.write(text)
+            new.replace(path)
     return cert, key
 
 

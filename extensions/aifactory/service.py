@@ -239,14 +239,16 @@ class CourseSessionHandler(ApiHandler):
         hub = self.settings["hub"]
         try:  # asked afresh: a removed instructor acts no more
             viewer = await self.settings["viewers"].get(self.viewer.name, max_age=0)
-            members, users = await hub.course_members(course.participants, max_age=0)
+            members = (await hub.get(f"groups/{course.participants}"))["users"]
+            model = await hub.get(f"users/{user}") if user in members else {}
         except (HTTPClientError, OSError) as e:
             raise web.HTTPError(503, f"the hub did not answer ({e}); nothing was done") from None
         if not (viewer.admin or course.instructors in viewer.groups):
             raise web.HTTPError(403, f"You do not teach {course.display_name}.")
         if user not in members:
             raise web.HTTPError(403, f"{user} is not a participant of {course.display_name}.")
-        return course, user, (users.get(user, {}).get("servers") or {}).get("")
+        server = (model.get("servers") or {}).get("")  # active servers only
+        return course, user, server if server and not server.get("stopped") else None
 
     async def post(self, name: str, user: str):
         course, user, _ = await self._check(name, user)
@@ -324,11 +326,8 @@ class Hub:
         self._users = (time.monotonic(), users)
         return users
 
-    async def course_members(self, group: str, max_age: float | None = None
-                             ) -> tuple[list[str], dict[str, dict]]:
+    async def course_members(self, group: str) -> tuple[list[str], dict[str, dict]]:
         members = (await self.get(f"groups/{group}"))["users"]
-        if max_age is not None and self._users and time.monotonic() - self._users[0] > max_age:
-            self._users = None
         users = await self.users()
         return members, {name: users[name] for name in members if name in users}
 
@@ -372,9 +371,11 @@ class Hub:
             if gone := sorted(have - set(wanted)):
                 await self.send("DELETE", f"groups/{name}/users", {"users": gone})
                 log.info("hub group %s: removed %s (not in the Unix group)", name, gone)
-            if new := sorted(set(wanted) - have):
-                await self.send("POST", f"groups/{name}/users", {"users": new})
-                log.info("hub group %s: added %s", name, new)
+            for user in sorted(set(wanted) - have):  # one by one: the hub refuses a whole
+                code, answer = await self.send(      # list if one name is not a user yet
+                    "POST", f"groups/{name}/users", {"users": [user]})
+                if code == 200:
+                    log.info("hub group %s: added %s", name, user)
 
 
 class Viewers:

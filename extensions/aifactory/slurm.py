@@ -245,6 +245,11 @@ class Node:
         return not self.problems
 
     @property
+    def reserved(self) -> bool:
+        """In a reservation now, whether or not the asker may see it (PrivateData)."""
+        return "RESERVED" in self.flags or self.state == "RESERVED"
+
+    @property
     def condition(self) -> str:
         """The node's trouble in words ("drained", "down, not responding"), "" if none."""
         words = [NODE_PROBLEM_WORDS.get(p, p.lower().replace("_", " ")) for p in self.problems]

@@ -108,13 +108,16 @@ def usable_reservations(reservations: Mapping[str, slurm.Reservation], user: str
 
 
 def held_nodes(reservations: Mapping[str, slurm.Reservation], usable: set[str] | Mapping,
-               now: float | None = None) -> set[str]:
-    """Nodes held now by active reservations other than the `usable` ones."""
-    held = set()
+               now: float | None = None, nodes: list[slurm.Node] = ()) -> set[str]:
+    """Nodes held now by active reservations other than the `usable` ones; with `nodes`, also
+    those Slurm marks reserved by a reservation the asker cannot see (PrivateData)."""
+    held, covered = set(), set()
     for name, r in reservations.items():
-        if r.active(now) and name not in usable:
-            held |= slurm.expand_nodes(r.nodes)
-    return held
+        if r.active(now):
+            covered |= slurm.expand_nodes(r.nodes)
+            if name not in usable:
+                held |= slurm.expand_nodes(r.nodes)
+    return held | {n.name for n in nodes if n.reserved and n.name not in covered}
 
 
 class SlurmView:
@@ -144,7 +147,8 @@ class SlurmView:
                            ) -> list[GpuAvailability]:
         nodes = await self.nodes.get(max_age)
         reservations = await self.reservations.get(60)
-        return gpu_availability(nodes, held_nodes(reservations, user_reservations))
+        return gpu_availability(nodes, held_nodes(reservations, user_reservations,
+                                                  nodes=nodes))
 
     def queue_position(self, job: slurm.Job, jobs: dict[str, slurm.Job]) -> int:
         """1 + the pending jobs competing for the same partition that Slurm ranks first.

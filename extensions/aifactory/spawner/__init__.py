@@ -170,7 +170,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         if nodes is None or reservations is None:
             return request
         held = held_nodes(reservations, usable_reservations(reservations, self.user.name,
-                                                            access.accounts))
+                                                            access.accounts), nodes=nodes)
         try:
             check_nodes(request, nodes, reservations, held)
         except RequestError:
@@ -192,12 +192,13 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         # are. Take the opt- ones alone when there are any, as JupyterHub 6 does.
         prefixed = {k[4:]: v for k, v in query_data.items() if k.startswith("opt-")}
         options = prefixed or query_data
-        # A link may start a profile as it is; one that sets resources, an account or anything
-        # else shows the form, filled from the link, so the person sees the cost first.
-        if set(options) - {"profile"}:
+        # Only a course's link starts at once (a participant's one click, on the course's
+        # budget); any other shows the form, filled from the link, with its cost.
+        profile = self.site.profile(profile_name(options))
+        if set(options) != {"profile"} or profile is None or not profile.course:
             await self.options_from_form(options)  # a bad link says what is wrong first
-            raise StartError("This link asks for a session with its own settings: check them "
-                             "and the cost below, then press Start.")
+            raise StartError("This link asks for a session: check its settings and the cost "
+                             "below, then press Start.")
         return await self.options_from_form(options)
 
     def _check_requester(self, request: SessionRequest) -> None:
@@ -236,7 +237,9 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             lines.append(f"#SBATCH --reservation={request.reservation}")
         if request.qos:
             lines.append(f"#SBATCH --qos={request.qos}")
-        command = [self.batchspawner_singleuser_cmd, *self.cmd, *self.get_args()]
+        # Not batchspawner-singleuser: the server binds a free port itself and reports it once
+        # it holds it (aifactory.session), so no other process can take it first.
+        command = [*self.cmd, *self.get_args(), "--ServerApp.port=0"]
         lines.append(f"export PATH={shlex.quote(self.venv)}/bin:$PATH")
         lines += [
             "umask 077",  # what the session writes is its user's alone
@@ -271,6 +274,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         env["PATH"] = f"{self.venv}/bin:/usr/local/bin:/usr/bin:/bin"
         env["AIFACTORY_PROFILE"] = self.session_request.profile
         env["SLURM_UMASK"] = "0077"  # sbatch passes it on: the job's log is the user's alone
+        env["AIFACTORY_REPORT_PORT"] = "1"  # once it listens (aifactory.session)
         self.job_id = await slurm.submit_async(self.job_script(self.session_request),
                                                user=self.user.name, env=env)
         # slurmctld knows the job once sbatch has answered: a queue fetch begun after this
@@ -440,6 +444,8 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
                 await slurm.cancel_async(self.job_id, user=self.user.name)
             except slurm.JobGone:
                 pass
+            except slurm.SlurmUnreachable:
+                raise  # the stop fails and can be tried again; nothing is forgotten
             except slurm.SlurmError as e:
                 self.log.warning("Job %s of %s not cancelled: %s", self.job_id,
                                  self.user.name, e)
