@@ -5,6 +5,7 @@ live cluster. Each test also checks that alice still reaches her own."""
 import json
 import os
 import re
+import signal
 import stat
 import subprocess
 
@@ -243,8 +244,19 @@ http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Keep).serve_forever()
 
 
 def on_node_as(node: str, user: str, *command: str, **kwargs):
+    """`command` as `user` in `node`'s network namespace, in a process group of its own."""
     return subprocess.Popen(["ip", "netns", "exec", node, "runuser", "-u", user, "--", *command],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, **kwargs)
+
+
+def end(proc: subprocess.Popen) -> None:
+    """The process and what it started (runuser's child outlives a kill of runuser)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(10)
 
 
 def session_port(user: str, job_id: str) -> int:
@@ -264,33 +276,42 @@ def test_the_route_goes_to_a_port_the_session_already_holds(hub_client):
     try:
         assert squat.wait(20) != 0 and "Address already in use" in squat.stderr.read()
     finally:
-        squat.kill()
+        end(squat)
     # ... and what listens there is alice's server (the hub reaches her, through the proxy).
     listeners = subprocess.run(["ip", "netns", "exec", job.nodes, "ss", "-Hltnp",
                                 f"sport = :{port}"], capture_output=True, text=True).stdout
     pid = int(re.search(r"pid=(\d+)", listeners).group(1))
     assert os.stat(f"/proc/{pid}").st_uid == os.stat("/home/alice").st_uid
-    assert alice.http.get(f"{HUB}/user/alice/api/status", timeout=30).status_code == 200
+    assert alice.http.get(f"{HUB}/user/alice/lab", timeout=30).status_code == 200
 
 
-def test_the_sessions_proxy_gives_another_users_listener_no_credentials(hub_client):
+def test_the_sessions_proxy_reaches_no_other_users_port_and_hands_on_no_credentials(hub_client):
     alice = hub_client("alice")
     alice.start(profile="cpu")
     [job] = notebook_jobs("alice")
-    port, seen = 18999, "/tmp/dave-saw-headers.jsonl"
-    if os.path.exists(seen):
-        os.remove(seen)
-    listener = on_node_as(job.nodes, ATTACKER, VENV_PYTHON, "-c", LISTENER, str(port), seen)
+    theirs, mine = 18999, 18998
+    seen = {port: f"/tmp/saw-headers-{port}.jsonl" for port in (theirs, mine)}
+    for path in seen.values():
+        if os.path.exists(path):
+            os.remove(path)
+    listeners = [on_node_as(job.nodes, ATTACKER, VENV_PYTHON, "-c", LISTENER, str(theirs),
+                            seen[theirs]),
+                 on_node_as(job.nodes, "alice", VENV_PYTHON, "-c", LISTENER, str(mine), seen[mine])]
     try:
-        # alice opens an old link to "her" dashboard, now another user's listener.
-        r = wait_until(lambda: (r := alice.http.get(f"{HUB}/user/alice/proxy/{port}/status",
-                                                    timeout=30)).status_code == 200 and r,
-                       30, what="the proxied listener")
-        assert r.text == "dave was here"  # the proxy works ...
-        headers = [json.loads(line) for line in open(seen)]
-        sent = {k.lower(): v for h in headers for k, v in h.items()}
-        assert alice.http.cookies  # ... alice's browser sent her cookies to the hub ...
+        def answer(port):  # a list: a Response of 403 is falsy
+            r = alice.http.get(f"{HUB}/user/alice/proxy/{port}/status", timeout=30)
+            return [r] if r.status_code != 502 else []  # 502: not listening yet
+        # alice opens an old link to "her" dashboard, whose port dave's listener now holds.
+        [refused] = wait_until(lambda: answer(theirs), 30, what="dave's listener")
+        assert refused.status_code == 403 and "belongs to another user" in refused.text
+        assert not os.path.exists(seen[theirs])  # nothing reached dave
+        # Her own listener is reached, without the hub's or Jupyter's credentials.
+        [ok] = wait_until(lambda: answer(mine), 30, what="alice's listener")
+        assert ok.status_code == 200 and ok.text == "dave was here"
+        assert alice.http.cookies  # her browser sent her cookies to the hub ...
+        sent = {k.lower(): v for line in open(seen[mine]) for k, v in json.loads(line).items()}
         assert "authorization" not in sent and "x-xsrftoken" not in sent  # ... none came through
         assert "jupyterhub-" not in sent.get("cookie", "") and "_xsrf" not in sent.get("cookie", "")
     finally:
-        listener.kill()
+        for listener in listeners:
+            end(listener)

@@ -96,8 +96,12 @@ def _guard_proxy() -> None:
 
 
 def bound_port(serverapp) -> int | None:
-    """The TCP port the server's HTTP server really listens on."""
-    for sock in getattr(serverapp.http_server, "_sockets", {}).values():
+    """The TCP port the server's HTTP server really listens on (None before it does)."""
+    try:
+        sockets = serverapp.http_server._sockets
+    except AttributeError:  # the HTTP server is made at the end of initialize()
+        return None
+    for sock in sockets.values():
         address = sock.getsockname()
         if isinstance(address, tuple) and address[1]:
             return address[1]
@@ -107,7 +111,14 @@ def bound_port(serverapp) -> int | None:
 async def _report_port(serverapp) -> None:
     from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-    port = bound_port(serverapp)
+    for _ in range(600):  # the loop may run before the server has bound (singleuser's checks)
+        if (port := bound_port(serverapp)) is not None:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        serverapp.log.error("aifactory: the server never listened; stopping")
+        serverapp.io_loop.stop()
+        return
     url = os.environ["JUPYTERHUB_API_URL"].rstrip("/") + "/batchspawner"
     headers = {"Authorization": f"token {os.environ['JUPYTERHUB_API_TOKEN']}",
                "Content-Type": "application/json"}
