@@ -12,6 +12,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -267,6 +268,8 @@ def notebook_process(user: str) -> int | None:
 # --- Dask from a notebook, as a demo user (tests/dask_driver.py) ---------------------------
 
 DRIVER = (Path(__file__).parent / "dask_driver.py").read_text()
+# The scheme Dask clusters use on this bed (TCP on Python 3.13: aifactory.dask.TLS_WORKS).
+DASK_SCHEME = "tls" if sys.version_info < (3, 13) else "tcp"
 VENV_PYTHON = "/opt/aifactory/venv/bin/python"
 SITE = "/etc/aifactory/hub_config/site.yaml"
 # What a notebook job's environment holds that must not reach the worker jobs.

@@ -9,8 +9,9 @@ import signal
 import stat
 import subprocess
 
-from conftest import (HUB, VENV_PYTHON, as_user, cli, driver, lines, notebook_jobs, notebook_process,
-                      process_env, submit, tagged, wait_until)
+import pytest
+from conftest import (DASK_SCHEME, HUB, VENV_PYTHON, as_user, cli, driver, lines, notebook_jobs,
+                      notebook_process, process_env, submit, tagged, wait_until)
 
 from aifactory import slurm
 
@@ -51,6 +52,9 @@ def test_a_foreign_dask_client_is_refused_while_the_owner_connects(live_cluster)
     try:
         out = lines(proc, 1)
         address = out["address"]
+        if DASK_SCHEME == "tcp":  # Python 3.13: the cluster says TLS is off, and is TCP
+            assert address.startswith("tcp://") and "Dask TLS is off" in out["printed"][0]
+            pytest.skip("Dask TLS is off on Python 3.13 (aifactory.dask.TLS_WORKS); said so")
         assert address.startswith("tls://")
         wait_until(lambda: any(j.running for j in tagged(out["tag"])), 60,
                    what="alice's worker job to run")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import ARTIFACTS
+from conftest import ARTIFACTS, DASK_SCHEME
 
 from aifactory import slurm
 
@@ -178,7 +178,7 @@ def check_allocation(text: str, report: dict) -> None:
 def check_dask(text: str, report: dict) -> None:
     assert "Scaling up by 2 jobs x 1 H100 x 00:10:00 = 0.33 GPU-hours, of the" in text
     assert "2 workers ready" in text
-    workers = re.findall(r"^worker tls://\S+ on (gpu\d\d), GPU (\d)$", text, re.M)  # mutual TLS
+    workers = re.findall(rf"^worker {DASK_SCHEME}://\S+ on (gpu\d\d), GPU (\d)$", text, re.M)
     assert len(workers) == 2 and len(set(workers)) == 2, workers
     tasks = re.findall(r"^task (\d) on (gpu\d\d), CUDA_VISIBLE_DEVICES=(\d), computed on \w+: "
                        r"499500$", text, re.M)

@@ -41,6 +41,14 @@ from .client import AllocationsError, ServiceClient, default_client
 from .snapshot import only_unusable_nodes, unusable_words
 
 INHERITED = ("SLURM_", "SBATCH_", "SRUN_", "SALLOC_")
+# With distributed 2026.8 on Python 3.13 (Debian 13's), once a Client is attached the
+# scheduler closes the cluster's own new TLS connections (wait_for_workers, retire_workers
+# fail with CommClosedError; reproduced on the 24.11 bed, not on 3.11). Until that is solved,
+# clusters there use TCP and say so.
+TLS_WORKS = sys.version_info < (3, 13)
+TLS_OFF_WORDS = ("Dask TLS is off on this Python (3.13, a known fault of distributed's TLS "
+                 "with an attached Client): this cluster speaks plain TCP, and other users "
+                 "who learn its address can connect to it.")
 
 
 class BudgetExceeded(ValueError):
@@ -148,6 +156,9 @@ class GPUCluster(SLURMCluster):
         kwargs["scheduler_options"] = {**scheduler_options, **kwargs.get("scheduler_options", {})}
         # Mutual TLS with the user's own identity: nobody else connects (security=False: TCP).
         security = kwargs.pop("security", None)
+        if security is None and not TLS_WORKS:
+            print(TLS_OFF_WORDS)
+            security = False
         kwargs["security"] = (dask_tls.security() if security is None else security) or None
         kwargs.setdefault("interface", d["interface"])
         # Each job spills into a folder of its own that only its user can enter, made by the
