@@ -13,6 +13,14 @@ here = Path(__file__).resolve().parent
 
 # The public face: the proxy on the login node. A site puts TLS and a real hostname in front.
 c.JupyterHub.bind_url = "http://127.0.0.1:8000"
+# Each user's server has a browser origin of its own, http://<user>.<host> (and the service
+# http://allocations--service.<host>): a page served by one user's server cannot read the hub's
+# pages, or another user's, in someone else's browser. In the demo the host is hub.localhost,
+# since browsers (and libnss-myhostname) resolve *.localhost to the loopback (a name with a dot,
+# so that the hub's domain cookie is kept by every client); a site names its own host, with
+# wildcard DNS and a wildcard certificate in front.
+public_url = os.environ.get("AIFACTORY_PUBLIC_URL", "http://hub.localhost:8000")
+c.JupyterHub.subdomain_host = public_url
 # Compute nodes call the hub API (the server's port callback, activity): bind it where they
 # can reach it, on the login node's cluster-network address.
 hub_ip = os.environ.get("AIFACTORY_HUB_CONNECT_IP", "127.0.0.1")
@@ -25,8 +33,9 @@ c.JupyterHub.cookie_secret_file = f"{state}/jupyterhub_cookie_secret"
 c.ConfigurableHTTPProxy.pid_file = f"{state}/jupyterhub-proxy.pid"
 c.JupyterHub.template_paths = [str(here / "templates")]
 
-# Login with Unix passwords (PAM); only members of the login group may log in.
-c.JupyterHub.authenticator_class = "pam"
+# Login with Unix passwords (PAM), on the hub's own host only; only members of the login group
+# may log in.
+c.JupyterHub.authenticator_class = "aifactory.login.HubHostPAMAuthenticator"
 c.PAMAuthenticator.allowed_groups = {os.environ.get("AIFACTORY_LOGIN_GROUP", "aifactory-users")}
 c.PAMAuthenticator.open_sessions = False
 # Hub admins are the members of this Unix group, as of their last login.

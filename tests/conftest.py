@@ -21,7 +21,13 @@ import requests
 
 from aifactory import cluster, slurm
 
-HUB = "http://127.0.0.1:8000"
+HUB = "http://hub.localhost:8000"
+# Each user's server and the service have origins of their own (JupyterHub's subdomain_host).
+SERVICE = "http://allocations--service.hub.localhost:8000/services/allocations/"
+
+
+def user_url(user: str) -> str:
+    return f"http://{user}.hub.localhost:8000/user/{user}/"
 ARTIFACTS = Path(__file__).parent / "artifacts"
 PASSWORDS = Path("/var/lib/aifactory/demo-passwords.json")
 

@@ -5,14 +5,13 @@ import time
 
 import pytest
 import requests
-from conftest import HUB, add_account, cli, remove_account, submit, wait_until
+from conftest import SERVICE, HUB, add_account, cli, remove_account, submit, wait_until
 
 from aifactory import report, slurm
 from aifactory.client import ServiceClient
 from aifactory.cluster import services
 from aifactory.widgets import AllocationPanel, ClusterPanel, JobsPanel
 
-SERVICE = f"{HUB}/services/allocations/"
 AUDIT = "audit-usage"  # a project the tests make, spend from, and remove
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import ARTIFACTS, HUB, notebook_jobs, submit, wait_until
+from conftest import ARTIFACTS, HUB, SERVICE, notebook_jobs, submit, wait_until
 from playwright import sync_api as playwright
 
 from aifactory import slurm
@@ -215,6 +215,82 @@ def cli_budget(user: str) -> dict:
 
 
 def service_budget(token: str) -> dict:
-    r = requests.get(f"{HUB}/services/allocations/api/budgets/proj-climate",
+    r = requests.get(f"{SERVICE}api/budgets/proj-climate",
                      headers={"Authorization": f"token {token}"}, timeout=30)
     return r.json()["projects"][0]
+
+
+# A page dave's own server serves (his Jupyter config adds a static folder, which Jupyter
+# serves without a login), run in alice's browser while she is logged in to the hub: it tries
+# to read alice's hub pages and to mint a token for her, as the page could if it shared the
+# hub's origin.
+EVIL_PAGE = """<!doctype html><title>working</title><script>
+(async () => {
+  const hub = "%s", out = {};
+  async function read(name, url, options) {
+    try {
+      const r = await fetch(url, {credentials: "include", ...options});
+      out[name] = {status: r.status, text: (await r.text()).slice(0, 50000)};
+    } catch (e) { out[name] = {error: String(e)}; }
+    return (out[name].text || "").match(/xsrf_token: "([^"]+)"/);
+  }
+  const here = await read("home_on_this_origin", "/hub/home");
+  const found = (await read("home_on_the_hubs_origin", hub + "/hub/home")) || here;
+  await read("user_on_the_hubs_origin", hub + "/hub/api/user");
+  const headers = {"Content-Type": "application/json", "X-XSRFToken": found ? found[1] : ""};
+  const body = JSON.stringify({note: "dave was here"});
+  for (const [name, base] of [["token_on_this_origin", ""], ["token_on_the_hubs_origin", hub]])
+    await read(name, base + "/hub/api/users/alice/tokens", {method: "POST", headers, body});
+  window.attack = out;
+  document.title = "done";
+})();
+</script>"""
+
+
+def test_a_page_of_another_users_server_cannot_act_as_the_hub_in_alices_browser(
+        page, passwords, hub_client):
+    dave = hub_client("dave")
+    home = Path("/home/dave")
+    subprocess.run(["runuser", "-u", "dave", "--", "mkdir", "-p", home / ".jupyter",
+                    home / "evil"], check=True)
+    config = json.dumps({"ServerApp": {"extra_static_paths": [str(home / "evil")]}})
+    for path, text in ((home / ".jupyter/jupyter_server_config.json", config),
+                       (home / "evil/page.html", EVIL_PAGE % HUB)):
+        subprocess.run(["runuser", "-u", "dave", "--", "tee", path], input=text, text=True,
+                       capture_output=True, check=True)
+    try:
+        dave.start(profile="cpu")
+        alice = hub_client("alice")
+        page.goto(f"{HUB}/hub/login")
+        page.fill("#username_input", "alice")
+        page.fill("#password_input", passwords["alice"])
+        page.click("#login_submit")
+        page.wait_for_url("**/hub/spawn**")
+
+        page.goto("http://dave.hub.localhost:8000/user/dave/static/page.html")
+        page.wait_for_function("document.title === 'done'", timeout=30_000)
+        attack = page.evaluate("window.attack")
+        (ARTIFACTS / "attack-from-daves-page.json").write_text(json.dumps(attack, indent=1))
+        # The page ran in alice's browser, on dave's origin: nothing of alice's came back ...
+        for name, answer in attack.items():
+            assert "alice" not in answer.get("text", ""), f"{name} read alice's: {answer}"
+            assert answer.get("status") != 201, f"{name} minted a token for alice"
+        # ... the hub's own origin refused the page outright (no CORS) ...
+        assert "error" in attack["home_on_the_hubs_origin"]
+        assert "error" in attack["token_on_the_hubs_origin"]
+        # ... and alice has no token she did not make, while her login still works.
+        tokens = alice.api("GET", "/users/alice/tokens").json()["api_tokens"]
+        assert not [t for t in tokens if t["note"] == "dave was here"]
+        page.goto(f"{HUB}/hub/home")
+        assert "alice" in page.content()
+        # Nor can alice be led to log in on dave's origin, where his page would then read hers.
+        page.goto("http://dave.hub.localhost:8000/hub/login")
+        page.fill("#username_input", "alice")
+        page.fill("#password_input", passwords["alice"])
+        page.click("#login_submit")
+        page.wait_for_selector("text=Log in at http://hub.localhost:8000/hub/login")
+        assert not [c for c in page.context.cookies("http://dave.hub.localhost:8000/hub/")
+                    if c["name"].startswith("jupyterhub-hub-login")]
+    finally:
+        subprocess.run(["rm", "-rf", home / ".jupyter/jupyter_server_config.json",
+                        home / "evil"], check=True)

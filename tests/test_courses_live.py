@@ -7,12 +7,11 @@ import time
 from pathlib import Path
 
 import requests
-from conftest import HUB, notebook_jobs, notebook_process, process_env, wait_until
+from conftest import SERVICE, HUB, notebook_jobs, notebook_process, process_env, wait_until
 
 from aifactory import slurm
 from aifactory.client import AllocationsError, ServiceClient
 
-SERVICE = f"{HUB}/services/allocations/"
 
 
 def submitted() -> int:

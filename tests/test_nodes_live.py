@@ -5,7 +5,7 @@ import json
 import time
 
 import requests
-from conftest import HUB, cli, wait_until
+from conftest import HUB, SERVICE, cli, wait_until
 
 from aifactory import slurm
 
@@ -39,7 +39,7 @@ def test_a_drained_gpu_node_leaves_the_free_count_and_shows_its_reason(hub_clien
         token = hub_client("alice").token()
 
         def service_agrees():
-            r = requests.get(f"{HUB}/services/allocations/api/gpus",
+            r = requests.get(f"{SERVICE}api/gpus",
                              headers={"Authorization": f"token {token}"}, timeout=30).json()
             return h100_row(r)["free"] == row["free"] and any(
                 n["node"] == "gpu02" and n["reason"] == REASON for n in r["nodes_down"])

@@ -27,10 +27,12 @@ from .system import ETC_DIR, STATE_DIR, ClusterError, ensure_debs, sh, wait_for,
 __all__ = ["up", "down", "status", "ClusterError", "DemoFileError"]
 
 DEBIAN_PACKAGES = ["slurmctld", "slurmd", "slurmdbd", "slurm-client", "munge", "git",
-                   "mariadb-server", "sudo", "iproute2", "util-linux"]
+                   "mariadb-server", "sudo", "iproute2", "util-linux",
+                   # *.localhost resolves to the loopback: users' own origins in the demo
+                   "libnss-myhostname"]
 PROXY_VERSION = "4.6"  # configurable-http-proxy, from the npm registry
 VENV = Path(os.environ.get("AIFACTORY_VENV", "/opt/aifactory/venv"))
-HUB_URL = "http://127.0.0.1:8000"
+HUB_URL = "http://hub.localhost:8000"  # users' servers: http://<user>.hub.localhost:8000
 HUB_CONFIG_DIR = ETC_DIR / "hub_config"
 HUB_WORKDIR = STATE_DIR / "hub"
 
