@@ -31,8 +31,8 @@ import requests
 
 from aifactory import slurm
 
-HUB = "http://127.0.0.1:8000"
-SERVICE = f"{HUB}/services/allocations/api/"
+HUB = "http://hub.localhost:8000"
+SERVICE = "http://allocations--service.hub.localhost:8000/services/allocations/api/"
 PASSWORDS = "/var/lib/aifactory/demo-passwords.json"
 REFRESH_S = 5
 

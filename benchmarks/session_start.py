@@ -21,7 +21,7 @@ import requests
 
 from aifactory import slurm
 
-HUB = "http://127.0.0.1:8000"
+HUB = "http://hub.localhost:8000"
 
 
 def wait(check, timeout: float, what: str) -> None:

@@ -60,7 +60,7 @@ c.JupyterHub.services = [{
     "url": allocations_url,
     "command": [os.environ.get("AIFACTORY_VENV", "/opt/aifactory/venv") + "/bin/python",
                 "-P", "-m", "aifactory.service"],
-    "environment": {"AIFACTORY_SITE": str(here / "site.yaml")},
+    "environment": {"AIFACTORY_SITE": str(here / "site.yaml"), "AIFACTORY_PUBLIC_URL": public_url},
     "oauth_no_confirm": True,
     "display": False,
 }]

@@ -7,6 +7,7 @@ locally and fail in CI (CI=true).
 
 from __future__ import annotations
 
+import datetime as dt
 import html
 import json
 import os
@@ -20,6 +21,7 @@ import pytest
 import requests
 
 from aifactory import cluster, slurm
+from aifactory.allocations import Snapshot
 
 HUB = "http://hub.localhost:8000"
 # Each user's server and the service have origins of their own (JupyterHub's subdomain_host).
@@ -29,6 +31,10 @@ SERVICE = "http://allocations--service.hub.localhost:8000/services/allocations/"
 def user_url(user: str) -> str:
     return f"http://{user}.hub.localhost:8000/user/{user}/"
 ARTIFACTS = Path(__file__).parent / "artifacts"
+REPO = Path(__file__).resolve().parents[1]
+CLI = Path(sys.executable).parent / "aifactory"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PASSWORDS = Path("/var/lib/aifactory/demo-passwords.json")
 
 
@@ -314,3 +320,33 @@ def lines(proc: subprocess.Popen, count: int, timeout: float = 300) -> dict:
 def tagged(tag: str) -> list[slurm.Job]:
     return [j for j in slurm.jobs() if j.comment == tag
             and j.alive]
+
+
+def aifactory(*args: str) -> subprocess.CompletedProcess:
+    """The `aifactory` command as root, with this checkout's hub_config."""
+    env = dict(os.environ, AIFACTORY_HUB_CONFIG=str(REPO / "hub_config"))
+    return subprocess.run([str(CLI), *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+# Recorded Slurm answers for the pure tests (tests/data), and a snapshot made of them.
+DATA = Path(__file__).parent / "data"
+NOW = dt.datetime(2026, 11, 22, 12, 0).timestamp()
+DAY = 86400
+
+
+def past(job_id, account, gpus, start, end, user="alice", state="COMPLETED"):
+    return slurm.PastJob(job_id, "train", user, account, "gpu", state, gpus, 8, int(start),
+                         int(end), int((end or NOW) - start), 60, 0.0)
+
+
+def snapshot(**parts) -> Snapshot:
+    base = {
+        "shares": slurm.parse_sshare((DATA / "sshare-22.05.txt").read_text()),
+        "members": {"alice": ["proj-climate"], "bob": ["proj-climate", "proj-tiny"],
+                    "student1": ["course-dl101"], "student2": ["course-dl101"],
+                    "carol": ["course-dl101"]},
+        "coordinators": {"proj-climate": ["alice"], "course-dl101": ["carol"], "proj-tiny": []},
+        "history": [], "period": "QUARTERLY", "queue": {}, "nodes": [], "reservations": {},
+    }
+    base.update(parts)
+    return Snapshot(base, {k: NOW - 3 for k in base}, {})

@@ -1,37 +1,14 @@
 """Budget arithmetic, access rules and the words shown, from recorded Slurm output (no cluster)."""
 
 import datetime as dt
-from pathlib import Path
 
 import pytest
+from conftest import DATA, DAY, NOW, past, snapshot
 
 from aifactory import allocations, report, slurm
-from aifactory.allocations import AccessError, Snapshot, Viewer
+from aifactory.allocations import AccessError, Viewer
 from aifactory.billing import Billing
 from aifactory.widgets import bar_colour
-
-DATA = Path(__file__).parent / "data"
-NOW = dt.datetime(2026, 11, 22, 12, 0).timestamp()
-DAY = 86400
-
-
-def past(job_id, account, gpus, start, end, user="alice", state="COMPLETED"):
-    return slurm.PastJob(job_id, "train", user, account, "gpu", state, gpus, 8, int(start),
-                         int(end), int((end or NOW) - start), 60, 0.0)
-
-
-def snapshot(**parts) -> Snapshot:
-    base = {
-        "shares": slurm.parse_sshare((DATA / "sshare-22.05.txt").read_text()),
-        "members": {"alice": ["proj-climate"], "bob": ["proj-climate", "proj-tiny"],
-                    "student1": ["course-dl101"], "student2": ["course-dl101"],
-                    "carol": ["course-dl101"]},
-        "coordinators": {"proj-climate": ["alice"], "course-dl101": ["carol"], "proj-tiny": []},
-        "history": [], "period": "QUARTERLY", "queue": {}, "nodes": [], "reservations": {},
-    }
-    base.update(parts)
-    return Snapshot(base, {k: NOW - 3 for k in base}, {})
-
 
 def test_period_end_follows_slurms_reset_period():
     assert dt.datetime.fromtimestamp(allocations.period_end("QUARTERLY", NOW)) == dt.datetime(2027, 1, 1)

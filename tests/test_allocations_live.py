@@ -5,7 +5,7 @@ import time
 
 import pytest
 import requests
-from conftest import SERVICE, HUB, add_account, cli, remove_account, submit, wait_until
+from conftest import SERVICE, add_account, cli, remove_account, submit, wait_until
 
 from aifactory import report, slurm
 from aifactory.client import ServiceClient

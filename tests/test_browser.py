@@ -11,14 +11,12 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import ARTIFACTS, HUB, SERVICE, notebook_jobs, submit, wait_until
+from conftest import ARTIFACTS, CHROMIUM_ARGS, HUB, SERVICE, notebook_jobs, submit, wait_until
 from playwright import sync_api as playwright
 
 from aifactory import slurm
 from aifactory.report import gpu_h
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture

@@ -1,24 +1,15 @@
 """`aifactory cluster up | status` on the live machine: idempotent, and bad input changes nothing."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO, aifactory
 
 from aifactory import slurm
 from aifactory.cluster import ClusterError
 from aifactory.cluster.system import ensure_debs
 
-REPO = Path(__file__).resolve().parents[1]
-CLI = Path(sys.executable).parent / "aifactory"
-
-
-def aifactory(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, AIFACTORY_HUB_CONFIG=str(REPO / "hub_config"))
-    return subprocess.run([str(CLI), *args], capture_output=True, text=True, env=env, timeout=600)
 
 
 def snapshot() -> dict:

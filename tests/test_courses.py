@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from test_allocations import NOW, past, snapshot
+from conftest import NOW, past, snapshot
 
 from aifactory import allocations, courses, material, report, slurm
 from aifactory import site as site_module

@@ -1,5 +1,7 @@
 """The demo description is checked before anything is built from it (no cluster needed)."""
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -7,6 +9,7 @@ import yaml
 
 from aifactory.cluster import render_gres_conf, render_slurm_conf
 from aifactory.cluster.demo import DemoFileError, load
+from aifactory.cluster.system import write_if_changed
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "hub_config" / "cluster" / "demo.yaml"
@@ -115,3 +118,29 @@ def test_job_submit_lua_holds_each_course_to_its_profile():
     assert '["course-ml202"] = {reservation = "ml202"' in lua
     assert "proj-climate" not in lua  # research projects are not held
     assert "JobSubmitPlugins=lua" in (REPO / "hub_config/cluster/slurm.conf.in").read_text()
+
+
+def test_a_secret_is_never_readable_by_others_not_even_while_it_is_written(tmp_path, monkeypatch):
+    """`up` writes passwords with write_if_changed: every file it creates on the way has the
+    final rights from its first moment, whatever the umask (0 here), also when it replaces
+    a file that was readable."""
+    created = []
+    real_open = os.open
+
+    def watching_open(path, flags, mode=0o777, *args, **kwargs):
+        fd = real_open(path, flags, mode, *args, **kwargs)
+        if flags & os.O_CREAT:
+            created.append(stat.S_IMODE(os.fstat(fd).st_mode))
+        return fd
+
+    secret = tmp_path / "secret"
+    secret.write_text("old")
+    secret.chmod(0o644)
+    monkeypatch.setattr(os, "open", watching_open)
+    umask = os.umask(0)
+    try:
+        assert write_if_changed(secret, "s3cret", 0o600)
+    finally:
+        os.umask(umask)
+    assert created == [0o600]
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600 and secret.read_text() == "s3cret"

@@ -14,6 +14,7 @@ from conftest import (DASK_SCHEME, HUB, VENV_PYTHON, as_user, cli, driver, lines
                       notebook_process, process_env, submit, tagged, wait_until)
 
 from aifactory import slurm
+from aifactory.dask import TLS_OFF_WORDS
 
 ATTACKER = "dave"
 
@@ -53,7 +54,7 @@ def test_a_foreign_dask_client_is_refused_while_the_owner_connects(live_cluster)
         out = lines(proc, 1)
         address = out["address"]
         if DASK_SCHEME == "tcp":  # Python 3.13: the cluster says TLS is off, and is TCP
-            assert address.startswith("tcp://") and "Dask TLS is off" in out["printed"][0]
+            assert address.startswith("tcp://") and out["printed"][0] == TLS_OFF_WORDS
             pytest.skip("Dask TLS is off on Python 3.13 (aifactory.dask.TLS_WORKS); said so")
         assert address.startswith("tls://")
         wait_until(lambda: any(j.running for j in tagged(out["tag"])), 60,
@@ -109,6 +110,16 @@ def test_slurm_shows_the_other_user_nothing_of_alices(live_cluster):
         assert "totals of project proj-climate only to its coordinators" in member.stderr
     finally:
         slurm.cancel(job)
+
+
+def test_the_clusters_secrets_are_root_only(live_cluster):
+    secrets = ["/var/lib/aifactory/demo-passwords.json", "/var/lib/aifactory/db-password",
+               "/etc/slurm/slurmdbd.conf", "/var/lib/aifactory/hub/jupyterhub_cookie_secret"]
+    for path in secrets:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
+        read = subprocess.run(["runuser", "-u", ATTACKER, "--", "cat", path],
+                              capture_output=True, text=True)
+        assert read.returncode != 0 and "Permission denied" in read.stderr, path
 
 
 def test_homes_are_private(live_cluster):

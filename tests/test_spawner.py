@@ -4,8 +4,7 @@ import re
 from pathlib import Path
 
 import yaml
-from conftest import HUB, HubClient, notebook_jobs, progress_messages, sacct_record, wait_until
-from test_cluster_cli import aifactory
+from conftest import HUB, HubClient, aifactory, notebook_jobs, progress_messages, sacct_record, wait_until
 
 from aifactory import slurm
 from aifactory.cluster import services

@@ -6,8 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import HubClient, sacct_record, submit, wait_until
-from test_cluster_cli import aifactory
+from conftest import HubClient, aifactory, sacct_record, submit, wait_until
 
 from aifactory import slurm
 

@@ -350,13 +350,14 @@ def gpus(viewer: Viewer, snap: Snapshot, now: float | None = None) -> dict:
 
 # --- courses ----------------------------------------------------------------------------
 
-def courses_list(viewer: Viewer, snap: Snapshot, site_courses, now: float | None = None) -> dict:
-    """The courses `viewer` teaches or takes: window and spawn link."""
+def courses_list(viewer: Viewer, snap: Snapshot, site_courses, now: float | None = None,
+                 hub_url: str = "/hub/") -> dict:
+    """The courses `viewer` teaches or takes: window and spawn link (under `hub_url`)."""
     now = now or time.time()
     rows = []
     for c in site_courses:
         if role := courses_module.role(c, viewer.groups, viewer.admin):
-            rows.append(courses_module.summary(c, role, snap.reservations, now))
+            rows.append(courses_module.summary(c, role, snap.reservations, now, hub_url))
     return {**_meta(snap, ("reservations",), now), "user": viewer.name, "courses": rows}
 
 
@@ -405,8 +406,9 @@ def participant_row(name: str, model: dict | None, snap: Snapshot, course, now: 
 
 def course(viewer: Viewer, snap: Snapshot, c, participants: list[str],
            hub_users: dict[str, dict], now: float | None = None,
-           billing: Billing | None = None) -> dict:
-    """The instructor's view of course `c`: participants, the window, the course budget."""
+           billing: Billing | None = None, hub_url: str = "/hub/") -> dict:
+    """The instructor's view of course `c`: participants, the window, the course budget, the
+    spawn link (under `hub_url`)."""
     now = now or time.time()
     billing = billing or site_billing()
     if courses_module.role(c, viewer.groups, viewer.admin) not in ("admin", "instructor"):
@@ -421,7 +423,7 @@ def course(viewer: Viewer, snap: Snapshot, c, participants: list[str],
     return {**_meta(snap, ("queue", "shares", "reservations", "history"), now),
             "course": c.name, "display_name": c.display_name, "account": c.account,
             "reservation": c.reservation, "profile": c.profile,
-            "spawn_url": c.spawn_url(),
+            "spawn_url": c.spawn_url(hub_url),
             "window": window["state"], "window_text": window["text"],
             "window_start": _iso(window["starts"]), "window_end": _iso(window["ends"]),
             "time_left_s": window["time_left_s"],

@@ -164,7 +164,8 @@ class GPUCluster(SLURMCluster):
         # Each job spills into a folder of its own that only its user can enter, made by the
         # job (mktemp -d: 0700, a name nobody can take first) and removed when it ends.
         kwargs["job_script_prologue"] = [
-            *scratch_prologue(d["local_directory"]), *kwargs.pop("job_script_prologue", [])]
+            *slurm.private_scratch_lines(shlex.quote(d["local_directory"]), "aifactory-dask"),
+            *kwargs.pop("job_script_prologue", [])]
         kwargs.setdefault("local_directory", '"$AIFACTORY_SCRATCH"')
         kwargs.setdefault("log_directory", os.path.expanduser("~/.aifactory/dask-logs"))
         # -P: never import from the job's working folder (a shared one may hold a planted
@@ -293,16 +294,6 @@ class GPUCluster(SLURMCluster):
         if prefix and port:
             return f"{prefix}proxy/{port}/status"
         return f"http://127.0.0.1:{port}/status" if port else super().dashboard_link
-
-
-def scratch_prologue(parent: str) -> list[str]:
-    """Job script lines making $AIFACTORY_SCRATCH: a private folder under `parent`, removed
-    when the job ends (a cancel sends TERM, which the EXIT trap then follows)."""
-    return [f'AIFACTORY_SCRATCH="$(mktemp -d {shlex.quote(parent)}/aifactory-dask-'
-            f'"$SLURM_JOB_ID".XXXXXX)" || exit 1',
-            """trap 'rm -rf "$AIFACTORY_SCRATCH"' EXIT""",
-            "trap 'exit 143' TERM",
-            'export DASK_TEMPORARY_DIRECTORY="$AIFACTORY_SCRATCH"']
 
 
 def _whole(value, name: str, lo: int, hi: int) -> int:

@@ -56,6 +56,8 @@ USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 JOB_ID_RE = re.compile(r"^[0-9]{1,12}$")
 COURSE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 GROUPS_EVERY_S = 30
+# Spawn links are whole addresses: participants open them from anywhere (the hub sets this).
+PUBLIC_HUB_URL = os.environ.get("AIFACTORY_PUBLIC_URL", "").rstrip("/") + "/hub/"
 
 
 class Cache:
@@ -209,7 +211,7 @@ class GpusHandler(ApiHandler):
 
 class CoursesHandler(ApiHandler):
     def get(self):
-        self.answer(allocations.courses_list, site.load_cached().courses)
+        self.answer(allocations.courses_list, site.load_cached().courses, hub_url=PUBLIC_HUB_URL)
 
 
 class CourseHandler(ApiHandler):
@@ -224,7 +226,7 @@ class CourseHandler(ApiHandler):
             participants, users = await self.settings["hub"].course_members(course.participants)
         except (HTTPClientError, OSError) as e:
             raise web.HTTPError(503, f"the hub did not answer ({e}); try again") from None
-        self.answer(allocations.course, course, participants, users)
+        self.answer(allocations.course, course, participants, users, hub_url=PUBLIC_HUB_URL)
 
 
 class CourseSessionHandler(ApiHandler):

@@ -385,6 +385,16 @@ async def submit_async(script: str, *, user: str, env: dict | None = None,
                                          env=env, timeout=timeout))
 
 
+def private_scratch_lines(parent: str, name: str) -> list[str]:
+    """Job script lines making $AIFACTORY_SCRATCH, a folder of the job's own under the shell
+    word `parent` (mktemp -d: 0700, a name nobody can take first), removed when the job ends
+    (a cancel sends TERM, which the EXIT trap then follows); Dask spills there."""
+    return [f'AIFACTORY_SCRATCH="$(mktemp -d {parent}/{name}-"$SLURM_JOB_ID".XXXXXX)" || exit 1',
+            """trap 'rm -rf "$AIFACTORY_SCRATCH"' EXIT""",
+            "trap 'exit 143' TERM",
+            'export DASK_TEMPORARY_DIRECTORY="$AIFACTORY_SCRATCH"']
+
+
 def _check_job_id(job_id: str) -> str:
     if not JOB_ID_RE.match(str(job_id)):
         raise ValueError(f"not a Slurm job id: {job_id!r}")

@@ -244,10 +244,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         lines += [
             "umask 077",  # what the session writes is its user's alone
             # Dask spills into a folder of this job's own, not a predictable /tmp name.
-            'AIFACTORY_SCRATCH="$(mktemp -d "${TMPDIR:-/tmp}/aifactory-$SLURM_JOB_ID.XXXXXX")"'
-            ' && export DASK_TEMPORARY_DIRECTORY="$AIFACTORY_SCRATCH"',
-            """trap 'rm -rf "$AIFACTORY_SCRATCH"' EXIT""",
-            "trap 'exit 143' TERM",
+            *slurm.private_scratch_lines('"${TMPDIR:-/tmp}"', "aifactory"),
             # The user's Dask identity (mutual TLS); its settings only once it exists.
             "if python -P -m aifactory.dask_tls; then",
             *(f"  export {k}={shlex.quote(v)}" for k, v in dask_tls.environment(home).items()),
