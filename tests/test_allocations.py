@@ -171,7 +171,7 @@ def test_a_node_reserved_by_a_reservation_the_viewer_cannot_see_is_not_free_for_
     """With PrivateData=reservations a user sees no reservation of others, only the node's
     RESERVED flag: its GPUs are held for someone else, not free."""
     from aifactory import slurm
-    from aifactory.snapshot import gpu_availability, held_nodes
+    from aifactory.availability import gpu_availability, held_nodes
 
     nodes = [slurm.Node("gpu01", "IDLE", "", ("gpu",), "gpu:h100:4", "gpu:h100:0"),
              slurm.Node("gpu03", "IDLE", "", ("gpu",), "gpu:h100:4", "gpu:h100:0", ("RESERVED",))]

@@ -84,7 +84,7 @@ def test_user_associations_with_qos():
 
 
 def test_queue_position_counts_only_jobs_that_compete_for_the_same_nodes():
-    from aifactory.snapshot import SlurmView
+    from aifactory.availability import queue_position
 
     def pending(job_id, priority, reason="Priority", partition="gpu", reservation=""):
         return slurm.Job(job_id, "x", "u", "a", partition, "PENDING", reason, "",
@@ -101,7 +101,7 @@ def test_queue_position_counts_only_jobs_that_compete_for_the_same_nodes():
         pending("45", 300, reservation="dl101"),
         pending("46", 50),                           # behind
     ]}
-    assert SlurmView().queue_position(mine, jobs) == 3
+    assert queue_position(mine, jobs) == 3
 
 
 def test_sshare_gives_budgets_and_members_shares_in_gpu_minutes():

@@ -206,7 +206,8 @@ def test_a_session_only_unusable_nodes_could_run_is_refused_with_their_reasons()
 
 
 def test_the_same_node_rule_serves_the_dask_cost_check():
-    from aifactory.snapshot import only_unusable_nodes, unusable_words
+    from aifactory.availability import only_unusable_nodes
+    from aifactory.report import unusable_words
     nodes = [node("gpu01", "MIXED", ("DRAIN",), reason="fan"), node("gpu02", "DOWN")]
     stuck = only_unusable_nodes(nodes, "gpu", "h100", 4)
     assert unusable_words(stuck) == "gpu01 draining (fan); gpu02 down"

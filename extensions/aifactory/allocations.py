@@ -24,7 +24,7 @@ from . import courses as courses_module
 from . import site as site_module
 from . import slurm
 from .billing import Billing
-from .snapshot import gpu_availability, held_nodes, usable_reservations
+from .availability import gpu_availability, held_nodes, usable_reservations
 
 BURN_WINDOW_DAYS = 7
 RECENT_JOBS = 20

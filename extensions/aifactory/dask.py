@@ -38,7 +38,8 @@ from dask_jobqueue.slurm import SLURMJob
 from . import dask_tls, slurm
 from . import site as site_module
 from .client import AllocationsError, ServiceClient, default_client
-from .snapshot import only_unusable_nodes, unusable_words
+from .availability import only_unusable_nodes
+from .report import unusable_words
 
 INHERITED = ("SLURM_", "SBATCH_", "SRUN_", "SALLOC_")
 # With distributed 2026.8 on Python 3.13 (Debian 13's), once a Client is attached the

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from .billing import number
+from .slurm import Node
 
 
 def gpu_h(x: float | None) -> str:
@@ -21,6 +22,17 @@ def duration(seconds: float | None) -> str:
     return f"{days}-{text}" if days else text
 
 
+def clock(epoch: float) -> str:
+    """A time today, to the minute, in local time ("unknown" for none)."""
+    return dt.datetime.fromtimestamp(epoch).strftime("%H:%M") if epoch else "unknown"
+
+
+def time_left(seconds: float) -> str:
+    """"2 h 05 min", "45 min" (never below zero)."""
+    minutes = max(int(seconds // 60), 0)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
 def when(iso: str | None) -> str:
     """An answer's ISO time in local time, to the minute."""
     if not iso:
@@ -34,6 +46,12 @@ def footer(answer: dict) -> list[str]:
         lines.append(f"as of {when(answer['as_of'])} ({answer['age_s']} s old), from "
                      f"{', '.join(answer['source'])}")
     return lines
+
+
+def unusable_words(nodes: list[Node]) -> str:
+    """"gpu01 drained (disk failure); gpu02 down, not responding"."""
+    return "; ".join(f"{n.name} {n.condition}" + (f" ({n.reason})" if n.reason else "")
+                     for n in nodes)
 
 
 GPU_HOURS = "GPU-hours"

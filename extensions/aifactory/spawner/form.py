@@ -8,155 +8,17 @@ from __future__ import annotations
 
 import json
 
-from jinja2 import Environment
+from jinja2 import Environment, PackageLoader
 
 from ..billing import WeightsError, parse_weights, tres_order
 from ..site import Site
-from ..snapshot import GpuAvailability
+from ..availability import GpuAvailability
 from .. import slurm
 
-_ENV = Environment(autoescape=True)
+_ENV = Environment(loader=PackageLoader("aifactory.spawner", "templates"), autoescape=True)
 
-TEMPLATE = _ENV.from_string("""
-<style>
-  .aif-profile { display:block; border:1px solid #ccc; border-radius:6px; padding:8px 12px; margin:6px 0; }
-  .aif-profile input[type=radio] { margin-right:8px; }
-  .aif-muted { color:#666; font-size:90%; }
-  .aif-table td, .aif-table th { padding:2px 10px; }
-  #aif-cost { font-weight:bold; margin:10px 0; }
-  .aif-course-window { font-weight:bold; }
-  .aif-course-not-yet, .aif-course-closed { color:#8a6d00; }
-  .aif-warning { background:#fff3cd; border:1px solid #e0c36c; padding:6px 10px; border-radius:4px; }
-</style>
-{% if unreachable %}<p class="aif-warning" id="aif-unreachable">Scheduler unreachable: availability and
-budgets could not be read just now ({{ unreachable }}). You can still start; the hub checks again.</p>{% endif %}
-<h4>Choose a profile</h4>
-{% for p in profiles %}
-<label class="aif-profile" for="aif-profile-{{ p.slug }}">
-  <input type="radio" name="profile" id="aif-profile-{{ p.slug }}" value="{{ p.slug }}"
-         {% if p.slug == selected %}checked{% endif %}>
-  <strong>{{ p.display_name }}</strong>
-  <span class="aif-muted">{{ p.description }}</span>
-  {% if p.slug in course_notes %}<br><span class="aif-course-window aif-course-{{ course_notes[p.slug].state|replace(' ', '-') }}"
-    data-profile="{{ p.slug }}">{{ course_notes[p.slug].text }}</span>{% endif %}
-  {% for o in p.options %}
-  <br><span class="aif-muted">{{ o.display_name }}:</span>
-  <select name="option_{{ o.name }}" data-profile="{{ p.slug }}" class="aif-option">
-    {% for c in o.choices %}<option value="{{ c.key }}" data-slurm="{{ c.slurm|tojson|forceescape }}"
-      {% if c.key == o.default_choice().key %}selected{% endif %}>{{ c.display_name }}</option>{% endfor %}
-  </select>
-  {% endfor %}
-</label>
-{% endfor %}
-
-<p id="aif-cost"></p>
-
-<h4>GPUs free now</h4>
-<table class="aif-table" id="aif-availability">
-  <tr><th>Partition</th><th>GPU</th><th>Free</th><th>Total</th><th>Down</th></tr>
-  {% for a in availability %}
-  <tr><td>{{ a.partition }}</td><td>{{ a.gpu_type|upper }}</td><td>{{ a.free }}</td><td>{{ a.total }}</td><td>{{ a.down }}</td></tr>
-  {% else %}<tr><td colspan="5" class="aif-muted">not known right now</td></tr>{% endfor %}
-</table>
-
-<h4>Your projects' budgets</h4>
-<table class="aif-table" id="aif-budgets">
-  <tr><th>Project</th><th>Granted</th><th>Used</th><th>Held by running jobs</th><th>Left</th></tr>
-  {% for b in budgets %}
-  <tr><td>{{ b.account }}</td><td>{{ b.granted }}</td><td>{{ b.used }}</td><td>{{ b.held }}</td><td>{{ b.left }}</td></tr>
-  {% endfor %}
-</table>
-<p class="aif-muted" id="aif-budget-unit">{{ unit_words }}{% if as_of is not none %} ({{ as_of }} s ago){% endif %}.</p>
-
-<details id="aif-advanced">
-  <summary>Advanced</summary>
-  <p class="aif-muted">Leave a field empty to use the profile's value. Values outside the profile's limits are refused.</p>
-  <table class="aif-table">
-    <tr><td><label for="aif-partition">Partition</label></td><td><select name="partition" id="aif-partition">
-      <option value="">(profile)</option>{% for name in partitions %}<option>{{ name }}</option>{% endfor %}</select></td></tr>
-    <tr><td><label for="aif-gpu_type">GPU type</label></td><td><select name="gpu_type" id="aif-gpu_type">
-      <option value="">(profile)</option>{% for t in gpu_types %}<option>{{ t }}</option>{% endfor %}</select></td></tr>
-    <tr><td><label for="aif-gpus">GPUs</label></td><td><input name="gpus" id="aif-gpus" type="number" min="0" max="16"></td></tr>
-    <tr><td><label for="aif-cpus">CPUs</label></td><td><input name="cpus" id="aif-cpus" type="number" min="1" max="1024"></td></tr>
-    <tr><td><label for="aif-memory_gb">Memory (GB)</label></td><td><input name="memory_gb" id="aif-memory_gb" type="number" min="1"></td></tr>
-    <tr><td><label for="aif-walltime">Time</label></td><td><input name="walltime" id="aif-walltime" placeholder="HH:MM:SS" pattern="([0-9]{1,2}-)?[0-9]{1,3}:[0-9]{2}:[0-9]{2}"></td></tr>
-    <tr><td><label for="aif-account">Account</label></td><td><select name="account" id="aif-account">
-      <option value="">(profile, or your default: {{ default_account }})</option>{% for a in accounts %}<option>{{ a }}</option>{% endfor %}</select></td></tr>
-    <tr><td><label for="aif-qos">QOS</label></td><td><select name="qos" id="aif-qos">
-      <option value="">(the account's default)</option>{% for q in qos %}<option>{{ q }}</option>{% endfor %}</select></td></tr>
-    <tr><td><label for="aif-reservation">Reservation</label></td><td><select name="reservation" id="aif-reservation">
-      <option value="">(none)</option>{% for r in reservations %}<option>{{ r }}</option>{% endfor %}</select></td></tr>
-  </table>
-</details>
-<script type="application/json" id="aif-data">{{ data_json|safe }}</script>
-<script>
-(function () {
-  const data = JSON.parse(document.getElementById("aif-data").textContent);
-  const form = document.getElementById("aif-cost").closest("form") || document;
-  const val = (name) => { const el = form.querySelector("[name=" + name + "]"); return el ? el.value.trim() : ""; };
-  function minutes(t) {
-    const m = /^(?:(\\d+)-)?(\\d+):(\\d\\d):(\\d\\d)$/.exec(t || "");
-    return m ? (+(m[1] || 0)) * 1440 + (+m[2]) * 60 + (+m[3]) + (+m[4] ? 1 : 0) : 0;
-  }
-  function update() {
-    const checked = form.querySelector("input[name=profile]:checked");
-    if (!checked) return;
-    // The profile, then its chosen options, then the advanced fields: as the hub resolves them.
-    const p = Object.assign({}, data.profiles[checked.value]);
-    form.querySelectorAll("select.aif-option[data-profile='" + checked.value + "']").forEach(function (s) {
-      Object.assign(p, JSON.parse(s.options[s.selectedIndex].dataset.slurm)); });
-    form.querySelectorAll("select.aif-option").forEach(function (s) { s.disabled = s.dataset.profile !== checked.value; });
-    const num = (name, fallback) => val(name) !== "" ? +val(name) : fallback;
-    const gpus = num("gpus", p.gpus), cpus = num("cpus", p.cpus), memory = num("memory_gb", p.memory_gb);
-    const partition = val("partition") || p.partition;
-    const type = val("gpu_type") || p.gpu_type || data.first_gpu_type[partition] || "";
-    const walltime = val("walltime") || p.walltime;
-    const account = val("account") || p.account || data.default_account;
-    const hours = minutes(walltime) / 60;
-    const cost = document.getElementById("aif-cost");
-    const left = data.left[account], b = data.billing;
-    let text, units;
-    if (b.by_gpu) {
-      if (!gpus) { cost.textContent = "No GPUs: this session costs no GPU-hours (" + walltime + ")."; return; }
-      units = gpus * hours;
-      text = gpus + " GPU" + (gpus > 1 ? "s" : "") + " × " + (+hours.toFixed(2)) + " h = " + (+units.toFixed(2)) + " GPU-hours";
-    } else {
-      // Slurm's billing: the partition's weights summed in its TRES order, cut to a whole number.
-      const given = {"cpu": cpus, "mem": memory * 1024, "node": 1, "gres/gpu": gpus};
-      if (type) given["gres/gpu:" + type] = gpus;
-      const weights = data.weights[partition];
-      if (weights === null) { cost.textContent = "The cost is not known: Slurm's billing weights of " + partition + " could not be read."; return; }
-      let sum = weights && weights.length ? 0 : cpus;
-      (weights || []).forEach(function (w) { sum += w[1] * (given[w[0]] || 0); });
-      const rate = Math.floor(sum);
-      units = rate * hours;
-      text = rate + " " + b.unit + "/h × " + (+hours.toFixed(2)) + " h = " + (+units.toFixed(2)) + " " + b.unit
-        + " (" + (+(units / b.units_per_gpu_hour).toFixed(2)) + " GPU-h)";
-    }
-    const leftWords = b.by_gpu ? left : left + " " + b.unit;
-    cost.textContent = left === undefined || left === null ? text + " on project " + account + "."
-      : text + " of the " + leftWords + " left on project " + account + (units > left ? ": more than is left." : ".");
-  }
-  // A spawn link's fields (opt-NAME=value) fill the form: the person sees the cost, then starts.
-  new URLSearchParams(location.search).forEach(function (value, key) {
-    const name = key.replace(/^opt-/, "");
-    if (name === "profile") {
-      const radio = form.querySelector("input[name=profile][value='" + CSS.escape(value) + "']");
-      if (radio) radio.checked = true;
-      return;
-    }
-    const el = form.querySelector("[name='" + CSS.escape(name) + "']");
-    if (!el || el.type === "radio") return;
-    el.value = value;
-    const advanced = el.closest("details");
-    if (advanced) advanced.open = true;
-  });
-  form.addEventListener("change", update);
-  form.addEventListener("input", update);
-  update();
-})();
-</script>
-""")
+# The page itself: templates/spawn_form.html (HTML, its style and the cost script).
+TEMPLATE = _ENV.get_template("spawn_form.html")
 
 
 def _weights_or_none(text: str) -> list | None:

@@ -16,7 +16,8 @@ from typing import Any, Mapping
 from .. import courses, slurm
 from ..billing import Billing
 from ..site import FIELDS, Site, format_minutes, walltime_minutes
-from ..snapshot import only_unusable_nodes, unusable_words, usable_reservations
+from ..availability import only_unusable_nodes, usable_reservations
+from ..report import unusable_words
 
 SAFE_VALUE_RE = re.compile(r"^[A-Za-z0-9_.:-]{0,64}$")
 NUMBER_RE = re.compile(r"^[0-9]{1,5}$")
