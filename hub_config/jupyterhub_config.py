@@ -6,7 +6,7 @@
 import os
 from pathlib import Path
 
-from aifactory import courses, site
+from aifactory import courses, site_description
 
 c = get_config()  # noqa: F821
 here = Path(__file__).resolve().parent
@@ -67,22 +67,22 @@ c.JupyterHub.services = [{
 # Courses (site.yaml `courses`): their hub groups come from the Unix groups of the same names,
 # read when the hub starts; the allocations service keeps them equal (removals included).
 # Instructors start and stop course sessions through the service (aifactory.courses).
-site_description = site.load(here / "site.yaml")
-c.JupyterHub.load_groups = courses.hub_groups(site_description)
-c.JupyterHub.load_roles = [*courses.hub_roles(site_description),
+the_site = site_description.load(here / "site.yaml")
+c.JupyterHub.load_groups = courses.hub_groups(the_site)
+c.JupyterHub.load_roles = [*courses.hub_roles(the_site),
     # Every user may ask the service (it shows each only what is theirs).
     {"name": "user", "scopes": ["self", "access:services!service=allocations"]},
     # The service learns who is an admin and who is in which group; for courses it starts and
     # stops participants' sessions (for instructors, after its checks) and keeps the groups.
     {"name": "allocations-service", "services": ["allocations"],
      "scopes": ["list:users", "read:users", "read:groups", "read:servers",
-                *courses.service_scopes(site_description)]},
+                *courses.service_scopes(the_site)]},
 ]
 # A session's own token reaches the service too, so widgets in the notebook can use it; an
 # instructor's also carries their course role (the hub grants nobody scopes they lack).
 c.Spawner.server_token_scopes = ["users:activity!user", "access:servers!server",
                                  "access:services!service=allocations",
-                                 *courses.session_token_scopes(site_description)]
+                                 *courses.session_token_scopes(the_site)]
 c.Spawner.environment = {"AIFACTORY_ALLOCATIONS_URL": f"{allocations_url}/services/allocations/",
                          # GPUCluster reads its defaults from the site description.
                          "AIFACTORY_SITE": str(here / "site.yaml")}

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from aifactory import allocations, report, slurm
-from aifactory import site as site_module
+from aifactory import site_description as site_module
 from aifactory.billing import Billing, WeightsError, job_billing, parse_weights, tres_order
 from aifactory.spawner.form import render
 from aifactory.spawner.request import RequestError, check_budget, resolve

@@ -11,7 +11,7 @@ import pytest
 from conftest import NOW, past, snapshot
 
 from aifactory import allocations, courses, material, report, slurm
-from aifactory import site as site_module
+from aifactory import site_description as site_module
 from aifactory.allocations import AccessError, Viewer
 
 SITE_FILE = Path(__file__).resolve().parents[1] / "hub_config" / "site.yaml"

@@ -107,7 +107,7 @@ def test_generated_slurm_config_describes_the_nodes():
 
 
 def test_job_submit_lua_holds_each_course_to_its_profile():
-    from aifactory import site as site_module
+    from aifactory import site_description as site_module
     from aifactory.cluster import render_job_submit_lua
 
     site = site_module.load(REPO / "hub_config" / "site.yaml")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from aifactory import site as site_module
+from aifactory import site_description as site_module
 from aifactory import slurm
 from aifactory.spawner.request import RequestError, check_budget, resolve
 

@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from . import courses as courses_module
-from . import site as site_module
+from . import site_description as site_module
 from . import slurm
 from .billing import Billing
 from .availability import gpu_availability, held_nodes, usable_reservations

@@ -18,7 +18,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .site import Course, Site
+from .site_description import Course, Site
 
 
 def instructor_scopes(course: Course) -> list[str]:

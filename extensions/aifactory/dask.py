@@ -36,7 +36,7 @@ from dask_jobqueue import SLURMCluster
 from dask_jobqueue.slurm import SLURMJob
 
 from . import dask_tls, slurm
-from . import site as site_module
+from . import site_description as site_module
 from .client import AllocationsError, ServiceClient, default_client
 from .availability import only_unusable_nodes
 from .report import unusable_words

@@ -44,7 +44,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from . import allocations, courses, report, site, slurm
 from .allocations import FETCH, AccessError, Snapshot, Viewer
-from .site import profile_name
+from .site_description import profile_name
 
 log = logging.getLogger("aifactory.service")
 

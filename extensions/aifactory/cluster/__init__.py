@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import site as site_module
+from .. import site_description as site_module
 from .. import slurm
 from ..billing import Billing
 from . import accounting, network, services

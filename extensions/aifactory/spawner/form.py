@@ -11,7 +11,7 @@ import json
 from jinja2 import Environment, PackageLoader
 
 from ..billing import WeightsError, parse_weights, tres_order
-from ..site import Site
+from ..site_description import Site
 from ..availability import GpuAvailability
 from .. import slurm
 

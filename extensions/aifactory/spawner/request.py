@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from .. import courses, slurm
 from ..billing import Billing
-from ..site import FIELDS, Site, format_minutes, walltime_minutes
+from ..site_description import FIELDS, Site, format_minutes, walltime_minutes
 from ..availability import only_unusable_nodes, usable_reservations
 from ..report import unusable_words
 

@@ -28,7 +28,7 @@ from jupyterhub.user import User
 from traitlets import Float, Unicode, default
 
 from .. import courses, dask_tls
-from .. import site as site_module
+from .. import site_description as site_module
 from ..billing import WeightsError, parse_weights
 from .. import slurm
 from ..availability import held_nodes, usable_reservations
@@ -38,7 +38,7 @@ from . import status as states
 from .form import render
 from .status import SUBMITTED, Status, session_status
 from ..report import clock, time_left
-from ..site import profile_name
+from ..site_description import profile_name
 from .request import RequestError, SessionRequest, check_budget, check_nodes, resolve
 
 
