@@ -24,6 +24,7 @@ from . import courses as courses_module
 from . import site_description as site_module
 from . import slurm
 from .billing import Billing
+from .snapshot import Cached
 from .availability import gpu_availability, held_nodes, usable_reservations
 
 BURN_WINDOW_DAYS = 7
@@ -83,17 +84,36 @@ class Snapshot:
             raise AttributeError(name) from None
 
     @classmethod
+    def of(cls, cached: dict[str, Cached]) -> "Snapshot":
+        """The parts as the caches hold them now (an empty answer where none came yet)."""
+        return cls({n: EMPTY[n]() if c.last is None else c.last for n, c in cached.items()},
+                   {n: c.as_of for n, c in cached.items() if c.as_of},
+                   {n: c.error for n, c in cached.items() if c.error})
+
+    @classmethod
     def take(cls, names=tuple(FETCH)) -> "Snapshot":
         """Ask Slurm directly (outside a hub): one command per part."""
-        snap = cls()
-        for name in names:
-            started = time.time()
+        cached = parts_cache(names)
+        for c in cached.values():
             try:
-                snap.parts[name], snap.as_of[name] = FETCH[name](), started
-            except slurm.SlurmError as e:
-                snap.errors[name] = str(e)
-                snap.parts[name] = EMPTY[name]()
-        return snap
+                c.fetch_now()
+            except slurm.SlurmError:
+                pass  # kept as the part's error
+        return cls.of(cached)
+
+
+def parts_cache(names=tuple(FETCH)) -> dict[str, Cached]:
+    """One cache per part of a snapshot."""
+    return {name: Cached(FETCH[name], SOURCES[name]) for name in names}
+
+
+def reads(*parts: str):
+    """Declares the parts of a snapshot an answer is computed from: what is asked of Slurm
+    for it, and the sources and warnings it carries (`_meta`), from this one list."""
+    def mark(compute):
+        compute.parts = parts
+        return compute
+    return mark
 
 
 EMPTY = {"queue": dict, "nodes": list, "reservations": dict, "shares": list, "members": dict,
@@ -214,6 +234,7 @@ def roles(viewer: Viewer, snap: Snapshot, coordinator_groups: dict) -> dict[str,
     return result
 
 
+@reads("shares", "members", "coordinators", "history", "period")
 def budgets(viewer: Viewer, snap: Snapshot, coordinator_groups: dict | None = None,
             account: str | None = None, now: float | None = None,
             billing: Billing | None = None) -> dict:
@@ -246,7 +267,7 @@ def budgets(viewer: Viewer, snap: Snapshot, coordinator_groups: dict | None = No
                                                             held=u.held_min / 60)}
                                 for u in snap.shares if u.account == row.account and u.user]
         projects.append(project)
-    meta = _meta(snap, ("shares", "members", "coordinators", "history"), now)
+    meta = _meta(snap, budgets.parts, now)
     meta["warnings"] += [private_totals(a) for a in hidden if account is None]
     return {**meta, "user": viewer.name, "projects": projects}
 
@@ -305,6 +326,7 @@ def past_job_row(job: slurm.PastJob) -> dict:
     }
 
 
+@reads("queue", "history")
 def jobs(viewer: Viewer, snap: Snapshot, user: str | None = None,
          now: float | None = None) -> dict:
     """`user`'s active jobs and recent finished ones (only admins may name someone else)."""
@@ -316,11 +338,12 @@ def jobs(viewer: Viewer, snap: Snapshot, user: str | None = None,
                      if j.user == user and j.alive), key=lambda j: int(j.job_id))
     ended = sorted((j for j in snap.history if j.user == user and j.end_time
                     and not j.alive), key=lambda j: -j.end_time)
-    return {**_meta(snap, ("queue", "history"), now), "user": user,
+    return {**_meta(snap, jobs.parts, now), "user": user,
             "active": [job_row(j, now) for j in active],
             "recent": [past_job_row(j) for j in ended[:RECENT_JOBS]]}
 
 
+@reads("queue")
 def job(viewer: Viewer, snap: Snapshot, job_id: str, now: float | None = None) -> dict:
     """One active job of the viewer's (admins: anyone's)."""
     now = now or time.time()
@@ -330,11 +353,12 @@ def job(viewer: Viewer, snap: Snapshot, job_id: str, now: float | None = None) -
     if found.user != viewer.name and not viewer.admin:
         # Same answer as for a job that does not exist: do not tell who runs what.
         raise AccessError(404, f"There is no active job {job_id}.")
-    return {**_meta(snap, ("queue",), now), "job": job_row(found, now)}
+    return {**_meta(snap, job.parts, now), "job": job_row(found, now)}
 
 
 # --- GPUs -------------------------------------------------------------------------------
 
+@reads("nodes", "reservations", "members")
 def gpus(viewer: Viewer, snap: Snapshot, now: float | None = None) -> dict:
     """Free and total GPUs per partition and type (free for this viewer), and nodes down."""
     now = now or time.time()
@@ -343,13 +367,14 @@ def gpus(viewer: Viewer, snap: Snapshot, now: float | None = None) -> dict:
     down = [{"node": n.name, "state": "+".join((n.state,) + n.flags), "condition": n.condition,
              "reason": n.reason, "since": _iso(n.reason_time)}
             for n in snap.nodes if not n.usable]
-    return {**_meta(snap, ("nodes", "reservations"), now),
+    return {**_meta(snap, gpus.parts, now),
             "partitions": [asdict(a) for a in gpu_availability(snap.nodes, held)],
             "nodes_down": down}
 
 
 # --- courses ----------------------------------------------------------------------------
 
+@reads("reservations")
 def courses_list(viewer: Viewer, snap: Snapshot, site_courses, now: float | None = None,
                  hub_url: str = "/hub/") -> dict:
     """The courses `viewer` teaches or takes: window and spawn link (under `hub_url`)."""
@@ -358,7 +383,7 @@ def courses_list(viewer: Viewer, snap: Snapshot, site_courses, now: float | None
     for c in site_courses:
         if role := courses_module.role(c, viewer.groups, viewer.admin):
             rows.append(courses_module.summary(c, role, snap.reservations, now, hub_url))
-    return {**_meta(snap, ("reservations",), now), "user": viewer.name, "courses": rows}
+    return {**_meta(snap, courses_list.parts, now), "user": viewer.name, "courses": rows}
 
 
 def participant_row(name: str, model: dict | None, snap: Snapshot, course, now: float,
@@ -404,6 +429,7 @@ def participant_row(name: str, model: dict | None, snap: Snapshot, course, now: 
     return row
 
 
+@reads("queue", "shares", "reservations", "history", "period")
 def course(viewer: Viewer, snap: Snapshot, c, participants: list[str],
            hub_users: dict[str, dict], now: float | None = None,
            billing: Billing | None = None, hub_url: str = "/hub/") -> dict:
@@ -420,7 +446,7 @@ def course(viewer: Viewer, snap: Snapshot, c, participants: list[str],
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
-    return {**_meta(snap, ("queue", "shares", "reservations", "history"), now),
+    return {**_meta(snap, course.parts, now),
             "course": c.name, "display_name": c.display_name, "account": c.account,
             "reservation": c.reservation, "profile": c.profile,
             "spawn_url": c.spawn_url(hub_url),

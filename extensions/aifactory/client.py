@@ -94,24 +94,23 @@ class DirectClient:
         name = user or getpass.getuser()
         self.viewer = Viewer(name, admin=name == "root")
 
-    def _answer(self, compute, parts, *args):
-        try:
-            return compute(self.viewer, Snapshot.take(parts), *args)
+    def _answer(self, compute, *args):
+        try:  # only the parts the answer reads (allocations.reads)
+            return compute(self.viewer, Snapshot.take(compute.parts), *args)
         except allocations.AccessError as e:
             raise AllocationsError(str(e)) from None
 
     def budgets(self, account: str | None = None) -> dict:
-        return self._answer(allocations.budgets, ("shares", "members", "coordinators",
-                                                  "history", "period"), {}, account)
+        return self._answer(allocations.budgets, {}, account)
 
     def jobs(self, user: str | None = None) -> dict:
-        return self._answer(allocations.jobs, ("queue", "history"), user)
+        return self._answer(allocations.jobs, user)
 
     def job(self, job_id: str) -> dict:
-        return self._answer(allocations.job, ("queue",), job_id)
+        return self._answer(allocations.job, job_id)
 
     def gpus(self) -> dict:
-        return self._answer(allocations.gpus, ("nodes", "reservations", "members"))
+        return self._answer(allocations.gpus)
 
     def courses(self) -> dict:
         raise AllocationsError(NEEDS_HUB)

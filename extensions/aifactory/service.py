@@ -61,30 +61,27 @@ PUBLIC_HUB_URL = os.environ.get("AIFACTORY_PUBLIC_URL", "").rstrip("/") + "/hub/
 
 
 class Cache:
-    """The service's snapshot of Slurm, renewed part by part in the background."""
+    """The service's snapshot of Slurm: one `Cached` per part, renewed on a fixed schedule
+    in the background (requests never trigger a fetch)."""
 
     def __init__(self, intervals: dict[str, float] = INTERVALS):
-        self.snap = Snapshot()
+        self.parts = allocations.parts_cache()
         self.intervals = intervals
         self.ready = asyncio.Event()
-        self._wakeups = {name: asyncio.Event() for name in FETCH}
+        self._wakeups = {name: asyncio.Event() for name in self.parts}
+
+    @property
+    def snap(self) -> Snapshot:
+        return Snapshot.of(self.parts)
 
     async def refresh(self, name: str) -> None:
-        started = time.time()
-        try:
-            value = await asyncio.to_thread(FETCH[name])
-        except Exception as e:  # noqa: BLE001  (a surprise must not end this part's loop)
-            if not isinstance(e, slurm.SlurmError):
-                log.exception("%s: an answer we could not read", allocations.SOURCES[name])
-                e = slurm.SlurmError(f"an answer aifactory could not read ({type(e).__name__})")
-            if name not in self.snap.errors:
-                log.warning("%s: %s", allocations.SOURCES[name], e)
-            self.snap.errors[name] = str(e)
-            self.snap.parts.setdefault(name, allocations.EMPTY[name]())
-        else:
-            self.snap.parts[name], self.snap.as_of[name] = value, started
-            if self.snap.errors.pop(name, None):
-                log.info("%s answers again", allocations.SOURCES[name])
+        part = self.parts[name]
+        failing = bool(part.error)
+        await part.refresh()
+        if part.error and not failing:
+            log.warning("%s: %s", part.source, part.error)
+        elif failing and not part.error:
+            log.info("%s answers again", part.source)
 
     def soon(self, name: str) -> None:
         """Refresh `name` now rather than at its next interval (after a change we made)."""
@@ -100,9 +97,9 @@ class Cache:
             await self.refresh(name)
 
     async def run(self) -> None:
-        await asyncio.gather(*(self.refresh(name) for name in FETCH))
+        await asyncio.gather(*(self.refresh(name) for name in self.parts))
         self.ready.set()
-        await asyncio.gather(*(self._loop(name) for name in FETCH))
+        await asyncio.gather(*(self._loop(name) for name in self.parts))
 
 
 class BaseHandler(HubOAuthenticated, web.RequestHandler):

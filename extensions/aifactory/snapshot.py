@@ -1,16 +1,22 @@
-"""One cached view of Slurm per process, shared by everyone who asks.
+"""The one cache of Slurm's answers, and the process-wide view made of it.
 
-Each kind of answer (the queue, the nodes, the budgets, the reservations, a user's
-associations) is fetched by at most one command at a time: callers that arrive while a fetch
-is running wait for that same answer, and an answer younger than the caller's `max_age` is
-reused. So thirty spawners polling every second cost slurmctld one `squeue` per second, not
-thirty. When Slurm does not answer, callers get `SlurmUnreachable`, and the last good answer
-stays available (`last`, `as_of`) for those that can show something older.
+`Cached` holds one kind of answer (the queue, the nodes, the budgets, ...): the last good
+answer, when the fetch that brought it began (`as_of`), and the error of the last try
+(`error`, "" when it answered). Asked with `get(max_age)`, at most one fetch runs at a time:
+callers that arrive meanwhile wait for that same answer, and an answer younger than
+`max_age` is reused, so thirty spawners polling every second cost slurmctld one `squeue` per
+second, not thirty. `refresh()` is the same fetch for a schedule (the allocations service),
+`fetch_now()` the same in the calling thread (the CLI). When Slurm does not answer, `get`
+raises `SlurmUnreachable` and the last good answer stays for those that can show something
+older. Every user of Slurm's answers goes through this class: the spawner's view (`VIEW`
+below), the service's schedule (aifactory.service) and the CLI's snapshot
+(allocations.Snapshot.take).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Callable, Generic, TypeVar
 
@@ -18,18 +24,37 @@ from . import slurm
 from .availability import GpuAvailability, gpu_availability, held_nodes
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class Cached(Generic[T]):
-    def __init__(self, fetch: Callable[[], T]):
+    def __init__(self, fetch: Callable[[], T], source: str = ""):
         self._fetch = fetch
+        self.source = source  # where the answer comes from, in words
         self.last: T | None = None
-        self.as_of = 0.0  # time.time() of the last good answer
+        self.as_of = 0.0  # time.time() at the start of the fetch of `last`
+        self.error = ""  # the last try's error; "" when it answered
         self._inflight: asyncio.Future | None = None
         self._inflight_started = 0.0
 
     def age(self) -> float:
         return time.time() - self.as_of if self.as_of else float("inf")
+
+    def fetch_now(self) -> T:
+        """Ask now, in this thread; keeps the answer, or the error (and raises it)."""
+        started = time.time()
+        try:
+            value = self._fetch()
+        except slurm.SlurmError as e:
+            self.error = str(e)
+            raise
+        except Exception as e:  # an answer we could not read is an error like any other
+            log.exception("%s: an answer aifactory could not read", self.source or "Slurm")
+            self.error = f"an answer aifactory could not read ({type(e).__name__})"
+            raise slurm.SlurmError(self.error) from e
+        # Stamped with the start of the fetch: anything older may be missing from it.
+        self.last, self.as_of, self.error = value, started, ""
+        return value
 
     async def get(self, max_age: float, newer_than: float = 0.0) -> T:
         """An answer at most `max_age` s old, from a fetch begun after `newer_than` (a time.time())."""
@@ -39,7 +64,7 @@ class Cached(Generic[T]):
             if self._inflight is None:
                 started = time.time()
                 self._inflight, self._inflight_started = (
-                    asyncio.ensure_future(self._refresh(started)), started)
+                    asyncio.ensure_future(self._refresh()), started)
             if self._inflight_started >= newer_than:
                 return await asyncio.shield(self._inflight)
             try:  # a fetch begun too early: let it finish, then fetch again
@@ -47,12 +72,16 @@ class Cached(Generic[T]):
             except slurm.SlurmError:
                 pass
 
-    async def _refresh(self, started: float) -> T:
+    async def refresh(self) -> None:
+        """A fresh answer now, for a schedule: the error is kept, not raised."""
         try:
-            value = await asyncio.to_thread(self._fetch)
-            # Stamped with the start of the fetch: anything older may be missing from it.
-            self.last, self.as_of = value, started
-            return value
+            await self.get(0, newer_than=time.time())
+        except slurm.SlurmError:
+            pass
+
+    async def _refresh(self) -> T:
+        try:
+            return await asyncio.to_thread(self.fetch_now)
         finally:
             self._inflight = None
 
