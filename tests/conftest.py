@@ -39,10 +39,13 @@ PASSWORDS = Path("/var/lib/aifactory/demo-passwords.json")
 
 
 def pytest_collection_modifyitems(items):
-    """Tests that need the running cluster are `live`: `pytest -m "not live"` is the fast loop."""
+    """Tests that need the running cluster are `live`: `pytest -m "not live"` is the fast loop.
+    Tests marked `slow` restart services (slurmctld, the hub): they run after all the others,
+    in their usual order, so that no other test meets a restart."""
     for item in items:
         if "live_cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.live)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
 
 
 def _missing(reason: str):

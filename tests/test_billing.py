@@ -38,7 +38,7 @@ def test_a_jobs_billing_is_slurms_weighted_sum_cut_to_a_whole_number():
     # billing=34 in scontrol and sacct (0.9 + 1.75 + 32 = 34.65).
     assert job_billing(parse_weights("CPU=0.3,Mem=0.25G,GRES/gpu=32"), cpus=3,
                        memory_mb=7 * 1024, gpus=1) == 34
-    # The demo's weights: what test_zy_billing_units sees Slurm charge (28, 89, 6 and 47).
+    # The demo's weights: what test_billing_units_live sees Slurm charge (28, 89, 6 and 47).
     gpu = parse_weights(DEMO_GPU)
     assert job_billing(gpu, cpus=3, memory_mb=7 * 1024, gpus=1) == 28
     assert job_billing(gpu, cpus=16, memory_mb=100 * 1024, gpus=2) == 89
@@ -90,7 +90,7 @@ def test_the_site_says_how_it_accounts(tmp_path):
 
 def test_budgets_on_billing_count_what_the_limit_counts():
     # Recorded on the 22.05 bed (2026-11-24), `sshare -aP --noheader --format=Account,User,
-    # RawUsage,GrpTRESMins,TRESRunMins,GrpTRESRaw`, after test_zy_billing_units.
+    # RawUsage,GrpTRESMins,TRESRunMins,GrpTRESRaw`, after test_billing_units_live.
     text = (DATA / "sshare-22.05-grptresraw.txt").read_text()
     on_gpu = {(b.account, b.user): b for b in slurm.parse_sshare(text)}
     on_billing = {(b.account, b.user): b for b in slurm.parse_sshare(text, "billing")}

@@ -4,7 +4,7 @@ The module brings the demo up again from a copy of hub_config/ whose site.yaml s
 `billing: {tres: billing, unit: AIU, units_per_gpu_hour: 48}` (so slurm.conf gets the demo
 file's TRESBillingWeights and budgets become GrpTRESMins=billing), checks what a person sees
 against what Slurm charges, and brings the demo back to GPU-hours. It restarts slurmctld and
-the hub, so it runs late (before test_zz_down_up)."""
+the hub, so it is `slow`: slow tests run after all others (conftest), whatever their names."""
 
 import json
 import shutil
@@ -25,6 +25,8 @@ UNIT, PRICE = "AIU", 48
 AUDIT = "audit-billing"
 # What a login-node terminal reads: the site the hub was brought up with.
 SITE_ENV = {"AIFACTORY_SITE": "/etc/aifactory/hub_config/site.yaml"}
+
+pytestmark = pytest.mark.slow  # restarts slurmctld and the hub
 
 
 @pytest.fixture(scope="module")
