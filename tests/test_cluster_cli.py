@@ -48,7 +48,7 @@ def test_second_up_changes_nothing_that_runs(live_cluster):
 @pytest.mark.parametrize("content,message", [
     ("cluster: aifactory\nnodes: [\n", "is not valid YAML"),
     ("cluster: aifactory\n", "missing 'network'"),
-    (None, "users[0]: 'name' 'alice$(reboot)' is not a valid name"),
+    (None, "users[0].name: 'alice$(reboot)' is not a valid user name"),
 ])
 def test_up_with_a_broken_demo_file_says_why_and_changes_nothing(live_cluster, tmp_path,
                                                                   content, message):

@@ -42,32 +42,39 @@ def _set(path, value):
 
 
 BROKEN = [
-    (_set(["users", 0, "name"], "alice; rm -rf /"), "not a valid name"),
+    (_set(["users", 0, "name"], "alice; rm -rf /"),
+     "users[0].name: 'alice; rm -rf /' is not a valid user name"),
     (_set(["users", 0, "name"], "root"), "belongs to the system"),
     (_set(["accounts", 0, "gpu_hours"], -5), "between 0 and"),
     (_set(["accounts", 0, "gpu_hours"], "lots"), "whole number"),
     (_set(["accounts", 0, "coordinators"], ["carol"]), "coordinator carol is not one of its users"),
     (_set(["accounts", 0, "users"], ["alice", "mallory"]), "user mallory is not in 'users'"),
-    (_set(["accounts", 0, "description"], "x\n#SBATCH --uid=0"), "description may hold"),
-    (_set(["accounts", 0, "kind"], "secret"), "kind must be one of"),
+    (_set(["accounts", 0, "description"], "x\n#SBATCH --uid=0"),
+     "accounts[0].description: 'x\\n#SBATCH --uid=0' is not a description"),
+    (_set(["accounts", 0, "kind"], "secret"),
+     "accounts[0].kind: 'secret' is not one of course, research"),
     (_set(["nodes", 0, "address"], "192.168.1.5"), "not a host address in 10.77.0.0/24"),
     (_set(["nodes", 1, "address"], "10.77.0.11"), "already taken"),
     (_set(["nodes", 0, "address"], "10.77.0.1"), "already taken"),
     (_set(["nodes", 0, "gpus"], 99), "between 0 and 16"),
-    (_set(["nodes", 0, "gpu_type"], "H100 Gres=x"), "needs a gpu_type"),
+    (_set(["nodes", 0, "gpu_type"], "H100 Gres=x"),
+     "nodes[0].gpu_type: 'H100 Gres=x' is not a GPU type"),
+    (lambda d: d["nodes"][0].pop("gpu_type"), "needs a gpu_type"),
     (_set(["partitions", 0, "nodes"], ["gpu01", "gpu09"]), "node gpu09 is not in 'nodes'"),
     (_set(["partitions", 1, "default"], True), "exactly one partition"),
     (_set(["partitions", 0, "max_time"], "forever"), "not a Slurm time"),
-    (_set(["budget_period"], "weekly"), "budget_period must be one of"),
+    (_set(["budget_period"], "weekly"),
+     "budget_period: 'weekly' is not one of monthly, quarterly"),
     (_set(["users", 2, "default_account"], "proj-climate"), "is not a user of their default_account"),
     (_set(["reservations", 0, "account"], "nope"), "account nope is not in 'accounts'"),
     (_set(["reservations", 1, "starts_in_days"], -1), "between 0 and 3650"),
     (_set(["groups", "dl101-participants"], ["student1", "mallory"]), "members must be listed"),
-    (_set(["groups", "dl101-participants"], "student1,root"), "must be a list"),
-    (_set(["material", "dl101"], "../../etc"), "must name a course and a folder"),
+    (_set(["groups", "dl101-participants"], "student1,root"),
+     "groups.dl101-participants: 'student1,root' is not a list"),
+    (_set(["material", "dl101"], "../../etc"), "material.dl101: '../../etc' is not a folder of the"),
     (_set(["network", "subnet"], "8.8.8.0/24"), "must be a private network"),
     (_set(["network", "subnet"], "banana"), "is not an IPv4 network"),
-    (_set(["colour"], "blue"), "unknown key 'colour'"),
+    (_set(["colour"], "blue"), "colour: unknown key; the file may set only cluster"),
     (lambda d: d.pop("accounts"), "missing 'accounts'"),
 ]
 
@@ -79,13 +86,13 @@ def test_broken_demo_file_gives_one_clear_sentence(tmp_path, change, message):
         load(path)
     text = str(err.value)
     assert message in text
-    assert text.startswith(str(path)) and "\n" not in text and text.endswith(".")
+    assert text.startswith(f"{path}, line ") and "\n" not in text and text.endswith(".")
 
 
 def test_yaml_syntax_error_names_the_line(tmp_path):
     path = tmp_path / "demo.yaml"
     path.write_text("cluster: aifactory\nnodes: [\n  {name: gpu01\n")
-    with pytest.raises(DemoFileError, match=r"is not valid YAML at line \d+\."):
+    with pytest.raises(DemoFileError, match=r"is not valid YAML at line \d+ \(expected .*\)\.$"):
         load(path)
 
 

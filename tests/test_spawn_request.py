@@ -178,7 +178,8 @@ def test_broken_site_description_is_refused(tmp_path):
     text = (Path(__file__).resolve().parents[1] / "hub_config" / "site.yaml").read_text()
     bad = tmp_path / "site.yaml"
     bad.write_text(text.replace("slug: h100-4", "slug: 'H100 4'"))
-    with pytest.raises(site_module.SiteError, match="slug 'H100 4' must be"):
+    with pytest.raises(site_module.SiteError, match=r"site.yaml, line \d+, profiles\[2\]\.slug: "
+                                                    r"'H100 4' is not a profile slug"):
         site_module.load(bad)
     bad.write_text(text.replace("partition: gpu, gpu_type: h100, gpus: 4",
                                 "partition: gpu2, gpu_type: h100, gpus: 4"))

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import getpass
 import os
-import re
 
 import requests
 
-from . import allocations, slurm
+from . import allocations, names, slurm
 from .allocations import Snapshot, Viewer
 
 
-USER_NAME_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+USER_NAME_RE = names.SITE_USER_RE
 NEEDS_HUB = ("Courses are known to the hub: run this in a hub session (or set "
              "AIFACTORY_ALLOCATIONS_URL and JUPYTERHUB_API_TOKEN).")
 

@@ -42,7 +42,8 @@ from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from . import allocations, courses, report, site, slurm
+from . import allocations, courses, names, report, slurm
+from . import site_description as site_module
 from .allocations import FETCH, AccessError, Snapshot, Viewer
 from .site_description import profile_name
 
@@ -51,10 +52,8 @@ log = logging.getLogger("aifactory.service")
 # Seconds between refreshes of each part; requests never trigger one.
 INTERVALS = {"queue": 5, "nodes": 10, "reservations": 30, "shares": 15, "members": 60,
              "coordinators": 60, "history": 60, "period": 3600}
-ACCOUNT_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
-JOB_ID_RE = re.compile(r"^[0-9]{1,12}$")
-COURSE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+ACCOUNT_RE, USER_RE = names.SITE_ACCOUNT_RE, names.SITE_USER_RE
+JOB_ID_RE, COURSE_RE = names.JOB_ID_RE, names.COURSE_RE
 GROUPS_EVERY_S = 30
 # Spawn links are whole addresses: participants open them from anywhere (the hub sets this).
 PUBLIC_HUB_URL = os.environ.get("AIFACTORY_PUBLIC_URL", "").rstrip("/") + "/hub/"
@@ -169,7 +168,7 @@ class BudgetsHandler(ApiHandler):
             account = _path_value(account, ACCOUNT_RE, "project name")
         else:
             account = self.argument("account", ACCOUNT_RE)
-        self.answer(allocations.budgets, site.load_cached().coordinator_groups, account)
+        self.answer(allocations.budgets, site_module.load_cached().coordinator_groups, account)
 
 
 class JobsHandler(ApiHandler):
@@ -208,13 +207,13 @@ class GpusHandler(ApiHandler):
 
 class CoursesHandler(ApiHandler):
     def get(self):
-        self.answer(allocations.courses_list, site.load_cached().courses, hub_url=PUBLIC_HUB_URL)
+        self.answer(allocations.courses_list, site_module.load_cached().courses, hub_url=PUBLIC_HUB_URL)
 
 
 class CourseHandler(ApiHandler):
     async def get(self, name: str):
         name = _path_value(name, COURSE_RE, "course name")
-        course = site.load_cached().course(name)
+        course = site_module.load_cached().course(name)
         if course is None:
             raise web.HTTPError(404, f"There is no course '{name}'.")
         if not (self.viewer.admin or course.instructors in self.viewer.groups):
@@ -232,7 +231,7 @@ class CourseSessionHandler(ApiHandler):
     async def _check(self, name: str, user: str):
         name = _path_value(name, COURSE_RE, "course name")
         user = _path_value(user, USER_RE, "user name")
-        course = site.load_cached().course(name)
+        course = site_module.load_cached().course(name)
         if course is None:
             raise web.HTTPError(404, f"There is no course '{name}'.")
         hub = self.settings["hub"]
@@ -284,7 +283,7 @@ class PageHandler(BaseHandler):
         await self.cache.ready.wait()
         viewer = await self.settings["viewers"].get(self.current_user["name"])
         answer = allocations.budgets(viewer, self.cache.snap,
-                                     site.load_cached().coordinator_groups)
+                                     site_module.load_cached().coordinator_groups)
         rows = "".join(
             f"<tr><td>{html.escape(p['account'])}</td>" + "".join(
                 f"<td>{html.escape(report.amount(p, key, p['unit']))}</td>"
@@ -443,7 +442,7 @@ async def keep_course_groups(hub: Hub, every_s: float = GROUPS_EVERY_S) -> None:
     """The hub's course groups as the Unix groups are now, at start and every `every_s`."""
     while True:
         try:
-            wanted = courses.hub_groups(site.load_cached(), log=log.warning)
+            wanted = courses.hub_groups(site_module.load_cached(), log=log.warning)
             await hub.reconcile_groups({name: g["users"] for name, g in wanted.items()})
         except Exception as e:  # noqa: BLE001  (the loop must outlive a hub restart)
             log.warning("course groups not reconciled: %s", e)

@@ -1,7 +1,8 @@
 """The site description (`hub_config/site.yaml`): partitions' limits and the spawn profiles.
 
 Profiles follow KubeSpawner's `profile_list` shape (display_name, slug, description, default,
-profile_options/choices), with `slurm` in the place of `kubespawner_override`.
+profile_options/choices), with `slurm` in the place of `kubespawner_override`. `load` checks
+the file's shape against SCHEMA (aifactory.checked_yaml), then the rules between its entries.
 """
 
 from __future__ import annotations
@@ -12,13 +13,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
+from . import checked_yaml, names
 from .billing import Billing
 
-SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
-NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-WALLTIME_RE = re.compile(r"^(?:(\d{1,2})-)?(\d{1,3}):(\d{2}):(\d{2})$")
+NAME_RE = names.ACCOUNT_RE  # dask.py checks an account with it
 FIELDS = ("partition", "gpu_type", "gpus", "cpus", "memory_gb", "walltime", "account",
           "qos", "reservation")
 LIMIT_FIELDS = ("gpus", "cpus", "memory_gb", "walltime")
@@ -34,18 +32,16 @@ DASK_DEFAULTS = {
 }
 
 
-class SiteError(ValueError):
-    """The site description is wrong; one sentence naming the entry."""
+class SiteError(checked_yaml.CheckedYamlError):
+    """The site description is wrong; one sentence naming the file, the line and the entry."""
 
 
 def walltime_minutes(text: str) -> int | None:
     """Minutes in a Slurm time "[D-]HH:MM:SS", or None when it is not one."""
-    m = WALLTIME_RE.match(text)
+    m = names.SLURM_TIME_RE.match(text)
     if not m:
         return None
     days, hours, minutes, seconds = (int(g) if g else 0 for g in m.groups())
-    if minutes > 59 or seconds > 59:
-        return None
     return days * 1440 + hours * 60 + minutes + (1 if seconds else 0)
 
 
@@ -163,131 +159,85 @@ def profile_name(options: Mapping[str, Any] | None) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
-def _fail(path, what):
-    raise SiteError(f"{path}: {what}.")
+def _or_empty(kind: tuple) -> tuple:
+    """A (str, pattern, what) schema that also takes "" (no GPU type, the default account)."""
+    return (str, re.compile(rf"\Z|{kind[1].pattern}"), f"{kind[2]}, or empty")
 
 
-def _check_slurm_values(path, where: str, values, partitions: dict[str, Partition]) -> dict:
-    if not isinstance(values, dict):
-        _fail(path, f"{where}: 'slurm' must be a mapping")
-    for key, value in values.items():
-        if key not in FIELDS:
-            _fail(path, f"{where}: unknown field '{key}' (known: {', '.join(FIELDS)})")
-        if key in ("gpus", "cpus", "memory_gb"):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                _fail(path, f"{where}: {key} must be a whole number")
-        elif key == "walltime":
-            if not isinstance(value, str) or walltime_minutes(value) is None:
-                _fail(path, f"{where}: walltime {value!r} is not [D-]HH:MM:SS")
-        elif key == "partition" and value not in partitions:
-            _fail(path, f"{where}: partition {value!r} is not in 'partitions'")
-        elif not isinstance(value, str) or (value and not NAME_RE.match(value)):
-            _fail(path, f"{where}: {key} {value!r} is not a valid name")
-    return dict(values)
+# The file's schema (aifactory.checked_yaml), in parts.
+NAME_WORDS = "(lower-case letters, digits, '-' and '_', starting with a letter)"
+PARTITION = (str, names.PARTITION_RE, f"a partition name {NAME_WORDS}")
+GPU_TYPE = (str, names.GPU_TYPE_RE, "a GPU type like h100")
+ACCOUNT = (str, names.ACCOUNT_RE, f"a Slurm account name {NAME_WORDS}")
+RESERVATION = (str, names.RESERVATION_RE, f"a reservation name {NAME_WORDS}")
+GROUP = (str, names.GROUP_RE, f"a hub group name {NAME_WORDS}")
+WALLTIME = (str, names.SLURM_TIME_RE, "[D-]HH:MM:SS")
+WHOLE = (int, 0, None)
+# What a profile, its limits and its options' choices may ask of Slurm (FIELDS, in order).
+SLURM_FIELDS = {
+    "partition": PARTITION, "gpu_type": _or_empty(GPU_TYPE), "gpus": WHOLE, "cpus": WHOLE,
+    "memory_gb": WHOLE, "walltime": WALLTIME, "account": _or_empty(ACCOUNT),
+    "qos": _or_empty((str, names.QOS_RE, f"a QOS name {NAME_WORDS}")),
+    "reservation": _or_empty(RESERVATION),
+}
+# A profile's `slurm` sets at least these; its limits and its choices set what they change.
+NEEDED = ("partition", "gpus", "cpus", "memory_gb", "walltime")
+SLURM = {key + "?" * (key not in NEEDED): kind for key, kind in SLURM_FIELDS.items()}
+SOME_SLURM = {key + "?": kind for key, kind in SLURM_FIELDS.items()}
+CHOICE = {"display_name?": str, "default?": bool, "slurm?": SOME_SLURM}
+OPTION = {"display_name?": str, "choices": ("mapping", (str, names.SLUG_RE, "a choice key "
+                                            "(lower-case letters, digits and '-')"), CHOICE, ...)}
+PROFILE = {
+    "display_name?": str,
+    "slug": (str, names.SLUG_RE, "a profile slug (lower-case letters, digits and '-')"),
+    "description?": str, "default?": bool, "idle_minutes?": (float, 0, None), "slurm": SLURM,
+    "limits?": {key + "?": SLURM_FIELDS[key] for key in LIMIT_FIELDS},
+    "fixed?": [set(FIELDS)],
+    "profile_options?": ("mapping", (str, names.OPTION_RE, f"an option name {NAME_WORDS}"), OPTION),
+}
+COURSE = {
+    "name": (str, names.COURSE_RE, "a course name (lower-case letters, digits and '-', "
+                                   "starting with a letter)"),
+    "display_name?": str, "account": ACCOUNT, "reservation": RESERVATION, "participants": GROUP,
+    "instructors": GROUP, "profile": str, "material?": str, "material_ref?": str,
+}
+SCHEMA = {
+    # tres, unit and units_per_gpu_hour are read together, by _billing.
+    "billing?": {"tres?": str, "unit?": str, "units_per_gpu_hour?": None},
+    "partitions": ("mapping", PARTITION, {
+        "gpu_types?": [GPU_TYPE], "gpus_per_node": WHOLE, "cpus_per_node": WHOLE,
+        "memory_gb_per_node": WHOLE, "max_walltime": WALLTIME}, ...),
+    "profiles": [PROFILE, ...],
+    "coordinator_groups?": ("mapping", ACCOUNT, [GROUP, ...]),
+    "dask?": {"partition?": PARTITION, "gpu_type?": _or_empty(GPU_TYPE), "gpus_per_job?": int,
+              "cpus_per_gpu?": int, "memory_gb_per_gpu?": int, "walltime?": WALLTIME,
+              "interface?": str, "local_directory?": str, "python?": str},
+    "courses?": [COURSE],
+}
 
 
 def load(path: str | Path = DEFAULT_PATH) -> Site:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise SiteError(f"{path}: cannot be read ({e.strerror}).") from None
-    except yaml.YAMLError:
-        raise SiteError(f"{path}: is not valid YAML.") from None
-    if not isinstance(data, dict):
-        _fail(path, "must be a mapping")
-    unknown = set(data) - {"billing", "partitions", "profiles", "coordinator_groups", "dask",
-                           "courses"}
-    if unknown:
-        _fail(path, f"unknown key '{sorted(unknown)[0]}'")
-
-    partitions = {}
-    for name, p in (data.get("partitions") or {}).items():
-        if not NAME_RE.match(str(name)) or not isinstance(p, dict):
-            _fail(path, f"partition {name!r} must be a name with a mapping of limits")
-        walltime = walltime_minutes(str(p.get("max_walltime", "")))
-        numbers = [p.get(k) for k in ("gpus_per_node", "cpus_per_node", "memory_gb_per_node")]
-        if walltime is None or not all(isinstance(n, int) and n >= 0 for n in numbers):
-            _fail(path, f"partition {name}: needs gpus_per_node, cpus_per_node, "
-                        "memory_gb_per_node (numbers) and max_walltime ([D-]HH:MM:SS)")
-        types = p.get("gpu_types") or []
-        if not all(isinstance(t, str) and NAME_RE.match(t) for t in types):
-            _fail(path, f"partition {name}: gpu_types must be a list of names")
-        partitions[name] = Partition(name, tuple(types), *numbers, walltime)
-    if not partitions:
-        _fail(path, "'partitions' must list at least one partition")
-
-    profiles = []
-    for i, raw in enumerate(data.get("profiles") or []):
-        where = f"profiles[{i}]"
-        if not isinstance(raw, dict):
-            _fail(path, f"{where} must be a mapping")
-        unknown = set(raw) - {"display_name", "slug", "description", "default", "idle_minutes",
-                              "slurm", "limits", "fixed", "profile_options"}
-        if unknown:
-            _fail(path, f"{where}: unknown key '{sorted(unknown)[0]}'")
-        slug = raw.get("slug", "")
-        if not isinstance(slug, str) or not SLUG_RE.match(slug):
-            _fail(path, f"{where}: slug {slug!r} must be lower-case letters, digits and '-'")
-        where = f"profile {slug}"
-        slurm = _check_slurm_values(path, where, raw.get("slurm") or {}, partitions)
-        for needed in ("partition", "gpus", "cpus", "memory_gb", "walltime"):
-            if needed not in slurm:
-                _fail(path, f"{where}: 'slurm' must set {needed}")
-        limits = raw.get("limits") or {}
-        if not isinstance(limits, dict) or set(limits) - set(LIMIT_FIELDS):
-            _fail(path, f"{where}: limits may set only {', '.join(LIMIT_FIELDS)}")
-        _check_slurm_values(path, f"{where} limits", limits, partitions)
-        fixed = raw.get("fixed") or []
-        if not isinstance(fixed, list) or set(fixed) - set(FIELDS):
-            _fail(path, f"{where}: fixed may list only {', '.join(FIELDS)}")
-        options = []
-        for name, opt in (raw.get("profile_options") or {}).items():
-            if not NAME_RE.match(str(name)) or not isinstance(opt, dict) or not opt.get("choices"):
-                _fail(path, f"{where}: profile option {name!r} needs choices")
-            choices = []
-            for key, c in opt["choices"].items():
-                if not SLUG_RE.match(str(key)) or not isinstance(c, dict):
-                    _fail(path, f"{where}: choice {key!r} of {name} is not valid")
-                choices.append(Choice(str(key), str(c.get("display_name", key)),
-                                      bool(c.get("default", False)),
-                                      _check_slurm_values(path, f"{where} option {name}",
-                                                          c.get("slurm") or {}, partitions)))
-            options.append(ProfileOption(str(name), str(opt.get("display_name", name)),
-                                         tuple(choices)))
-        idle = raw.get("idle_minutes", 60)
-        if isinstance(idle, bool) or not isinstance(idle, (int, float)) or idle <= 0:
-            _fail(path, f"{where}: idle_minutes must be a positive number")
-        profiles.append(Profile(slug, str(raw.get("display_name", slug)),
-                                str(raw.get("description", "")), bool(raw.get("default", False)),
-                                idle, slurm, dict(limits), frozenset(fixed), tuple(options)))
-    if not profiles:
-        _fail(path, "'profiles' must list at least one profile")
+    doc = checked_yaml.load(path, SCHEMA, SiteError)
+    data = doc.data
+    partitions = {name: Partition(name, tuple(p.get("gpu_types") or ()), p["gpus_per_node"],
+                                  p["cpus_per_node"], p["memory_gb_per_node"],
+                                  walltime_minutes(p["max_walltime"]))
+                  for name, p in data["partitions"].items()}
+    profiles = [_profile(doc, i, raw, partitions) for i, raw in enumerate(data["profiles"])]
     slugs = [p.slug for p in profiles]
-    if len(set(slugs)) != len(slugs):
-        _fail(path, "two profiles have the same slug")
-    if sum(p.default for p in profiles) > 1:
-        _fail(path, "only one profile may be the default")
-    billing = _load_billing(path, data.get("billing"))
-    coordinator_groups = data.get("coordinator_groups") or {}
-    if not isinstance(coordinator_groups, dict) or not all(
-            NAME_RE.match(str(a)) and isinstance(g, list) and g
-            and all(isinstance(x, str) and NAME_RE.match(x) for x in g)
-            for a, g in coordinator_groups.items()):
-        _fail(path, "coordinator_groups must map account names to lists of hub group names")
-    dask = dict(DASK_DEFAULTS)
-    given = data.get("dask") or {}
-    if not isinstance(given, dict) or set(given) - set(DASK_DEFAULTS):
-        _fail(path, f"dask may set only {', '.join(DASK_DEFAULTS)}")
-    for key, value in given.items():
-        if type(value) is not type(DASK_DEFAULTS[key]):
-            _fail(path, f"dask: {key} must be a {type(DASK_DEFAULTS[key]).__name__}")
-    dask.update(given)
-    if dask["partition"] not in partitions or walltime_minutes(dask["walltime"]) is None:
-        _fail(path, "dask: partition must be one of the partitions, walltime [D-]HH:MM:SS")
-    courses = _load_courses(path, data.get("courses") or [], profiles)
+    for i, slug in enumerate(slugs):
+        if slug in slugs[:i]:
+            doc.fail(f"profiles[{i}].slug", "two profiles have the same slug")
+    defaults = [i for i, p in enumerate(profiles) if p.default]
+    if len(defaults) > 1:
+        doc.fail(f"profiles[{defaults[1]}].default", "only one profile may be the default")
+    billing = _billing(doc, data.get("billing"))
+    dask = {**DASK_DEFAULTS, **data.get("dask", {})}
+    if dask["partition"] not in partitions:
+        doc.fail("dask.partition", f"dask: partition {dask['partition']!r} is not in 'partitions'")
+    courses = _courses(doc, data.get("courses", []), profiles)
     if all(p.slug in {c.profile for c in courses} for p in profiles):
-        _fail(path, "at least one profile must be for everyone, not a course's")
+        doc.fail("courses", "at least one profile must be for everyone, not a course's")
     for course in courses:
         i = next(i for i, p in enumerate(profiles) if p.slug == course.profile)
         p = profiles[i]
@@ -296,78 +246,92 @@ def load(path: str | Path = DEFAULT_PATH) -> Site:
                               slurm={**p.slurm, "account": course.account,
                                      "reservation": course.reservation},
                               fixed=p.fixed | {"account", "reservation", "partition"})
-    return Site(billing, partitions, tuple(profiles),
-                {str(a): tuple(g) for a, g in coordinator_groups.items()}, dask, courses)
+    coordinator_groups = {a: tuple(g) for a, g in data.get("coordinator_groups", {}).items()}
+    return Site(billing, partitions, tuple(profiles), coordinator_groups, dask, courses)
 
 
-def _load_billing(path, raw) -> Billing:
+def _profile(doc, i: int, raw: dict, partitions: dict[str, Partition]) -> Profile:
+    slug = raw["slug"]
+    where, key = f"profile {slug}", f"profiles[{i}]"
+    _check_partition(doc, f"{key}.slurm", where, raw["slurm"], partitions)
+    options = []
+    for name, opt in raw.get("profile_options", {}).items():
+        choices = []
+        for choice, c in opt["choices"].items():
+            _check_partition(doc, f"{key}.profile_options.{name}.choices.{choice}.slurm",
+                             f"{where} option {name}", c.get("slurm", {}), partitions)
+            choices.append(Choice(choice, c.get("display_name", choice), c.get("default", False),
+                                  dict(c.get("slurm", {}))))
+        options.append(ProfileOption(name, opt.get("display_name", name), tuple(choices)))
+    return Profile(slug, raw.get("display_name", slug), raw.get("description", ""),
+                   raw.get("default", False), raw.get("idle_minutes", 60), dict(raw["slurm"]),
+                   dict(raw.get("limits", {})), frozenset(raw.get("fixed", ())), tuple(options))
+
+
+def _check_partition(doc, key: str, where: str, values: dict, partitions) -> None:
+    if "partition" in values and values["partition"] not in partitions:
+        doc.fail(f"{key}.partition",
+                 f"{where}: partition {values['partition']!r} is not in 'partitions'")
+
+
+def _billing(doc, raw: dict | None) -> Billing:
+    """The billing combinations: GPU-hours alone, or a unit with its GPU-hour price."""
     if raw is None:
         return Billing()
-    if not isinstance(raw, dict) or set(raw) - {"tres", "unit", "units_per_gpu_hour"}:
-        _fail(path, "billing may set only tres, unit and units_per_gpu_hour")
     tres = raw.get("tres", "gres/gpu")
     if tres == "gres/gpu":
-        if set(raw) != {"tres"}:
-            _fail(path, "billing: with tres gres/gpu budgets are GPU-hours; unit and "
-                        "units_per_gpu_hour are for tres billing")
+        if set(raw) - {"tres"}:
+            doc.fail("billing", "billing: with tres gres/gpu budgets are GPU-hours; unit and "
+                                "units_per_gpu_hour are for tres billing")
         return Billing()
     if tres != "billing":
-        _fail(path, f"billing: tres {tres!r} must be gres/gpu or billing")
+        doc.fail("billing.tres", f"billing: tres {tres!r} must be gres/gpu or billing")
     unit, price = raw.get("unit"), raw.get("units_per_gpu_hour")
-    if not isinstance(unit, str) or not UNIT_RE.match(unit) or unit.lower().startswith("gpu"):
-        _fail(path, "billing: unit must be a short name such as SBU (letters, digits, '-'), "
-                    "not GPU-hours")
+    if not isinstance(unit, str) or not names.UNIT_RE.match(unit) or unit.lower().startswith("gpu"):
+        doc.fail("billing.unit", "billing: unit must be a short name such as SBU (letters, "
+                                 "digits, '-'), not GPU-hours")
     if isinstance(price, bool) or not isinstance(price, (int, float)) or not 0 < price < 1e6:
-        _fail(path, "billing: units_per_gpu_hour must be a positive number")
+        doc.fail("billing.units_per_gpu_hour", "billing: units_per_gpu_hour must be a positive "
+                                               "number")
     return Billing("billing", unit, float(price))
 
 
-UNIT_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,19}$")
-GIT_URL_RE = re.compile(r"^(https://|file:///)[A-Za-z0-9_.~/:@%+-]+$")
-PATH_RE = re.compile(r"^/[A-Za-z0-9_./+-]*$")
+GIT_URL_RE = re.compile(r"^(https://|file:///)[A-Za-z0-9_.~/:@%+-]+\Z")
+PATH_RE = re.compile(r"^/[A-Za-z0-9_./+-]*\Z")
+GIT_REF_RE = re.compile(r"^[A-Za-z0-9_./-]{1,100}\Z")
 
 
-def _load_courses(path, raw_courses, profiles: list[Profile]) -> tuple[Course, ...]:
-    if not isinstance(raw_courses, list):
-        _fail(path, "courses must be a list")
+def _courses(doc, raw_courses: list, profiles: list[Profile]) -> tuple[Course, ...]:
     courses = []
     for i, raw in enumerate(raw_courses):
-        keys = {"name", "display_name", "account", "reservation", "participants", "instructors",
-                "profile", "material", "material_ref"}
-        if not isinstance(raw, dict) or set(raw) - keys:
-            _fail(path, f"courses[{i}] may set only {', '.join(sorted(keys))}")
-        name = raw.get("name", "")
-        if not isinstance(name, str) or not SLUG_RE.match(name):
-            _fail(path, f"courses[{i}]: name {name!r} must be lower-case letters, digits and '-'")
+        name, slug, key = raw["name"], raw["profile"], f"courses[{i}]"
         where = f"course {name}"
-        for key in ("account", "reservation", "participants", "instructors"):
-            if not isinstance(raw.get(key), str) or not NAME_RE.match(raw[key]):
-                _fail(path, f"{where}: {key} must be a name")
-        slug = raw.get("profile")
         profile = next((p for p in profiles if p.slug == slug), None)
         if profile is None:
-            _fail(path, f"{where}: profile {slug!r} is not in 'profiles'")
-        for key in ("account", "reservation"):
-            if profile.slurm.get(key, raw[key]) != raw[key]:
-                _fail(path, f"{where}: its profile {slug} sets another {key}")
+            doc.fail(f"{key}.profile", f"{where}: profile {slug!r} is not in 'profiles'")
+        for field_name in ("account", "reservation"):
+            if profile.slurm.get(field_name, raw[field_name]) != raw[field_name]:
+                doc.fail(f"{key}.{field_name}", f"{where}: its profile {slug} sets another "
+                                                f"{field_name}")
         if raw["participants"] == raw["instructors"]:
-            _fail(path, f"{where}: participants and instructors must be different groups")
+            doc.fail(f"{key}.instructors",
+                     f"{where}: participants and instructors must be different groups")
         material, ref = raw.get("material", ""), raw.get("material_ref", "")
-        if material and not (isinstance(material, str) and (PATH_RE.match(material)
-                                                             and ".." not in material
-                                                             or GIT_URL_RE.match(material))):
-            _fail(path, f"{where}: material must be an absolute folder or an https:// or "
-                        "file:/// git URL")
-        if ref and not (isinstance(ref, str) and re.match(r"^[A-Za-z0-9_./-]{1,100}$", ref)
-                        and material and not material.startswith("/")):
-            _fail(path, f"{where}: material_ref is a branch or tag of a git material")
-        courses.append(Course(name, str(raw.get("display_name", name)), raw["account"],
+        if material and not (PATH_RE.match(material) and ".." not in material
+                             or GIT_URL_RE.match(material)):
+            doc.fail(f"{key}.material", f"{where}: material must be an absolute folder or an "
+                                        "https:// or file:/// git URL")
+        if ref and not (GIT_REF_RE.match(ref) and material and not material.startswith("/")):
+            doc.fail(f"{key}.material_ref",
+                     f"{where}: material_ref is a branch or tag of a git material")
+        courses.append(Course(name, raw.get("display_name", name), raw["account"],
                               raw["reservation"], raw["participants"], raw["instructors"],
                               slug, material, ref))
-    for key in ("name", "profile", "account", "participants", "instructors"):
-        values = [getattr(c, key) for c in courses]
-        if len(set(values)) != len(values):
-            _fail(path, f"two courses have the same {key}")
+    for field_name in ("name", "profile", "account", "participants", "instructors"):
+        values = [getattr(c, field_name) for c in courses]
+        for i, value in enumerate(values):
+            if value in values[:i]:
+                doc.fail(f"courses[{i}].{field_name}", f"two courses have the same {field_name}")
     return tuple(courses)
 
 

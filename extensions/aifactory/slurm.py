@@ -22,6 +22,8 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
+from . import names
+
 DEFAULT_TIMEOUT = 30.0
 
 # Words Slurm's clients print when the daemon they talk to is not there.
@@ -36,7 +38,7 @@ _UNREACHABLE_PATTERNS = (
     "Unable to establish controller machine",
 )
 
-JOB_ID_RE = re.compile(r"^[0-9]+(_[0-9]+)?$")
+JOB_ID_RE = names.JOB_OR_TASK_ID_RE
 
 
 class SlurmError(RuntimeError):
