@@ -8,17 +8,18 @@ from conftest import DATA, DAY, NOW, past, snapshot
 from aifactory import allocations, report, slurm
 from aifactory.allocations import AccessError, Viewer
 from aifactory.billing import Billing
+from aifactory.budget import period_end, project_budget
 from aifactory.widgets import bar_colour
 
 def test_period_end_follows_slurms_reset_period():
-    assert dt.datetime.fromtimestamp(allocations.period_end("QUARTERLY", NOW)) == dt.datetime(2027, 1, 1)
+    assert dt.datetime.fromtimestamp(period_end("QUARTERLY", NOW)) == dt.datetime(2027, 1, 1)
     march = dt.datetime(2026, 3, 31, 23).timestamp()
-    assert dt.datetime.fromtimestamp(allocations.period_end("QUARTERLY", march)) == dt.datetime(2026, 4, 1)
-    assert dt.datetime.fromtimestamp(allocations.period_end("MONTHLY", NOW)) == dt.datetime(2026, 12, 1)
-    assert dt.datetime.fromtimestamp(allocations.period_end("YEARLY", NOW)) == dt.datetime(2027, 1, 1)
+    assert dt.datetime.fromtimestamp(period_end("QUARTERLY", march)) == dt.datetime(2026, 4, 1)
+    assert dt.datetime.fromtimestamp(period_end("MONTHLY", NOW)) == dt.datetime(2026, 12, 1)
+    assert dt.datetime.fromtimestamp(period_end("YEARLY", NOW)) == dt.datetime(2027, 1, 1)
     # 2026-11-22 is a Sunday; Slurm resets weekly on Sunday 00:00, so the next one is a week on.
-    assert dt.datetime.fromtimestamp(allocations.period_end("WEEKLY", NOW)) == dt.datetime(2026, 11, 29)
-    assert allocations.period_end("NONE", NOW) is None
+    assert dt.datetime.fromtimestamp(period_end("WEEKLY", NOW)) == dt.datetime(2026, 11, 29)
+    assert period_end("NONE", NOW) is None
 
 
 def test_budget_numbers_granted_used_held_remaining_and_the_burn_rate():
@@ -29,7 +30,7 @@ def test_budget_numbers_granted_used_held_remaining_and_the_burn_rate():
         past("3", "proj-x", 1, NOW - 3600, 0, state="RUNNING"),            # running: 1 so far
         past("4", "other", 8, NOW - DAY, NOW),                             # another project
     ]
-    p = allocations.project_budget(budget, history, "QUARTERLY", NOW)
+    p = project_budget(budget, history, "QUARTERLY", NOW)
     assert (p["granted_gpu_h"], p["used_gpu_h"], p["held_gpu_h"], p["remaining_gpu_h"]) == (
         100, 30, 10, 60)
     assert p["percent_used"] == 40.0
@@ -43,18 +44,18 @@ def test_budget_numbers_granted_used_held_remaining_and_the_burn_rate():
 
 def test_a_slow_project_keeps_budget_unused_and_does_not_run_out_this_period():
     budget = slurm.Budget("proj-x", granted_min=100 * 60, used_min=0, held_min=0)
-    p = allocations.project_budget(budget, [past("1", "proj-x", 1, NOW - DAY, NOW - DAY + 7 * 3600)],
+    p = project_budget(budget, [past("1", "proj-x", 1, NOW - DAY, NOW - DAY + 7 * 3600)],
                                    "QUARTERLY", NOW)
     assert p["burn_per_day_gpu_h"] == 1.0
     assert p["exhaustion_date"] is None
-    days_left = (allocations.period_end("QUARTERLY", NOW) - NOW) / DAY
+    days_left = (period_end("QUARTERLY", NOW) - NOW) / DAY
     assert p["unused_at_period_end_gpu_h"] == pytest.approx(100 - days_left, abs=0.01)
 
 
 def test_a_spent_budget_is_exhausted_now_and_an_unlimited_one_never():
-    spent = allocations.project_budget(slurm.Budget("a", 60, 50, 20), [], "QUARTERLY", NOW)
+    spent = project_budget(slurm.Budget("a", 60, 50, 20), [], "QUARTERLY", NOW)
     assert spent["remaining_gpu_h"] < 0 and spent["exhaustion_date"] is not None
-    unlimited = allocations.project_budget(slurm.Budget("b", None, 50, 0), [], "QUARTERLY", NOW)
+    unlimited = project_budget(slurm.Budget("b", None, 50, 0), [], "QUARTERLY", NOW)
     assert unlimited["granted_gpu_h"] is None and unlimited["percent_used"] is None
     assert report.project_rows(unlimited)[0][2] == "no limit"
 

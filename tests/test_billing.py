@@ -10,6 +10,7 @@ import yaml
 from aifactory import allocations, report, slurm
 from aifactory import site_description as site_module
 from aifactory.billing import Billing, WeightsError, job_billing, parse_weights, tres_order
+from aifactory.budget import project_budget
 from aifactory.spawner.form import render
 from aifactory.spawner.request import RequestError, check_budget, resolve
 
@@ -121,7 +122,7 @@ def test_budgets_on_billing_while_a_job_runs():
 
 def test_views_give_the_site_unit_and_gpu_hours():
     budget = slurm.Budget("proj-x", granted_min=4800 * 60, used_min=480 * 60, held_min=96 * 60)
-    p = allocations.project_budget(budget, [], "NONE", 1_700_000_000, AIU)
+    p = project_budget(budget, [], "NONE", 1_700_000_000, AIU)
     assert (p["unit"], p["granted"], p["used"], p["held"], p["remaining"]) == (
         "AIU", 4800, 480, 96, 4224)
     assert (p["granted_gpu_h"], p["remaining_gpu_h"]) == (100, 88)
@@ -137,9 +138,9 @@ def test_past_jobs_burn_billing_units():
                         start_time=1_700_000_000 - 3600, end_time=1_700_000_000,
                         elapsed_s=3600, time_limit_min=60, cpu_time_s=0)
     budget = slurm.Budget("proj-x", granted_min=None, used_min=0, held_min=0)
-    p = allocations.project_budget(budget, [job], "NONE", 1_700_000_000, AIU)
+    p = project_budget(budget, [job], "NONE", 1_700_000_000, AIU)
     assert p["burn_per_day"] == round(47 / 7, 4)
-    assert allocations.project_budget(budget, [job], "NONE", 1_700_000_000)[
+    assert project_budget(budget, [job], "NONE", 1_700_000_000)[
         "burn_per_day_gpu_h"] == round(1 / 7, 4)
 
 

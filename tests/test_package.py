@@ -12,7 +12,7 @@ import aifactory
 
 MODULES = sorted(m.name for m in pkgutil.walk_packages(aifactory.__path__, "aifactory."))
 # Pure: computed from answers given to them (aifactory.slurm's models and words only).
-PURE = ["aifactory.availability", "aifactory.billing", "aifactory.report", "aifactory.names",
+PURE = ["aifactory.availability", "aifactory.billing", "aifactory.budget", "aifactory.report", "aifactory.names",
         "aifactory.spawner.status"]
 
 

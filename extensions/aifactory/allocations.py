@@ -16,7 +16,6 @@ billing unit on `billing`, see aifactory.billing), each amount also in GPU-hours
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -24,10 +23,12 @@ from . import courses as courses_module
 from . import site_description as site_module
 from . import slurm
 from .billing import Billing
+from .budget import BURN_WINDOW_DAYS, amounts, project_budget
+from .budget import iso as _iso
+from .budget import rounded as _round
 from .snapshot import Cached
 from .availability import gpu_availability, held_nodes, usable_reservations
 
-BURN_WINDOW_DAYS = 7
 RECENT_JOBS = 20
 
 # Where each part of a snapshot comes from, as the answers name it.
@@ -127,12 +128,6 @@ class Viewer:
     groups: frozenset[str] = frozenset()
 
 
-def _iso(t: float | None) -> str | None:
-    if not t:
-        return None
-    return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds")
-
-
 def _meta(snap: Snapshot, parts: tuple[str, ...], now: float) -> dict:
     """as_of (the oldest part), the sources, and a warning for each part Slurm did not renew."""
     times = [snap.as_of.get(p, 0) for p in parts]
@@ -148,76 +143,6 @@ def _meta(snap: Snapshot, parts: tuple[str, ...], now: float) -> dict:
 
 
 # --- budgets ----------------------------------------------------------------------------
-
-def period_end(period: str, now: float) -> float | None:
-    """When Slurm next resets usage (local time), for PriorityUsageResetPeriod `period`."""
-    t = dt.datetime.fromtimestamp(now)
-    day = t.replace(hour=0, minute=0, second=0, microsecond=0)
-    if period == "DAILY":
-        end = day + dt.timedelta(days=1)
-    elif period == "WEEKLY":  # Slurm resets on Sunday at 00:00
-        end = day + dt.timedelta(days=(6 - day.weekday()) or 7)
-    elif period in ("MONTHLY", "QUARTERLY", "YEARLY"):
-        step = {"MONTHLY": 1, "QUARTERLY": 3, "YEARLY": 12}[period]
-        month = (t.month - 1) // step * step + step  # months since January at the next reset
-        end = day.replace(year=t.year + month // 12, month=month % 12 + 1, day=1)
-    else:
-        return None
-    return end.timestamp()
-
-
-def charged_seconds_between(job: slurm.PastJob, start: float, end: float, now: float,
-                            billing: Billing) -> float:
-    """Unit-seconds (GPU-seconds, or billing x seconds) the job ran between start and end."""
-    rate = job.gpus if billing.by_gpu else job.billing
-    if not job.start_time or not rate:
-        return 0.0
-    job_end = job.end_time or now
-    return max(0.0, min(job_end, end) - max(job.start_time, start)) * rate
-
-
-def amounts(billing: Billing, **units: float | None) -> dict:
-    """{name: units, name_gpu_h: GPU-hours} for amounts in the site's unit."""
-    out = {}
-    for name, value in units.items():
-        out[name] = _round(value)
-        out[f"{name}_gpu_h"] = _round(billing.gpu_hours(value))
-    return out
-
-
-def project_budget(account: slurm.Budget, history: list[slurm.PastJob], period: str,
-                   now: float, billing: Billing = Billing()) -> dict:
-    granted = account.granted_min / 60 if account.granted_min is not None else None
-    used, held = account.used_min / 60, account.held_min / 60
-    remaining = granted - used - held if granted is not None else None
-    window = BURN_WINDOW_DAYS * 86400
-    burned = sum(charged_seconds_between(j, now - window, now, now, billing)
-                 for j in history if j.account == account.account)
-    burn_per_day = burned / 3600 / BURN_WINDOW_DAYS
-    end = period_end(period, now)
-    exhaustion = unused = None
-    if remaining is not None:
-        if remaining <= 0:
-            exhaustion = now
-        elif burn_per_day > 0:
-            exhaustion = now + remaining / burn_per_day * 86400
-        if end is not None:
-            unused = max(0.0, remaining - burn_per_day * (end - now) / 86400)
-    if exhaustion is not None and end is not None and exhaustion > end:
-        exhaustion = None  # the period ends first
-    return {
-        "account": account.account, "unit": billing.unit,
-        **amounts(billing, granted=granted, used=used, held=held, remaining=remaining,
-                  burn_per_day=burn_per_day, unused_at_period_end=unused),
-        "percent_used": round((used + held) / granted * 100, 1) if granted else None,
-        "exhaustion_date": _iso(exhaustion),
-        "period_end": _iso(end),
-    }
-
-
-def _round(x: float | None) -> float | None:
-    return None if x is None else round(x, 4)
-
 
 def roles(viewer: Viewer, snap: Snapshot, coordinator_groups: dict) -> dict[str, str]:
     """{account: "admin" | "coordinator" | "member"} for the projects `viewer` may see."""
