@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aifactory import allocations, report, slurm
+from aifactory import report, slurm
 from aifactory import site_description as site_module
 from aifactory.billing import Billing, WeightsError, job_billing, parse_weights, tres_order
 from aifactory.budget import project_budget
