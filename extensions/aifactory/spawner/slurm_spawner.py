@@ -328,6 +328,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
                 states.RUNNING: JobStatus.RUNNING}.get(state, JobStatus.NOTFOUND)
 
     async def start(self):
+        self.session_state = SUBMITTED  # not the last session's, while the request is checked
         self.session_request = await self.resolve_request(self.user_options)
         self._check_requester(self.session_request)
         # Kept as resolved: the cull, the home page and the service read these, not the raw body.
@@ -347,7 +348,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         self.port = 0
         if self.server:
             self.server.port = self.port
-        self.job_end_time, self.last_end, self.session_state = 0, "", SUBMITTED
+        self.job_end_time, self.last_end = 0, ""
         try:
             await self.submit_batch_script()
         except slurm.SlurmUnreachable:
