@@ -283,8 +283,9 @@ def notebook_process(user: str) -> int | None:
 # --- Dask from a notebook, as a demo user (tests/dask_driver.py) ---------------------------
 
 DRIVER = (Path(__file__).parent / "dask_driver.py").read_text()
-# The scheme Dask clusters use on this bed (TCP on Python 3.13: aifactory.dask.TLS_WORKS).
-DASK_SCHEME = "tls" if sys.version_info < (3, 13) else "tcp"
+# The scheme Dask clusters use (mutual TLS on both beds; aifactory.ssl_fix makes it work with
+# Debian 13's OpenSSL 3.5).
+DASK_SCHEME = "tls"
 VENV_PYTHON = "/opt/aifactory/venv/bin/python"
 SITE = "/etc/aifactory/hub_config/site.yaml"
 # What a notebook job's environment holds that must not reach the worker jobs.

@@ -9,8 +9,7 @@ import signal
 import stat
 import subprocess
 
-import pytest
-from conftest import (DASK_SCHEME, HUB, VENV_PYTHON, as_user, cli, driver, lines, notebook_jobs,
+from conftest import (HUB, VENV_PYTHON, as_user, cli, driver, lines, notebook_jobs,
                       notebook_process, process_env, submit, tagged, wait_until)
 
 from aifactory import slurm
@@ -53,10 +52,7 @@ def test_a_foreign_dask_client_is_refused_while_the_owner_connects(live_cluster)
     try:
         out = lines(proc, 1)
         address = out["address"]
-        if DASK_SCHEME == "tcp":  # Python 3.13: the cluster says TLS is off, and is TCP
-            assert address.startswith("tcp://") and out["printed"][0] == TLS_OFF_WORDS
-            pytest.skip("Dask TLS is off on Python 3.13 (aifactory.dask.TLS_WORKS); said so")
-        assert address.startswith("tls://")
+        assert address.startswith("tls://") and TLS_OFF_WORDS not in out["printed"]
         wait_until(lambda: any(j.running for j in tagged(out["tag"])), 60,
                    what="alice's worker job to run")
         stolen = connect_as(ATTACKER, address)

@@ -55,3 +55,54 @@ def test_the_owner_of_a_listening_port_is_read_from_the_kernels_table(tmp_path):
     assert listener_uids(19000, (str(table),)) == {1004}
     assert listener_uids(22, (str(table),)) == {0}
     assert listener_uids(8888, (str(table), str(tmp_path / "missing"))) == set()
+
+
+def test_a_stale_openssl_error_does_not_break_a_healthy_tls_connection(tmp_path):
+    """python/cpython#148594: an error another connection left on OpenSSL's queue (here an
+    EPIPE put there by hand) must not fail this connection's next read and write."""
+    import ctypes
+    import socket
+    import ssl
+    import threading
+
+    from aifactory import ssl_fix
+
+    assert ssl_fix.INSTALLED
+    (tmp_path / "home").mkdir()
+    cert, key = dask_tls.ensure(str(tmp_path / "home" / ".aifactory" / "dask-tls"))
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_ctx.check_hostname, client_ctx.verify_mode = False, ssl.CERT_NONE
+    a, b = socket.socketpair()
+    server = server_ctx.wrap_socket(a, server_side=True, do_handshake_on_connect=False)
+    handshake = threading.Thread(target=server.do_handshake)
+    handshake.start()
+    client = client_ctx.wrap_socket(b)
+    handshake.join()
+
+    crypto = ctypes.CDLL("libcrypto.so.3")
+    crypto.ERR_set_error.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p]
+    server.setblocking(False)
+    for _ in range(2):
+        crypto.ERR_new()  # a stale EPIPE (ERR_LIB_SYS), as a peer that went away leaves it
+        crypto.ERR_set_error(2, 32, None)
+        # Nothing to read yet: "try again" (without the fix: BrokenPipeError on Python 3.13
+        # with OpenSSL 3.5, SSLError "[SYS] unknown error" on 3.11 with OpenSSL 3.0).
+        with pytest.raises(ssl.SSLWantReadError):
+            server.recv(4)
+        client.sendall(b"ping")
+        assert wait_for_bytes(server, 4) == b"ping"
+    client.close()
+    server.close()
+
+
+def wait_for_bytes(sock, n: int) -> bytes:
+    import select
+    import ssl
+    while True:
+        select.select([sock], [], [], 5)
+        try:
+            return sock.recv(n)
+        except ssl.SSLWantReadError:
+            continue

@@ -35,21 +35,20 @@ from urllib.parse import urlparse
 from dask_jobqueue import SLURMCluster
 from dask_jobqueue.slurm import SLURMJob
 
-from . import dask_tls, slurm
+from . import dask_tls, slurm, ssl_fix
 from . import site_description as site_module
 from .client import AllocationsError, ServiceClient, default_client
 from .availability import only_unusable_nodes
 from .report import unusable_words
 
 INHERITED = ("SLURM_", "SBATCH_", "SRUN_", "SALLOC_")
-# With distributed 2026.8 on Python 3.13 (Debian 13's), once a Client is attached the
-# scheduler closes the cluster's own new TLS connections (wait_for_workers, retire_workers
-# fail with CommClosedError; reproduced on the 24.11 bed, not on 3.11). Until that is solved,
-# clusters there use TCP and say so.
-TLS_WORKS = sys.version_info < (3, 13)
-TLS_OFF_WORDS = ("Dask TLS is off on this Python (3.13, a known fault of distributed's TLS "
-                 "with an attached Client): this cluster speaks plain TCP, and other users "
-                 "who learn its address can connect to it.")
+# TLS needs OpenSSL's error queue cleared before each read and write (aifactory.ssl_fix:
+# without it, OpenSSL 3.5 on Debian 13 breaks the scheduler's own connections). Where that
+# cannot be done, clusters use TCP and say so.
+TLS_WORKS = ssl_fix.INSTALLED
+TLS_OFF_WORDS = ("Dask TLS is off: this Python's OpenSSL library could not be reached to clear "
+                 "its error queue (aifactory.ssl_fix), so this cluster speaks plain TCP, and "
+                 "other users who learn its address can connect to it.")
 
 
 class BudgetExceeded(ValueError):
@@ -183,7 +182,7 @@ class GPUCluster(SLURMCluster):
             # One worker per GPU, each keeping only its own GPU (aifactory.gpu_pin).
             # No worker dashboards: the scheduler's shows the workers, and it alone is guarded.
             worker_extra_args=["--resources", "GPU=1", "--preload", "aifactory.gpu_pin",
-                               "--no-dashboard",
+                               "--preload-nanny", "aifactory.ssl_fix", "--no-dashboard",
                                *kwargs.pop("worker_extra_args", [])],
             **kwargs)
         self._watcher = subprocess.Popen(

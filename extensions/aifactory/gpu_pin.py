@@ -8,6 +8,8 @@ job, as dask-jobqueue makes it, so workers start as fast as plain SLURMCluster's
 
 import os
 
+from . import ssl_fix  # noqa: F401  (TLS reads and writes start from a clean error queue)
+
 
 def pin(name: str, visible: str) -> str:
     """The GPU list worker `name` keeps out of the job's `visible` ones."""
