@@ -19,7 +19,7 @@ def test_eight_gpu_workers_on_two_nodes_and_ddp_across_them(live_cluster):
         assert proc.wait(120) == 0, proc.stderr.read()[-3000:]
     finally:
         proc.kill()
-    printed = [line for line in out["printed"] != TLS_OFF_WORDS]
+    printed = [line for line in out["printed"] if line != TLS_OFF_WORDS]
     assert "Scaling up by 2 jobs x 4 H100 x 00:10:00 = 1.33 GPU-hours, of the" in printed[0]
     workers = out["workers"]
     assert len(workers) == 8
