@@ -21,6 +21,10 @@ c.JupyterHub.bind_url = "http://127.0.0.1:8000"
 # wildcard DNS and a wildcard certificate in front.
 public_url = os.environ.get("AIFACTORY_PUBLIC_URL", "http://hub.localhost:8000")
 c.JupyterHub.subdomain_host = public_url
+# Over https, cookies are __Host- ones that a user's server cannot set from its subdomain
+# (cookie tossing); they need https, so the demo's http cannot have them (README).
+https = public_url.startswith("https://")
+c.JupyterHub.cookie_host_prefix_enabled = https
 # Compute nodes call the hub API (the server's port callback, activity): bind it where they
 # can reach it, on the login node's cluster-network address.
 hub_ip = os.environ.get("AIFACTORY_HUB_CONNECT_IP", "127.0.0.1")
@@ -60,7 +64,8 @@ c.JupyterHub.services = [{
     "url": allocations_url,
     "command": [os.environ.get("AIFACTORY_VENV", "/opt/aifactory/venv") + "/bin/python",
                 "-P", "-m", "aifactory.service"],
-    "environment": {"AIFACTORY_SITE": str(here / "site.yaml"), "AIFACTORY_PUBLIC_URL": public_url},
+    "environment": {"AIFACTORY_SITE": str(here / "site.yaml"), "AIFACTORY_PUBLIC_URL": public_url,
+                    "JUPYTERHUB_COOKIE_HOST_PREFIX_ENABLED": "1" if https else "0"},
     "oauth_no_confirm": True,
     "display": False,
 }]

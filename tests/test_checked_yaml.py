@@ -141,3 +141,10 @@ def test_a_rule_after_the_schema_names_the_line_of_its_key(tmp_path):
     with pytest.raises(site_module.SiteError) as err:
         site_module.load(path)
     assert str(err.value) == f"{path}, line {line}, two profiles have the same slug."
+
+
+def test_an_alias_is_refused_with_its_line_before_it_can_nest(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text("a: &x [1, 2]\nb: [*x, *x]\n")
+    with pytest.raises(CheckedYamlError, match=r"line 2: YAML aliases \(\*name\) are not allowed"):
+        checked_yaml.load(path, None, CheckedYamlError)

@@ -83,6 +83,7 @@ def test_a_stale_openssl_error_does_not_break_a_healthy_tls_connection(tmp_path)
 
     crypto = ctypes.CDLL("libcrypto.so.3")
     crypto.ERR_set_error.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p]
+    crypto.ERR_peek_error.restype = ctypes.c_ulong
     server.setblocking(False)
     for _ in range(2):
         crypto.ERR_new()  # a stale EPIPE (ERR_LIB_SYS), as a peer that went away leaves it
@@ -91,8 +92,12 @@ def test_a_stale_openssl_error_does_not_break_a_healthy_tls_connection(tmp_path)
         # with OpenSSL 3.5, SSLError "[SYS] unknown error" on 3.11 with OpenSSL 3.0).
         with pytest.raises(ssl.SSLWantReadError):
             server.recv(4)
-        client.sendall(b"ping")
-        assert wait_for_bytes(server, 4) == b"ping"
+        for send in (client.send, client.sendall):  # what tornado and Dask write with
+            crypto.ERR_new()
+            crypto.ERR_set_error(2, 32, None)
+            send(b"ping")
+            assert crypto.ERR_peek_error() == 0  # cleared before the write, none left after
+            assert wait_for_bytes(server, 4) == b"ping"
     client.close()
     server.close()
 
@@ -106,3 +111,20 @@ def wait_for_bytes(sock, n: int) -> bytes:
             return sock.recv(n)
         except ssl.SSLWantReadError:
             continue
+
+
+def test_a_login_counts_only_from_the_hubs_own_page_on_its_own_host():
+    from aifactory.login import foreign_login
+    hub = "http://hub.localhost:8000"
+    assert not foreign_login(hub, "hub.localhost:8000", hub, "same-origin")
+    assert not foreign_login(hub, "HUB.localhost:8000", None, None)  # a client without Origin
+    assert foreign_login(hub, "dave.hub.localhost:8000", None, None)  # on dave's origin
+    # dave's page posting his own name and password to the hub (login forgery)
+    assert foreign_login(hub, "hub.localhost:8000", "http://dave.hub.localhost:8000", None)
+    assert foreign_login(hub, "hub.localhost:8000", None, "same-site")
+    assert foreign_login(hub, "hub.localhost:8000", "null", None)
+    # a site's public address with its default port written out, or left out
+    assert not foreign_login("https://hub.example.org:443", "hub.example.org", None, None)
+    assert not foreign_login("https://hub.example.org", "hub.example.org:443",
+                             "https://hub.example.org", "same-origin")
+    assert not foreign_login("", "anything", "http://elsewhere", "cross-site")  # no subdomains

@@ -59,6 +59,12 @@ def load(path: str | Path, schema, error: type = CheckedYamlError) -> Document:
         raise error(f"{path}: cannot be read ({e.strerror}).") from None
     loader, lines = yaml.SafeLoader(text), {}
     try:
+        # No aliases: a file describes each value once, and an alias can nest without end.
+        alias = next((e for e in yaml.parse(text, Loader=yaml.SafeLoader)
+                      if isinstance(e, yaml.AliasEvent)), None)
+        if alias is not None:
+            raise error(f"{path}, line {alias.start_mark.line + 1}: YAML aliases (*name) are "
+                        "not allowed; write the value out.")
         node = loader.get_single_node()
         if node is None:
             raise error(f"{path}: is empty.")

@@ -27,6 +27,7 @@ import math
 import os
 import shlex
 import socket
+import ssl
 import subprocess
 import sys
 import uuid
@@ -45,9 +46,9 @@ INHERITED = ("SLURM_", "SBATCH_", "SRUN_", "SALLOC_")
 # TLS needs OpenSSL's error queue cleared before each read and write (aifactory.ssl_fix:
 # without it, OpenSSL 3.5 on Debian 13 breaks the scheduler's own connections). Where that
 # cannot be done, clusters use TCP and say so.
-TLS_WORKS = ssl_fix.INSTALLED
+TLS_WORKS = ssl_fix.INSTALLED or ssl.OPENSSL_VERSION_INFO < (3, 5)
 TLS_OFF_WORDS = ("Dask TLS is off: this Python's OpenSSL library could not be reached to clear "
-                 "its error queue (aifactory.ssl_fix), so this cluster speaks plain TCP, and "
+                 "its error queue (aifactory.ssl_fix; OpenSSL 3.5 needs it), so this cluster speaks plain TCP, and "
                  "other users who learn its address can connect to it.")
 
 

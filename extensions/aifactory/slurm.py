@@ -891,7 +891,7 @@ def parse_user_associations(user: str, text: str) -> Associations:
 
 def user_associations(user: str) -> Associations:
     """The accounts and QOS `user` may use, from slurmdbd."""
-    if not re.match(r"^[a-z_][a-z0-9_.-]{0,31}$", user):
+    if not names.SITE_USER_RE.match(user):
         raise ValueError(f"not a user name: {user!r}")
     return parse_user_associations(user, run(
         ["sacctmgr", "--noheader", "--parsable2", "list", "user", user, "withassoc",

@@ -9,23 +9,31 @@ fix is to do, in front of the ssl module's read and write. A Dask preload (worke
 and `aifactory.dask` import it.
 """
 
+import _ssl
 import ctypes
-import ctypes.util
 import ssl
+
+# Every call of CPython's that reads or writes a TLS record (SSLSocket.send and recv_into use
+# the C object directly or through read; sendall goes through send).
+METHODS = {ssl.SSLSocket: ("read", "write", "send", "do_handshake", "unwrap"),
+           ssl.SSLObject: ("read", "write", "do_handshake", "unwrap")}
 
 
 def _clear_error():
-    # The libcrypto the ssl module uses: already loaded, so dlopen gives that same one.
-    name = ("libcrypto.so.3" if ssl.OPENSSL_VERSION_INFO[0] == 3
-            else ctypes.util.find_library("crypto"))
+    """OpenSSL's ERR_clear_error from the very libcrypto the ssl module is linked with (looked
+    up through _ssl itself), or None when that cannot be made sure of."""
     try:
-        return ctypes.CDLL(name).ERR_clear_error if name else None
+        lib = ctypes.CDLL(_ssl.__file__)
+        lib.OpenSSL_version_num.restype = ctypes.c_ulong
+        if lib.OpenSSL_version_num() != ssl.OPENSSL_VERSION_NUMBER:
+            return None
+        return lib.ERR_clear_error
     except (OSError, AttributeError):
         return None
 
 
 def install() -> bool:
-    """Wraps SSLSocket and SSLObject's read and write; False where libcrypto is not found."""
+    """Wraps METHODS; False where the ssl module's libcrypto cannot be reached."""
     if getattr(ssl.SSLSocket, "_aifactory_clears_errors", False):
         return True
     clear = _clear_error()
@@ -38,8 +46,8 @@ def install() -> bool:
             return method(self, *args, **kwargs)
         return call
 
-    for cls in (ssl.SSLSocket, ssl.SSLObject):
-        for name in ("read", "write"):
+    for cls, names in METHODS.items():
+        for name in names:
             setattr(cls, name, clearing(getattr(cls, name)))
         cls._aifactory_clears_errors = True
     return True

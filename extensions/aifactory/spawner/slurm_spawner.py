@@ -144,13 +144,16 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             access = await VIEW.associations(self.user.name).get(60)
             budgets = await VIEW.budgets(self.site.billing.tres).get(5)
             weights = await self._weights()
+            reservations = await VIEW.reservations.get(60)
         except slurm.SlurmUnreachable:
             raise RequestError("The scheduler is unreachable right now; please try again "
                                "in a minute.") from None
+        except slurm.SlurmError as e:
+            raise RequestError(f"Slurm did not give what the check needs ({e}); nothing was "
+                               "submitted. Please try again, or tell the site.") from None
         request = resolve(self.site, options or {}, user=self.user.name,
                           accounts=access.accounts, default_account=access.default_account,
-                          reservations=await VIEW.reservations.get(60), qos=access.qos,
-                          groups=self.hub_groups())
+                          reservations=reservations, qos=access.qos, groups=self.hub_groups())
         self._partition_weights = weights.get(request.partition, "")
         try:
             parse_weights(self._partition_weights)
