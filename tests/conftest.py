@@ -354,3 +354,11 @@ def snapshot(**parts) -> Snapshot:
     }
     base.update(parts)
     return Snapshot(base, {k: NOW - 3 for k in base}, {})
+
+
+def log_in_browser(page, user: str, password: str, hub: str = HUB) -> None:
+    """Fill in and send the hub's login form at `hub`, as a person does."""
+    page.goto(f"{hub}/hub/login")
+    page.fill("#username_input", user)
+    page.fill("#password_input", password)
+    page.click("#login_submit")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import (ARTIFACTS, CHROMIUM_ARGS, HUB, aifactory, add_account, as_user, cli, notebook_jobs, remove_account,
-                      submit, wait_until)
+from conftest import (ARTIFACTS, CHROMIUM_ARGS, add_account, aifactory, as_user, cli,
+                      log_in_browser, notebook_jobs, remove_account, submit, wait_until)
 from playwright import sync_api as playwright
 
 from aifactory import billing, slurm
@@ -107,10 +107,7 @@ def test_the_form_shows_the_cost_slurm_then_charges(units_mode, passwords, hub_c
         browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
                                      args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(f"{HUB}/hub/login")
-        page.fill("#username_input", "alice")
-        page.fill("#password_input", passwords["alice"])
-        page.click("#login_submit")
+        log_in_browser(page, "alice", passwords["alice"])
         page.wait_for_selector("#aif-cost")
         page.check("#aif-profile-h100-1")
         page.select_option("select[name=option_walltime]", "1h")

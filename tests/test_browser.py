@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import ARTIFACTS, CHROMIUM_ARGS, HUB, SERVICE, notebook_jobs, submit, wait_until
+from conftest import (ARTIFACTS, CHROMIUM_ARGS, HUB, SERVICE, log_in_browser, notebook_jobs,
+                      submit, wait_until)
 from playwright import sync_api as playwright
 
 from aifactory import slurm
@@ -103,10 +104,7 @@ def run_notebook(page, passwords, user: str, name: str, *cells: str) -> None:
     path = Path(f"/home/{user}/{name}")
     path.write_text(json.dumps(notebook(*cells)))
     shutil.chown(path, user, user)
-    page.goto(f"{HUB}/hub/login")
-    page.fill("#username_input", user)
-    page.fill("#password_input", passwords[user])
-    page.click("#login_submit")
+    log_in_browser(page, user, passwords[user])
     # ?reset: a fresh workspace, not the tabs an earlier test left open.
     page.goto(f"{HUB}/user/{user}/lab/tree/{name}?reset")
     page.wait_for_selector(".jp-Notebook .jp-Cell >> visible=true", timeout=60_000)
@@ -259,10 +257,7 @@ def test_a_page_of_another_users_server_cannot_act_as_the_hub_in_alices_browser(
     try:
         dave.start(profile="cpu")
         alice = hub_client("alice")
-        page.goto(f"{HUB}/hub/login")
-        page.fill("#username_input", "alice")
-        page.fill("#password_input", passwords["alice"])
-        page.click("#login_submit")
+        log_in_browser(page, "alice", passwords["alice"])
         page.wait_for_url("**/hub/spawn**")
 
         page.goto("http://dave.hub.localhost:8000/user/dave/static/page.html")
@@ -282,10 +277,7 @@ def test_a_page_of_another_users_server_cannot_act_as_the_hub_in_alices_browser(
         page.goto(f"{HUB}/hub/home")
         assert "alice" in page.content()
         # Nor can alice be led to log in on dave's origin, where his page would then read hers.
-        page.goto("http://dave.hub.localhost:8000/hub/login")
-        page.fill("#username_input", "alice")
-        page.fill("#password_input", passwords["alice"])
-        page.click("#login_submit")
+        log_in_browser(page, "alice", passwords["alice"], hub="http://dave.hub.localhost:8000")
         page.wait_for_selector("text=Log in at http://hub.localhost:8000/hub/login")
         assert not [c for c in page.context.cookies("http://dave.hub.localhost:8000/hub/")
                     if c["name"].startswith("jupyterhub-hub-login")]
