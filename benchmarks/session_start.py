@@ -6,8 +6,10 @@ Run as root on the local cluster (`./aif cluster up` first):
 
 Baseline: `sbatch` of a 1-GPU job as the user, polled with `squeue` until it runs (what a
 user does by hand). Ours: log in to the hub through the proxy, start the server, poll the
-hub API until the server is ready (job running *and* JupyterLab answering). Both are
-measured in the same run; slurmctld RPCs come from `sdiag` (reset before each measurement).
+hub API until the server is ready (job running *and* JupyterLab answering). Then the same
+session with a site environment chosen on the form (Lmod loads its modules in the job before
+JupyterLab starts), against the default environment. All are measured in the same run, one
+after the other in each round; slurmctld RPCs come from `sdiag` (reset before each one).
 """
 
 from __future__ import annotations
@@ -52,7 +54,9 @@ def bare_job(user: str) -> tuple[float, int]:
     return elapsed, rpcs
 
 
-def hub_session(user: str, password: str) -> tuple[float, int]:
+def hub_session(user: str, password: str, **form: str) -> tuple[float, int]:
+    """Start a session by pressing Start on the form with these fields and wait until the
+    hub says it is ready."""
     http = requests.Session()
     http.get(f"{HUB}/hub/login")
     xsrf = http.cookies.get("_xsrf", path="/hub/")
@@ -72,8 +76,9 @@ def hub_session(user: str, password: str) -> tuple[float, int]:
         stop()
     reset_rpcs()
     t0 = time.monotonic()
-    http.get(f"{HUB}/hub/spawn", allow_redirects=False)
-    wait(lambda: servers().get("", {}).get("ready"), 300, "the server to be ready")
+    http.post(f"{HUB}/hub/spawn", data={**form, "_xsrf": xsrf},
+              allow_redirects=False).raise_for_status()
+    wait(lambda: servers().get("", {}).get("ready"), 300, f"the server ({form}) to be ready")
     elapsed, rpcs = time.monotonic() - t0, rpcs_since_reset()
     stop()
     return elapsed, rpcs
@@ -86,10 +91,18 @@ def main() -> None:
     args = parser.parse_args()
     password = json.load(open("/var/lib/aifactory/demo-passwords.json"))[args.user]
 
-    rows = {"bare sbatch (baseline)": [], "aifactory hub session": []}
+    sessions = {  # the CPU profile, so that no GPU job of another round is waited for
+        "hub session, default env": {"profile": "cpu"},
+        "hub session, classic-ml env": {"profile": "cpu", "option_environment": "classic-ml"},
+    }
+    rows = {"bare sbatch (baseline)": [], "aifactory hub session": [],
+            **{name: [] for name in sessions}}
     for _ in range(args.rounds):
         rows["bare sbatch (baseline)"].append(bare_job(args.user))
-        rows["aifactory hub session"].append(hub_session(args.user, password))
+        rows["aifactory hub session"].append(hub_session(args.user, password, profile="h100-1",
+                                                         option_walltime="1h"))
+        for name, form in sessions.items():
+            rows[name].append(hub_session(args.user, password, **form))
 
     print(f"{'':28} {'median s':>9} {'min s':>7} {'max s':>7} {'RPCs':>6}")
     medians = {}
@@ -101,6 +114,9 @@ def main() -> None:
     base, ours = medians["bare sbatch (baseline)"], medians["aifactory hub session"]
     print(f"ratio hub session / bare job: {ours / base:.2f} "
           f"(the difference is JupyterLab starting and the proxy route)")
+    default, chosen = (medians[name] for name in sessions)
+    print(f"ratio classic-ml environment / default environment: {chosen / default:.2f} "
+          f"(the difference is Lmod loading the modules)")
 
 
 if __name__ == "__main__":

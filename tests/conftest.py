@@ -356,6 +356,18 @@ def snapshot(**parts) -> Snapshot:
     return Snapshot(base, {k: NOW - 3 for k in base}, {})
 
 
+@pytest.fixture
+def page(live_cluster):
+    """A page of Debian's chromium, driven by Playwright, as a person's browser."""
+    from playwright import sync_api as playwright
+    ARTIFACTS.mkdir(exist_ok=True)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                                    args=CHROMIUM_ARGS)
+        yield browser.new_page(viewport={"width": 1280, "height": 900})
+        browser.close()
+
+
 def log_in_browser(page, user: str, password: str, hub: str = HUB) -> None:
     """Fill in and send the hub's login form at `hub`, as a person does."""
     page.goto(f"{hub}/hub/login")

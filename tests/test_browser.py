@@ -9,26 +9,15 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import requests
-from conftest import (ARTIFACTS, CHROMIUM_ARGS, HUB, SERVICE, log_in_browser, notebook_jobs,
+from conftest import (ARTIFACTS, HUB, SERVICE, log_in_browser, notebook_jobs,
                       submit, wait_until)
-from playwright import sync_api as playwright
 
 from aifactory import slurm
 from aifactory.report import gpu_h
 
 
 
-@pytest.fixture
-def page(live_cluster):
-    ARTIFACTS.mkdir(exist_ok=True)
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
-                                    args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        yield page
-        browser.close()
 
 
 def test_choose_a_profile_wait_with_the_reason_and_reach_jupyterlab(page, passwords, hub_client,

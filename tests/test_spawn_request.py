@@ -1,13 +1,14 @@
 """What a person may ask for on the spawn form: checked before anything reaches Slurm."""
 
 import datetime as dt
+import re
 from pathlib import Path
 
 import pytest
 
 from aifactory import site_description as site_module
 from aifactory import slurm
-from aifactory.spawner.request import RequestError, check_budget, resolve
+from aifactory.spawner.request import RequestError, check_budget, check_modules, resolve
 
 SITE = site_module.load(Path(__file__).resolve().parents[1] / "hub_config" / "site.yaml")
 JAN_10 = dt.datetime(2027, 1, 10, 9).timestamp()
@@ -214,3 +215,73 @@ def test_the_same_node_rule_serves_the_dask_cost_check():
     assert unusable_words(stuck) == "gpu01 draining (fan); gpu02 down"
     assert only_unusable_nodes(nodes + [node("gpu03")], "gpu", "h100", 4) == []
     assert only_unusable_nodes(nodes, "cpu", "", 0) == []  # no node of that partition here
+
+
+def test_each_profile_offers_the_environments_of_its_partition():
+    environment = {p.slug: [c.key for c in p.options[-1].choices] for p in SITE.profiles}
+    assert environment["cpu"] == ["aifactory", "classic-ml"]
+    assert environment["h100-1"] == ["aifactory"]  # classic-ml is for CPU nodes only
+    assert environment["course-dl101"] == ["aifactory"]  # the course narrows it
+    assert ask({"profile": "cpu"}).environment == "aifactory"  # the default one
+    chosen = ask({"profile": "cpu", "option_environment": "classic-ml"})
+    assert chosen.environment == "classic-ml"
+    # Stored options say the environment the same way, and resolve to the same request.
+    assert chosen.to_options()["option_environment"] == "classic-ml"
+    assert ask(chosen.to_options()) == chosen
+
+
+ENVIRONMENT_BAD = [
+    ({"profile": "h100-1", "option_environment": "classic-ml"},
+     "The 1× H100, 4 h profile does not offer the software environment 'classic-ml'; it offers "
+     "aifactory."),
+    ({"profile": "cpu", "option_environment": "classic-ml", "partition": "gpu", "gpus": "1"},
+     "scikit-learn and pandas (classic-ml 2025.1) is not offered on the gpu partition (only on "
+     "cpu)"),
+    ({"profile": "cpu", "option_environment": "tensorflow"}, "does not offer the software "
+                                                              "environment 'tensorflow'"),
+    ({"profile": "cpu", "option_environment": "classic-ml; module load x"}, "use only letters"),
+]
+
+
+@pytest.mark.parametrize("form,message", ENVIRONMENT_BAD, ids=[m[:40] for _, m in ENVIRONMENT_BAD])
+def test_an_environment_not_offered_is_refused_with_a_sentence(form, message):
+    with pytest.raises(RequestError, match=re.escape(message)):
+        ask(form)
+
+
+def test_an_environment_whose_module_is_missing_is_refused():
+    request = ask({"profile": "cpu", "option_environment": "classic-ml"})
+    there = {"/opt/aifactory/modules/classic-ml/2025.1.lua", "/opt/aifactory/modules/aifactory/0.1"}
+    check_modules(SITE, request, there.__contains__)  # a Lua modulefile
+    check_modules(SITE, ask({"profile": "cpu"}), there.__contains__)  # a Tcl one
+    with pytest.raises(RequestError, match=re.escape(
+            "needs the module classic-ml/2025.1, which is not in the site's module tree "
+            "(/opt/aifactory/modules). Nothing was submitted")):
+        check_modules(SITE, request, set().__contains__)
+
+
+def test_the_site_file_checks_its_environments(tmp_path):
+    text = (Path(__file__).resolve().parents[1] / "hub_config" / "site.yaml").read_text()
+    bad = tmp_path / "site.yaml"
+    cases = {
+        "modules: [classic-ml/../../etc]": r"environments\[1\]\.modules\[0\]: 'classic-ml/"
+                                           r"../../etc' is not a module name",
+        "modules: [-f/x]": r"'-f/x' is not a module name",
+        "partitions: [cpu2]": r"environment classic-ml: partition 'cpu2' is not in 'partitions'",
+        "environments: [tensorflow]": r"profile course-dl101: environment 'tensorflow' is not in",
+        "environments: [classic-ml]": r"profile course-dl101: no environment is offered on its "
+                                      r"partition gpu",
+    }
+    for replacement, message in cases.items():
+        key = replacement.split(":")[0]
+        old = {"modules": "modules: [classic-ml/2025.1]", "partitions": "partitions: [cpu]\n",
+               "environments": "environments: [aifactory]"}[key]
+        new = replacement + ("\n" if old.endswith("\n") else "")
+        assert old in text
+        bad.write_text(text.replace(old, new))
+        with pytest.raises(site_module.SiteError, match=message):
+            site_module.load(bad)
+    bad.write_text(text.replace("  path: [/opt/aifactory/modules]\n", "").replace(
+        "modules:\n  init: /usr/share/lmod/lmod/init/bash\n", ""))
+    with pytest.raises(site_module.SiteError, match="environments need 'modules'"):
+        site_module.load(bad)

@@ -94,6 +94,14 @@ def _course(args) -> int:
     return 0
 
 
+def _environments(args) -> int:
+    """Your venv and conda environments: which are kernels, and how to fix the others."""
+    from . import kernels
+    rows = kernels.describe_environments()
+    print(json.dumps(rows, indent=2) if args.json else kernels.environments_text(rows))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aifactory", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -125,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     course_p.add_argument("--stop", metavar="USER", help="stop USER's session, or 'all'")
     course_p.add_argument("--json", action="store_true", help="the answer as JSON")
     course_p.set_defaults(func=_course)
+    env_p = sub.add_parser("environments", help="your venv and conda environments: which "
+                                                "are Jupyter kernels, and how to fix the others")
+    env_p.add_argument("--json", action="store_true", help="the answer as JSON")
+    env_p.set_defaults(func=_environments)
     args = parser.parse_args(argv)
 
     from .cluster.demo import DemoFileError

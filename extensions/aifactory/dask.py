@@ -33,8 +33,14 @@ import sys
 import uuid
 from urllib.parse import urlparse
 
-from dask_jobqueue import SLURMCluster
-from dask_jobqueue.slurm import SLURMJob
+try:
+    from dask_jobqueue import SLURMCluster
+    from dask_jobqueue.slurm import SLURMJob
+except ImportError as e:  # a kernel of the user's own environment (aifactory.kernels)
+    raise ImportError(f"GPUCluster needs dask-jobqueue and distributed in this kernel's Python "
+                      f"({sys.prefix}), and {e.name} is missing: install them with "
+                      f"{shlex.quote(sys.executable)} -m pip install dask-jobqueue distributed"
+                      ) from e
 
 from . import dask_tls, slurm, ssl_fix
 from . import site_description as site_module
@@ -69,6 +75,17 @@ def clean_environment(env: dict | None = None) -> dict[str, str]:
 def session_tag(notebook_job: str) -> str:
     """The comment prefix of every Dask job started from one notebook session."""
     return f"{slurm.DASK_TAG}:{notebook_job or 'none'}:"
+
+
+def worker_python(site_python: str) -> str:
+    """The workers' Python: the site's, or this kernel's own where it runs in another
+    environment (a user's venv or conda environment, a module's Python), so that the workers
+    have the same packages. -P: never import from the job's working folder (a shared one may
+    hold a planted `distributed` or `aifactory`); Python 3.11 has it."""
+    site_prefix = os.path.dirname(os.path.dirname(site_python))
+    if os.path.realpath(sys.prefix) == os.path.realpath(site_prefix):
+        return f"{site_python} -P"
+    return shlex.quote(sys.executable) + (" -P" if sys.version_info >= (3, 11) else "")
 
 
 class GPUJob(SLURMJob):
@@ -169,9 +186,7 @@ class GPUCluster(SLURMCluster):
             *kwargs.pop("job_script_prologue", [])]
         kwargs.setdefault("local_directory", '"$AIFACTORY_SCRATCH"')
         kwargs.setdefault("log_directory", os.path.expanduser("~/.aifactory/dask-logs"))
-        # -P: never import from the job's working folder (a shared one may hold a planted
-        # `distributed` or `aifactory`).
-        kwargs.setdefault("python", f"{d['python']} -P")
+        kwargs.setdefault("python", worker_python(d["python"]))
         kwargs.setdefault("death_timeout", 60)
         super().__init__(
             queue=partition, account=account, cores=cpus * gpus, processes=gpus,
@@ -187,7 +202,8 @@ class GPUCluster(SLURMCluster):
                                *kwargs.pop("worker_extra_args", [])],
             **kwargs)
         self._watcher = subprocess.Popen(
-            [sys.executable, "-P", "-m", "aifactory.reaper", str(os.getpid()), self.tag],
+            [sys.executable, *(["-P"] if sys.version_info >= (3, 11) else []),
+             "-m", "aifactory.reaper", str(os.getpid()), self.tag],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True)
 

@@ -47,6 +47,10 @@ SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}\Z")
 COURSE_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}\Z")
 # Names of a profile's options (walltime): part of the spawn form's field names.
 OPTION_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}\Z")
+# Lmod module names (classic-ml/2025.1, compiler/gcc/13.2): path parts under a MODULEPATH
+# folder, written into the session's `module load` line; no part starts with '.' ('..') or
+# '-' (an option of `module`).
+MODULE_RE = re.compile(r"^[A-Za-z0-9_+][A-Za-z0-9_.+-]{0,63}(/[A-Za-z0-9_+][A-Za-z0-9_.+-]{0,63}){0,3}\Z")
 # A Slurm job id as sbatch --parsable prints it; Slurm's ids are 32-bit, 12 digits leave room.
 JOB_ID_RE = re.compile(r"^[0-9]{1,12}\Z")
 # A job id or one task of a job array (12078642_6), as squeue and sacct print them and scancel

@@ -137,6 +137,12 @@ async def _report_port(serverapp) -> None:
 
 def _load_jupyter_server_extension(serverapp) -> None:
     _guard_proxy()
+    # A session started in a site environment (its modules loaded by the job) opens new
+    # notebooks with that environment's Python (aifactory.kernels).
+    if os.environ.get("AIFACTORY_ENVIRONMENT"):
+        from .kernels import MODULES_KERNEL
+        if MODULES_KERNEL in serverapp.kernel_spec_manager.find_kernel_specs():
+            serverapp.kernel_manager.default_kernel_name = MODULES_KERNEL
     # Only the session's own server reports, once: kernels and terminals do not inherit it.
     if os.environ.pop("AIFACTORY_REPORT_PORT", "") == "1":
         from tornado.ioloop import IOLoop

@@ -68,6 +68,26 @@ class Choice:
     display_name: str
     default: bool
     slurm: dict
+    environment: str = ""  # a choice of the "environment" option: the environment's name
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Environment:
+    """Software a session runs with: Lmod modules loaded before JupyterLab starts."""
+    name: str
+    display_name: str
+    description: str
+    modules: tuple[str, ...]
+    partitions: tuple[str, ...]  # where it is offered
+    default: bool = False
+
+
+@dataclass(frozen=True)
+class Modules:
+    """The site's Lmod: the shell script that defines `module`, and the module tree."""
+    init: str = "/usr/share/lmod/lmod/init/bash"
+    path: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -127,6 +147,11 @@ class Site:
     # Defaults of aifactory.dask.GPUCluster (DASK_DEFAULTS, overridden by the file's `dask`).
     dask: dict = field(default_factory=lambda: dict(DASK_DEFAULTS))
     courses: tuple[Course, ...] = ()
+    environments: tuple[Environment, ...] = ()
+    modules: Modules = Modules()
+
+    def environment(self, name: str) -> Environment | None:
+        return next((e for e in self.environments if e.name == name), None)
 
     def profile(self, slug: str) -> Profile | None:
         return next((p for p in self.profiles if p.slug == slug), None)
@@ -187,6 +212,13 @@ SOME_SLURM = {key + "?": kind for key, kind in SLURM_FIELDS.items()}
 CHOICE = {"display_name?": str, "default?": bool, "slurm?": SOME_SLURM}
 OPTION = {"display_name?": str, "choices": ("mapping", (str, names.SLUG_RE, "a choice key "
                                             "(lower-case letters, digits and '-')"), CHOICE, ...)}
+ENVIRONMENT_NAME = (str, names.SLUG_RE, "an environment name (lower-case letters, digits and '-')")
+MODULE = (str, names.MODULE_RE, "a module name like classic-ml/2025.1")
+FOLDER = (str, re.compile(r"^/[A-Za-z0-9_./+-]{0,200}\Z"), "an absolute path")
+ENVIRONMENT = {
+    "name": ENVIRONMENT_NAME, "display_name?": str, "description?": str,
+    "modules": [MODULE], "partitions?": [PARTITION, ...], "default?": bool,
+}
 PROFILE = {
     "display_name?": str,
     "slug": (str, names.SLUG_RE, "a profile slug (lower-case letters, digits and '-')"),
@@ -194,6 +226,8 @@ PROFILE = {
     "limits?": {key + "?": SLURM_FIELDS[key] for key in LIMIT_FIELDS},
     "fixed?": [set(FIELDS)],
     "profile_options?": ("mapping", (str, names.OPTION_RE, f"an option name {NAME_WORDS}"), OPTION),
+    # The environments offered (default: all of those offered on the profile's partition).
+    "environments?": [ENVIRONMENT_NAME, ...],
 }
 COURSE = {
     "name": (str, names.COURSE_RE, "a course name (lower-case letters, digits and '-', "
@@ -213,6 +247,8 @@ SCHEMA = {
               "cpus_per_gpu?": int, "memory_gb_per_gpu?": int, "walltime?": WALLTIME,
               "interface?": str, "local_directory?": str, "python?": str},
     "courses?": [COURSE],
+    "modules?": {"init?": FOLDER, "path": [FOLDER, ...]},
+    "environments?": [ENVIRONMENT, ...],
 }
 
 
@@ -247,7 +283,68 @@ def load(path: str | Path = DEFAULT_PATH) -> Site:
                                      "reservation": course.reservation},
                               fixed=p.fixed | {"account", "reservation", "partition"})
     coordinator_groups = {a: tuple(g) for a, g in data.get("coordinator_groups", {}).items()}
-    return Site(billing, partitions, tuple(profiles), coordinator_groups, dask, courses)
+    environments = _environments(doc, data.get("environments", []), partitions)
+    for i, p in enumerate(profiles):
+        profiles[i] = _with_environment_option(doc, i, p, data["profiles"][i], environments)
+    raw_modules = data.get("modules")
+    if environments and not raw_modules:
+        doc.fail("environments", "environments need 'modules' (the Lmod init script and the "
+                                 "module tree's folders)")
+    modules = (Modules(raw_modules.get("init", Modules.init), tuple(raw_modules["path"]))
+               if raw_modules else Modules())
+    return Site(billing, partitions, tuple(profiles), coordinator_groups, dask, courses,
+                environments, modules)
+
+
+ENVIRONMENT_OPTION = "environment"
+
+
+def _environments(doc, raw_list: list, partitions) -> tuple[Environment, ...]:
+    environments = []
+    for i, raw in enumerate(raw_list):
+        key, name = f"environments[{i}]", raw["name"]
+        if name in [e.name for e in environments]:
+            doc.fail(f"{key}.name", f"two environments are named {name}")
+        offered = tuple(raw.get("partitions") or partitions)
+        for partition in offered:
+            if partition not in partitions:
+                doc.fail(f"{key}.partitions", f"environment {name}: partition {partition!r} "
+                                              "is not in 'partitions'")
+        environments.append(Environment(name, raw.get("display_name", name),
+                                        raw.get("description", ""), tuple(raw["modules"]),
+                                        offered, raw.get("default", False)))
+    if sum(e.default for e in environments) > 1:
+        doc.fail("environments", "only one environment may be the default")
+    return tuple(environments)
+
+
+def _with_environment_option(doc, i: int, profile: Profile, raw: dict,
+                             environments: tuple[Environment, ...]) -> Profile:
+    """The profile with an "environment" option: the environments it offers on its partition
+    (the default one first)."""
+    key = f"profiles[{i}]"
+    wanted = raw.get("environments")
+    if wanted is not None and not environments:
+        doc.fail(f"{key}.environments", f"profile {profile.slug}: the site has no environments")
+    for name in wanted or ():
+        if not any(e.name == name for e in environments):
+            doc.fail(f"{key}.environments", f"profile {profile.slug}: environment {name!r} is "
+                                            "not in 'environments'")
+    if not environments:
+        return profile
+    if any(o.name == ENVIRONMENT_OPTION for o in profile.options):
+        doc.fail(f"{key}.profile_options", f"profile {profile.slug}: the environment option "
+                                           "is made from 'environments'; remove it here")
+    offered = [e for e in environments if (wanted is None or e.name in wanted)
+               and profile.slurm["partition"] in e.partitions]
+    if not offered:
+        doc.fail(f"{key}.environments", f"profile {profile.slug}: no environment is offered on "
+                                        f"its partition {profile.slurm['partition']}")
+    offered.sort(key=lambda e: not e.default)
+    choices = tuple(Choice(e.name, e.display_name, e is offered[0], {}, e.name, e.description)
+                    for e in offered)
+    return replace(profile, options=(*profile.options,
+                                     ProfileOption(ENVIRONMENT_OPTION, "Software", choices)))
 
 
 def _profile(doc, i: int, raw: dict, partitions: dict[str, Partition]) -> Profile:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import os
+import sys
 import threading
 import time
 
@@ -285,7 +286,18 @@ class SessionPanel(Panel):
         return [("job", job["job_id"]), ("node", job["nodes"] or "-"),
                 ("project charged", job["account"]), ("GPUs", str(job["gpus"])),
                 ("time left", duration(max(0, end - now)) if end else "-"),
-                ("GPU-hours so far", gpu_h(spent))]
+                ("GPU-hours so far", gpu_h(spent)), *self._software()]
+
+    def _software(self) -> list[tuple[str, str]]:
+        """The session's environment and this kernel's Python, when the panel runs in it."""
+        if self.job_id != os.environ.get("SLURM_JOB_ID"):
+            return []
+        modules = os.environ.get("LOADEDMODULES", "")
+        software = os.environ.get("AIFACTORY_ENVIRONMENT_NAME", "") or "-"
+        if modules:
+            software += f" (modules: {modules.replace(':', ', ')})"
+        return [("software", software),
+                ("kernel", f"Python {sys.version_info[0]}.{sys.version_info[1]} in {sys.prefix}")]
 
     def body_html(self, answer: dict) -> str:
         return "<table>" + "".join(

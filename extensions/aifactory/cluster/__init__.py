@@ -20,7 +20,7 @@ from pathlib import Path
 from .. import site_description as site_module
 from .. import slurm
 from ..billing import Billing
-from . import accounting, network, services
+from . import accounting, modules, network, services
 from .demo import Demo, DemoFileError, load
 from .system import ETC_DIR, STATE_DIR, ClusterError, ensure_debs, sh, wait_for, write_if_changed
 
@@ -29,7 +29,14 @@ __all__ = ["up", "down", "status", "ClusterError", "DemoFileError"]
 DEBIAN_PACKAGES = ["slurmctld", "slurmd", "slurmdbd", "slurm-client", "munge", "git",
                    "mariadb-server", "sudo", "iproute2", "util-linux",
                    # *.localhost resolves to the loopback: users' own origins in the demo
-                   "libnss-myhostname"]
+                   "libnss-myhostname",
+                   # site environments as modules (aifactory.cluster.modules)
+                   "lmod"]
+# A desktop in the session (jupyter-remote-desktop-proxy): a VNC server and a small XFCE.
+DESKTOP_PACKAGES = ["tigervnc-standalone-server", "xfce4-session", "xfwm4", "xfce4-panel",
+                    "xfdesktop4", "xfce4-terminal", "thunar", "dbus-x11", "xfonts-base",
+                    # SVG images: Debian 13's default wallpaper and many icons
+                    "librsvg2-common"]
 PROXY_VERSION = "4.6"  # configurable-http-proxy, from the npm registry
 VENV = Path(os.environ.get("AIFACTORY_VENV", "/opt/aifactory/venv"))
 HUB_URL = "http://hub.localhost:8000"  # users' servers: http://<user>.hub.localhost:8000
@@ -217,12 +224,14 @@ def up(demo_file: Path | None = None, hub_config: Path | None = None, log=print)
 
     # npm comes with some Node.js builds (NodeSource's); Debian's own needs the npm package.
     node = [] if shutil.which("npm") else ["nodejs", "npm"]
-    installed = ensure_debs(DEBIAN_PACKAGES + node)
+    installed = ensure_debs(DEBIAN_PACKAGES + DESKTOP_PACKAGES + node)
     if installed:
         log(f"installed Debian packages: {' '.join(installed)}")
     if _ensure_proxy():
         installed.append("configurable-http-proxy")
         log("installed configurable-http-proxy (npm)")
+    # The demo's software environments: a module tree and the venvs it loads.
+    installed += [f"environment {name}" for name in modules.ensure_all(hub_config, log=log)]
 
     network.ensure_network(demo)
     accounting.fake_gpu_devices(max((n.gpus for n in demo.nodes), default=0))

@@ -15,7 +15,8 @@ from typing import Any, Mapping
 
 from .. import courses, slurm
 from ..billing import Billing
-from ..site_description import FIELDS, Site, format_minutes, walltime_minutes
+from ..site_description import (ENVIRONMENT_OPTION, FIELDS, Site, format_minutes,
+                                walltime_minutes)
 from ..availability import only_unusable_nodes, usable_reservations
 from ..report import unusable_words
 
@@ -49,6 +50,7 @@ class SessionRequest:
     reservation: str
     idle_minutes: float
     qos: str = ""
+    environment: str = ""  # the site environment (its modules are loaded in the job)
 
     @property
     def walltime_min(self) -> int:
@@ -62,6 +64,9 @@ class SessionRequest:
         """As user_options: the form's own fields, which `resolve` accepts again as they are."""
         options = asdict(self)
         del options["idle_minutes"]
+        environment = options.pop("environment")
+        if environment:
+            options[f"option_{ENVIRONMENT_OPTION}"] = environment
         return options
 
     def rate(self, billing: Billing, weights: str = "") -> int:
@@ -128,12 +133,19 @@ def resolve(site: Site, raw: Mapping[str, Any], *, user: str, accounts: list[str
         raise RequestError(f"There is no profile '{slug}'.")
 
     chosen = dict(profile.slurm)
+    environment = None
     for option in profile.options:
         key = values.pop(f"option_{option.name}", "") or option.default_choice().key
         choice = next((c for c in option.choices if c.key == key), None)
         if choice is None:
+            if option.name == ENVIRONMENT_OPTION:
+                raise RequestError(f"The {profile.display_name} profile does not offer the "
+                                   f"software environment '{key}'; it offers "
+                                   f"{', '.join(c.key for c in option.choices)}.")
             raise RequestError(f"{option.display_name}: '{key}' is not one of the choices.")
         chosen.update(choice.slurm)
+        if choice.environment:
+            environment = site.environment(choice.environment)
     leftover = [k for k in values if k.startswith("option_")]
     if leftover:
         raise RequestError(f"The {profile.display_name} profile has no option "
@@ -149,6 +161,10 @@ def resolve(site: Site, raw: Mapping[str, Any], *, user: str, accounts: list[str
     partition = site.partitions.get(chosen["partition"])
     if partition is None:
         raise RequestError(f"There is no partition '{chosen['partition']}'.")
+    if environment is not None and partition.name not in environment.partitions:
+        raise RequestError(f"The software environment {environment.display_name} is not "
+                           f"offered on the {partition.name} partition (only on "
+                           f"{', '.join(environment.partitions)}).")
     gpus = _number("GPUs", chosen.get("gpus", 0))
     cpus = _number("CPUs", chosen.get("cpus", 1))
     memory = _number("Memory (GB)", chosen.get("memory_gb", 1))
@@ -226,7 +242,29 @@ def resolve(site: Site, raw: Mapping[str, Any], *, user: str, accounts: list[str
                                "you can start a session in it then.")
     return SessionRequest(profile.slug, partition.name, gpu_type if gpus else "", gpus, cpus,
                           memory, format_minutes(minutes), account, reservation,
-                          profile.idle_minutes, chosen_qos)
+                          profile.idle_minutes, chosen_qos,
+                          environment.name if environment else "")
+
+
+def module_exists(module: str, folders, exists) -> bool:
+    """Whether Lmod finds `module` (name/version, or name for its default) in one of the
+    module tree's folders: a Lua or Tcl modulefile, or the name's folder."""
+    return any(exists(f"{folder}/{module}.lua") or exists(f"{folder}/{module}")
+               for folder in folders)
+
+
+def check_modules(site: Site, request: SessionRequest, exists) -> None:
+    """Refuse an environment whose modules the module tree lacks (a site file naming a module
+    that was removed or not installed yet), before the job would fail at `module load`."""
+    environment = site.environment(request.environment)
+    if environment is None:
+        return
+    for module in environment.modules:
+        if not module_exists(module, site.modules.path, exists):
+            raise RequestError(f"The software environment {environment.display_name} needs the "
+                               f"module {module}, which is not in the site's module tree "
+                               f"({', '.join(site.modules.path)}). Nothing was submitted; "
+                               "choose another environment, or tell the site.")
 
 
 def check_nodes(request: SessionRequest, nodes: list[slurm.Node],

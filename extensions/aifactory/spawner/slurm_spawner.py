@@ -17,6 +17,7 @@ Built on batchspawner's SlurmSpawner for its state handling, with these differen
 from __future__ import annotations
 
 import asyncio
+import os
 import pwd
 import shlex
 import time
@@ -39,7 +40,8 @@ from .form import render
 from .status import SUBMITTED, Status, session_status
 from ..report import clock, time_left
 from ..site_description import profile_name
-from .request import RequestError, SessionRequest, check_budget, check_nodes, resolve
+from .request import (RequestError, SessionRequest, check_budget, check_modules, check_nodes,
+                      resolve)
 
 
 class StartError(RuntimeError):
@@ -154,6 +156,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         request = resolve(self.site, options or {}, user=self.user.name,
                           accounts=access.accounts, default_account=access.default_account,
                           reservations=reservations, qos=access.qos, groups=self.hub_groups())
+        check_modules(self.site, request, os.path.exists)
         self._partition_weights = weights.get(request.partition, "")
         try:
             parse_weights(self._partition_weights)
@@ -238,6 +241,10 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         # Not batchspawner-singleuser: the server binds a free port itself and reports it once
         # it holds it (aifactory.session), so no other process can take it first.
         command = [*self.cmd, *self.get_args(), "--ServerApp.port=0"]
+        if "/" not in command[0]:
+            # From the shared venv by its path: the environment's modules put their own
+            # Python first on PATH, for the kernels, not for the server.
+            command[0] = f"{self.venv}/bin/{command[0]}"
         lines.append(f"export PATH={shlex.quote(self.venv)}/bin:$PATH")
         lines += [
             "umask 077",  # what the session writes is its user's alone
@@ -253,6 +260,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             lines.append(f"python -P -m aifactory.material {shlex.quote(self.material_source)} "
                          f"{shlex.quote(home + '/' + self.material_dest)} "
                          "|| echo 'course material not copied'")
+        lines += self.environment_lines(request)
         lines += [
             'echo "notebook session $SLURM_JOB_ID on $SLURMD_NODENAME, GPUs: ${CUDA_VISIBLE_DEVICES:-none}"',
             # Slurm's warning before the walltime ends; the server keeps running until then.
@@ -263,6 +271,24 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             'while kill -0 "$server" 2>/dev/null; do wait "$server"; done',
         ]
         return "\n".join(lines) + "\n"
+
+    def environment_lines(self, request: SessionRequest) -> list[str]:
+        """Lmod, in every session of a site with a module tree (the sidebar uses it), and the
+        chosen environment's modules loaded; a module that fails to load ends the job with
+        Lmod's words in its log."""
+        modules = self.site.modules
+        if not modules.path:
+            return []
+        lines = [f"export MODULEPATH={shlex.quote(':'.join(modules.path))}",
+                 f"if [ -r {shlex.quote(modules.init)} ]; then . {shlex.quote(modules.init)}; fi"]
+        environment = self.site.environment(request.environment)
+        if environment is not None:
+            load = " ".join(shlex.quote(m) for m in environment.modules)
+            lines += [f"export AIFACTORY_ENVIRONMENT={shlex.quote(environment.name)}",
+                      f"export AIFACTORY_ENVIRONMENT_NAME={shlex.quote(environment.display_name)}",
+                      f"module load {load} || {{ echo 'aifactory: the modules of environment "
+                      f"{environment.name} did not load'; exit 1; }}"]
+        return lines
 
     async def submit_batch_script(self):
         env = self.get_env()
@@ -484,6 +510,12 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         return [courses.summary(course, role, reservations, base_url=self.hub.base_url)
                 for course in self.site.courses if (role := courses.role(course, groups))]
 
+    def environment_name(self) -> str:
+        """The display name of the session's software environment ("" for none)."""
+        chosen = (self.user_options or {}).get(f"option_{site_module.ENVIRONMENT_OPTION}", "")
+        environment = self.site.environment(chosen) if isinstance(chosen, str) else None
+        return environment.display_name if environment else ""
+
     def session_info(self) -> dict:
         """For the home page: where the session runs and how long it has left."""
         info = {"last_end": self.last_end, "courses": self.my_courses()}
@@ -491,5 +523,6 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             left = self.job_end_time - time.time()
             info.update(job_id=self.job_id, node=self.ip, ends_at=clock(self.job_end_time),
                         time_left=time_left(left),
-                        profile=profile_name(self.user_options))
+                        profile=profile_name(self.user_options),
+                        environment=self.environment_name())
         return info
