@@ -191,7 +191,7 @@ def test_the_form_gives_its_script_the_weights_and_the_unit(tmp_path):
 def test_the_forms_script_prices_a_session_as_the_hub_does(tmp_path, slug, fields):
     """The page's own script in Debian's chromium (no cluster needed) against `resolve`."""
     from playwright import sync_api as playwright
-    from test_browser import CHROMIUM_ARGS
+    from conftest import CHROMIUM_ARGS
 
     site = site_module.load(site_with(tmp_path, {"tres": "billing", "unit": "AIU",
                                                  "units_per_gpu_hour": 48}))

@@ -112,6 +112,12 @@ def test_each_site_environment_runs_its_own_packages(page, passwords, hub_client
     assert printed.split() == ["ENV", str(CLASSIC_ML), "none", PINNED["scikit-learn"],
                                PINNED["numpy"]], printed
 
+    # A link that smuggles a command in a module's name (the sidebar's API puts names in a
+    # shell line), opened in the user's own browser: it shows nothing, and runs nothing.
+    marker = Path(f"/tmp/aif-lmod-link-{os.getpid()}")
+    page.goto(f"{user_url(USER)}module/modules/x%3Btouch%20{marker}%3Becho")
+    assert not marker.exists(), "a module name from a link ran as a shell command"
+
 
 def submitted_jobs() -> int:
     return slurm.rpc_counts().get("REQUEST_SUBMIT_BATCH_JOB", 0)

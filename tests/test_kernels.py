@@ -120,6 +120,7 @@ def test_a_broken_environment_is_listed_with_the_reason_and_the_others_stay_kern
     (broken / "bin" / "python").unlink()
     (broken / "bin" / "python").symlink_to("/opt/python-that-was-removed/bin/python3")
     (tmp_path / ".virtualenvs").write_text("a file where a folder is expected")
+    (tmp_path / ".venvs" / "loop").symlink_to(tmp_path / ".venvs" / "loop")  # hides nothing
     envs = by_name(tmp_path)
     assert not envs["broken"].kernel
     assert "links to /opt/python-that-was-removed/bin/python3, which does not exist" in (

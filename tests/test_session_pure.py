@@ -128,3 +128,25 @@ def test_a_login_counts_only_from_the_hubs_own_page_on_its_own_host():
     assert not foreign_login("https://hub.example.org", "hub.example.org:443",
                              "https://hub.example.org", "same-origin")
     assert not foreign_login("", "anything", "http://elsewhere", "cross-site")  # no subdomains
+
+
+def test_a_module_name_from_a_url_never_runs_as_a_shell_command(tmp_path, monkeypatch):
+    """jupyterlmod's GET /module/modules/NAME puts NAME in a shell line; a link the user opens
+    must not run what it carries (aifactory.session quotes each argument)."""
+    import asyncio
+
+    import module as lmod_api
+
+    from aifactory.session import _guard_lmod
+    marker = tmp_path / "ran"
+    # A stand-in for Lmod's command that prints its arguments, one per line.
+    monkeypatch.setattr(lmod_api, "MODULE_CMD", "printf '%s\\n'")
+    monkeypatch.setattr(lmod_api, "module", lmod_api.module)  # undone after the test
+    attack = f"x;touch {marker};echo"
+    asyncio.run(lmod_api.module("show", attack))
+    assert marker.exists(), "the stand-in does not show the hole it is meant to show"
+    marker.unlink()
+    _guard_lmod()
+    _guard_lmod()  # the server may load the extension twice: quoted once
+    asyncio.run(lmod_api.ModuleAPI().show(attack))
+    assert not marker.exists()

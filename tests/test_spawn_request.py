@@ -271,11 +271,14 @@ def test_the_site_file_checks_its_environments(tmp_path):
         "environments: [tensorflow]": r"profile course-dl101: environment 'tensorflow' is not in",
         "environments: [classic-ml]": r"profile course-dl101: no environment is offered on its "
                                       r"partition gpu",
+        'display_name: "PyTorch\\n#SBATCH --uid=0"': r"line \d+, environment aifactory: "
+                                                  r"display_name must be one line",
     }
     for replacement, message in cases.items():
         key = replacement.split(":")[0]
         old = {"modules": "modules: [classic-ml/2025.1]", "partitions": "partitions: [cpu]\n",
-               "environments": "environments: [aifactory]"}[key]
+               "environments": "environments: [aifactory]",
+               "display_name": 'display_name: "PyTorch and Dask (aifactory 0.1)"'}[key]
         new = replacement + ("\n" if old.endswith("\n") else "")
         assert old in text
         bad.write_text(text.replace(old, new))

@@ -80,7 +80,7 @@ def scan(home: str | Path) -> tuple[list[UserEnvironment], list[str]]:
         folder = home / place
         try:
             with os.scandir(folder) as listing:
-                entries = sorted(e.name for e in listing if e.is_dir())
+                entries = sorted(e.name for e in listing if _is_dir(e))
         except FileNotFoundError:
             continue
         except OSError as e:
@@ -109,6 +109,15 @@ def scan(home: str | Path) -> tuple[list[UserEnvironment], list[str]]:
                 watched.append(str(path))
                 add(inspect(path, listed=f"listed in {list_file}, line {document.line(f'[{i}]')}"))
     return found, watched
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    """A folder (or a link to one); a link in a loop or to nowhere is none, and does not
+    hide its neighbours."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def _expand(entry: str, home: Path) -> Path:

@@ -13,6 +13,8 @@
   jupyter-server-proxy issue 590). A port whose listener belongs to another user is refused;
   the hub's and Jupyter's cookies, the Authorization and the XSRF header are removed from
   what is forwarded even to the user's own ports.
+- **Module names stay names.** jupyterlmod runs `$LMOD_CMD python show NAME` through a shell,
+  NAME taken from the URL: each argument is quoted first (`_guard_lmod`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import asyncio
 import json
 import os
 import re
+import shlex
 
 CREDENTIAL_HEADERS = ("Authorization", "X-XSRFToken", "X-Xsrftoken")
 
@@ -95,6 +98,26 @@ def _guard_proxy() -> None:
     ProxyHandler.proxy_open = guarded_open
 
 
+def _guard_lmod() -> None:
+    """jupyterlmod (the Software Modules sidebar) joins module names from URLs and request
+    bodies into a shell line; a link such as /user/NAME/module/modules/x;curl...|sh, opened
+    by its user (a GET the hub's XSRF check lets through), would run that command as them.
+    Each argument is quoted, so a name is only ever a name."""
+    try:
+        import module as lmod_api  # jupyterlmod's helper package
+    except ImportError:
+        return
+    run = lmod_api.module
+    if getattr(run, "aifactory_quoted", False):
+        return
+
+    async def quoted(command, *args):
+        return await run(command, *(shlex.quote(str(arg)) for arg in args))
+
+    quoted.aifactory_quoted = True
+    lmod_api.module = quoted  # ModuleAPI looks the function up at each call
+
+
 def bound_port(serverapp) -> int | None:
     """The TCP port the server's HTTP server really listens on (None before it does)."""
     try:
@@ -137,6 +160,7 @@ async def _report_port(serverapp) -> None:
 
 def _load_jupyter_server_extension(serverapp) -> None:
     _guard_proxy()
+    _guard_lmod()
     # A session started in a site environment (its modules loaded by the job) opens new
     # notebooks with that environment's Python (aifactory.kernels).
     if os.environ.get("AIFACTORY_ENVIRONMENT"):

@@ -305,6 +305,10 @@ def _environments(doc, raw_list: list, partitions) -> tuple[Environment, ...]:
         key, name = f"environments[{i}]", raw["name"]
         if name in [e.name for e in environments]:
             doc.fail(f"{key}.name", f"two environments are named {name}")
+        for words in ("display_name", "description"):
+            if any(ord(c) < 32 for c in raw.get(words, "")):  # it goes into the job's script
+                doc.fail(f"{key}.{words}", f"environment {name}: {words} must be one line of "
+                                           "text, without control characters")
         offered = tuple(raw.get("partitions") or partitions)
         for partition in offered:
             if partition not in partitions:

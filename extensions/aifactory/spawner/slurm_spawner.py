@@ -156,7 +156,8 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         request = resolve(self.site, options or {}, user=self.user.name,
                           accounts=access.accounts, default_account=access.default_account,
                           reservations=reservations, qos=access.qos, groups=self.hub_groups())
-        check_modules(self.site, request, os.path.exists)
+        # Off the hub's event loop: a module tree on a hung file system must not stall it.
+        await asyncio.to_thread(check_modules, self.site, request, os.path.exists)
         self._partition_weights = weights.get(request.partition, "")
         try:
             parse_weights(self._partition_weights)
@@ -242,9 +243,10 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         # it holds it (aifactory.session), so no other process can take it first.
         command = [*self.cmd, *self.get_args(), "--ServerApp.port=0"]
         if "/" not in command[0]:
-            # From the shared venv by its path: the environment's modules put their own
-            # Python first on PATH, for the kernels, not for the server.
-            command[0] = f"{self.venv}/bin/{command[0]}"
+            # The shared venv's, by its path, and deaf to PYTHONPATH (-E): the environment's
+            # modules put their own Python and packages first for the kernels (which inherit
+            # the environment), not for the server.
+            command[:1] = [f"{self.venv}/bin/python", "-E", f"{self.venv}/bin/{command[0]}"]
         lines.append(f"export PATH={shlex.quote(self.venv)}/bin:$PATH")
         lines += [
             "umask 077",  # what the session writes is its user's alone
