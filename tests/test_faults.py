@@ -16,6 +16,9 @@ def test_session_survives_slurmctld_going_away(hub_client):
     services.SLURMCTLD.stop()
     try:
         assert not slurm.ping()
+        # The form's view of the nodes is at most 10 s old (VIEW.availability); older, the
+        # form asks Slurm. Wait that out: a test just before may have filled the view.
+        time.sleep(11)
         # Someone else opens the spawn page meanwhile: words, not a traceback.
         form = bob.http.get(f"{HUB}/hub/spawn")
         assert form.status_code == 200 and 'id="aif-unreachable"' in form.text
