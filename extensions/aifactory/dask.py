@@ -77,15 +77,19 @@ def session_tag(notebook_job: str) -> str:
     return f"{slurm.DASK_TAG}:{notebook_job or 'none'}:"
 
 
+# -P: never import from the working folder (a shared one may hold a planted `distributed`
+# or `aifactory`); Python 3.11 has it, and a user's older Python would refuse to start with it.
+SAFE_PATH = ["-P"] if sys.version_info >= (3, 11) else []
+
+
 def worker_python(site_python: str) -> str:
     """The workers' Python: the site's, or this kernel's own where it runs in another
     environment (a user's venv or conda environment, a module's Python), so that the workers
-    have the same packages. -P: never import from the job's working folder (a shared one may
-    hold a planted `distributed` or `aifactory`); Python 3.11 has it."""
+    have the same packages."""
     site_prefix = os.path.dirname(os.path.dirname(site_python))
     if os.path.realpath(sys.prefix) == os.path.realpath(site_prefix):
         return f"{site_python} -P"
-    return shlex.quote(sys.executable) + (" -P" if sys.version_info >= (3, 11) else "")
+    return " ".join([shlex.quote(sys.executable), *SAFE_PATH])
 
 
 class GPUJob(SLURMJob):
@@ -202,8 +206,7 @@ class GPUCluster(SLURMCluster):
                                *kwargs.pop("worker_extra_args", [])],
             **kwargs)
         self._watcher = subprocess.Popen(
-            [sys.executable, *(["-P"] if sys.version_info >= (3, 11) else []),
-             "-m", "aifactory.reaper", str(os.getpid()), self.tag],
+            [sys.executable, *SAFE_PATH, "-m", "aifactory.reaper", str(os.getpid()), self.tag],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True)
 

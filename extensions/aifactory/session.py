@@ -163,9 +163,11 @@ def _load_jupyter_server_extension(serverapp) -> None:
     _guard_lmod()
     # A session started in a site environment (its modules loaded by the job) opens new
     # notebooks with that environment's Python (aifactory.kernels).
+    # Only the modules' Python is looked at here, not the user's environments (no scan of
+    # the home at start).
     if os.environ.get("AIFACTORY_ENVIRONMENT"):
-        from .kernels import MODULES_KERNEL
-        if MODULES_KERNEL in serverapp.kernel_spec_manager.find_kernel_specs():
+        from .kernels import MODULES_KERNEL, modules_kernel
+        if modules_kernel() is not None:
             serverapp.kernel_manager.default_kernel_name = MODULES_KERNEL
     # Only the session's own server reports, once: kernels and terminals do not inherit it.
     if os.environ.pop("AIFACTORY_REPORT_PORT", "") == "1":

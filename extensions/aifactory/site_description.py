@@ -68,7 +68,6 @@ class Choice:
     display_name: str
     default: bool
     slurm: dict
-    environment: str = ""  # a choice of the "environment" option: the environment's name
     description: str = ""
 
 
@@ -345,7 +344,8 @@ def _with_environment_option(doc, i: int, profile: Profile, raw: dict,
         doc.fail(f"{key}.environments", f"profile {profile.slug}: no environment is offered on "
                                         f"its partition {profile.slurm['partition']}")
     offered.sort(key=lambda e: not e.default)
-    choices = tuple(Choice(e.name, e.display_name, e is offered[0], {}, e.name, e.description)
+    # Each choice's key is its environment's name.
+    choices = tuple(Choice(e.name, e.display_name, e is offered[0], {}, e.description)
                     for e in offered)
     return replace(profile, options=(*profile.options,
                                      ProfileOption(ENVIRONMENT_OPTION, "Software", choices)))

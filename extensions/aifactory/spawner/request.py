@@ -144,8 +144,8 @@ def resolve(site: Site, raw: Mapping[str, Any], *, user: str, accounts: list[str
                                    f"{', '.join(c.key for c in option.choices)}.")
             raise RequestError(f"{option.display_name}: '{key}' is not one of the choices.")
         chosen.update(choice.slurm)
-        if choice.environment:
-            environment = site.environment(choice.environment)
+        if option.name == ENVIRONMENT_OPTION:
+            environment = site.environment(choice.key)
     leftover = [k for k in values if k.startswith("option_")]
     if leftover:
         raise RequestError(f"The {profile.display_name} profile has no option "
