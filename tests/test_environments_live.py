@@ -16,14 +16,16 @@ from aifactory import slurm
 
 USER = "student2"
 CLASSIC_ML = Path("/opt/aifactory/envs/classic-ml")
-# What each environment must show in its kernel: its Python's prefix and packages.
+# What each environment must show in its kernel: its Python's prefix and packages, and that
+# aifactory's fixes were made at its start.
 PINNED = dict(line.split("==") for line in
               (Path(__file__).resolve().parents[1] / "hub_config/cluster/environments/"
                "classic-ml.txt").read_text().splitlines() if "==" in line)
 CHECK = ("import sys, importlib.util as u\n"
          "from importlib.metadata import version\n"
          "print('ENV', sys.prefix, *(version(m) if u.find_spec(i) else 'none' for m, i in "
-         "[('torch', 'torch'), ('scikit-learn', 'sklearn'), ('numpy', 'numpy')]))")
+         "[('torch', 'torch'), ('scikit-learn', 'sklearn'), ('numpy', 'numpy')]), "
+         "'FIXES', 'aifactory.at_start' in sys.modules)")
 
 
 
@@ -74,7 +76,7 @@ def test_each_site_environment_runs_its_own_packages(page, passwords, hub_client
     printed = run_in_new_notebook(page, "modules: classic-ml/2025.1", CHECK)
     page.screenshot(path=ARTIFACTS / "environment-classic-ml-kernel.png")
     assert printed.split() == ["ENV", str(CLASSIC_ML), "none", PINNED["scikit-learn"],
-                               PINNED["numpy"]], printed
+                               PINNED["numpy"], "FIXES", "True"], printed
     page.goto(f"{HUB}/hub/home")
     assert ("Software: scikit-learn and pandas (classic-ml 2025.1)"
             in page.text_content("#aif-environment"))
@@ -89,8 +91,8 @@ def test_each_site_environment_runs_its_own_packages(page, passwords, hub_client
         page, "Python 3 (ipykernel)",
         CHECK + "\nfrom aifactory.widgets import SessionPanel\nprint(SessionPanel().text())")
     page.screenshot(path=ARTIFACTS / "environment-aifactory-kernel.png")
-    assert printed.split()[:5] == ["ENV", "/opt/aifactory/venv", version("torch"), "none",
-                                   version("numpy")], printed
+    assert printed.split()[:7] == ["ENV", "/opt/aifactory/venv", version("torch"), "none",
+                                   version("numpy"), "FIXES", "True"], printed
     assert ("software: PyTorch and Dask (aifactory 0.1) (modules: aifactory/0.1)" in printed
             and re.search(r"kernel: Python 3\.\d+ in /opt/aifactory/venv", printed)), printed
     assert client.server().get("ready")
@@ -110,7 +112,7 @@ def test_each_site_environment_runs_its_own_packages(page, passwords, hub_client
     page.click(".lm-TabBar-addButton >> visible=true")  # a new launcher
     printed = run_in_new_notebook(page, "modules: classic-ml/2025.1", CHECK)
     assert printed.split() == ["ENV", str(CLASSIC_ML), "none", PINNED["scikit-learn"],
-                               PINNED["numpy"]], printed
+                               PINNED["numpy"], "FIXES", "True"], printed
 
     # A link that smuggles a command in a module's name (the sidebar's API puts names in a
     # shell line), opened in the user's own browser: it shows nothing, and runs nothing.

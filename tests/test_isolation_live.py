@@ -12,7 +12,7 @@ import subprocess
 from conftest import (HUB, VENV_PYTHON, as_user, cli, driver, lines, notebook_jobs,
                       notebook_process, process_env, submit, tagged, wait_until)
 
-from aifactory import slurm
+from aifactory import dask_tls, slurm
 from aifactory.dask import TLS_OFF_WORDS
 
 ATTACKER = "dave"
@@ -61,6 +61,75 @@ def test_a_foreign_dask_client_is_refused_while_the_owner_connects(live_cluster)
         assert mine["tls_with_own_identity"] == "alice"  # her identity, from any process
         assert mine["tcp_on_the_same_port"].startswith("refused")
     finally:  # the kernel dies; its watcher cancels the worker job
+        subprocess.run(["pkill", "-KILL", "-u", "alice", "-f", "hold 1$"])
+        proc.wait(30)
+    wait_until(lambda: not tagged(out["tag"]), 90, what="the killed kernel's jobs to go")
+
+
+# A notebook cell that never imports aifactory: a plain Client through the session's Dask
+# settings (TLS with the person's identity), then TCP to the TLS port, then TLS again (the
+# sequence that hung in Client(...) for ever before aifactory.at_start).
+PLAIN_CELL = """
+import getpass, json, sys
+from distributed import Client
+
+def who():
+    import getpass
+    return getpass.getuser()
+
+result = {"fixed_from_the_start": "aifactory.at_start" in sys.modules,
+          "imported_aifactory": sorted(m for m in sys.modules
+                                       if m.startswith("aifactory") and m not in
+                                       ("aifactory", "aifactory.at_start", "aifactory.ssl_fix"))}
+for name, to in (("tls", ADDRESS), ("tcp", ADDRESS.replace("tls://", "tcp://")),
+                 ("tls_again", ADDRESS)):
+    try:
+        with Client(to, timeout=8) as client:
+            result[name] = client.run_on_scheduler(who)
+    except Exception as e:
+        result[name] = "refused: " + type(e).__name__
+print(json.dumps(result))
+"""
+
+# Runs one cell in a kernel of the shared venv's own kernel spec (a session's default), as
+# the user, with the session's Dask settings, and prints what the cell printed.
+IN_A_KERNEL = """
+import sys
+from jupyter_client.manager import start_new_kernel
+manager, client = start_new_kernel(kernel_name="python3")
+printed = []
+try:
+    client.execute_interactive(sys.argv[1], timeout=120, output_hook=lambda msg:
+                               printed.append(msg["content"].get("text", "")))
+finally:
+    client.stop_channels()
+    manager.shutdown_kernel(now=True)
+print("".join(printed))
+"""
+
+
+def plain_client_in_a_kernel(user: str, address: str) -> dict:
+    as_user(user, "env", f"HOME=/home/{user}", VENV_PYTHON, "-P", "-m", "aifactory.dask_tls")
+    settings = dask_tls.environment(f"/home/{user}")
+    out = as_user(user, "env", "-i", f"HOME=/home/{user}", "PATH=/opt/aifactory/venv/bin:/usr/bin:/bin",
+                  *(f"{k}={v}" for k, v in settings.items()), VENV_PYTHON, "-P", "-c", IN_A_KERNEL,
+                  f"ADDRESS = {address!r}\n" + PLAIN_CELL)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_a_plain_client_in_a_kernel_is_refused_or_admitted_at_once_never_hangs(live_cluster):
+    proc = driver("alice", "hold", "1")
+    try:
+        out = lines(proc, 1)
+        address = out["address"]
+        assert address.startswith("tls://")
+        stolen = plain_client_in_a_kernel(ATTACKER, address)
+        assert stolen["fixed_from_the_start"] and stolen["imported_aifactory"] == [], stolen
+        assert all(stolen[k].startswith("refused") for k in ("tls", "tcp", "tls_again")), stolen
+        mine = plain_client_in_a_kernel("alice", address)
+        assert (mine["tls"], mine["tls_again"]) == ("alice", "alice"), mine
+        assert mine["tcp"].startswith("refused"), mine
+    finally:
         subprocess.run(["pkill", "-KILL", "-u", "alice", "-f", "hold 1$"])
         proc.wait(30)
     wait_until(lambda: not tagged(out["tag"]), 90, what="the killed kernel's jobs to go")

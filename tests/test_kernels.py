@@ -61,7 +61,7 @@ def test_a_venv_with_ipykernel_is_a_kernel_with_its_name_and_python_version(tmp_
         "myenv", str(env), "venv", PYTHON, True, "")
     spec = kernel_specs([found])["env-myenv"]
     assert spec["display_name"] == f"myenv (Python {PYTHON}, venv)"
-    assert spec["argv"] == [f"{env}/bin/python", "-P", "-m", "ipykernel_launcher",
+    assert spec["argv"] == [f"{env}/bin/python", "-P", "-m", "aifactory.kernel_launcher",
                             "-f", "{connection_file}"]
     # aifactory from the site, nothing else of the shared venv; the env's bin first on PATH
     assert spec["env"]["PYTHONPATH"] == str(kernels.AIFACTORY_PATH)

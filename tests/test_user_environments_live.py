@@ -92,6 +92,7 @@ def test_the_launcher_shows_a_users_venv_and_a_notebook_runs_in_it(environments,
         page.wait_for_selector(f"text={display} | Idle", timeout=90_000)
         page.click(".jp-Notebook .jp-Cell .cm-content >> visible=true")
         page.keyboard.type("import sys, aifactory, distributed\n"
+                           "print('FIXES', 'aifactory.at_start' in sys.modules)\n"
                            "print('PREFIX', sys.prefix)\n"
                            "print('FROM', aifactory.__file__, distributed.__file__)")
         page.keyboard.press("Shift+Enter")
@@ -102,6 +103,7 @@ def test_the_launcher_shows_a_users_venv_and_a_notebook_runs_in_it(environments,
         for path in set(HOME.glob("Untitled*.ipynb")) - notebooks_before:
             path.unlink()
     # aifactory from the site (only it); distributed from bob's environment, not the shared venv
+    assert "FIXES True" in output  # the kernel launcher made aifactory.at_start's fixes
     aifactory_file, distributed_file = output.split("FROM", 1)[1].split()
     assert aifactory_file == f"{kernels.AIFACTORY_PATH}/aifactory/__init__.py"
     assert distributed_file.startswith(f"{ML}/lib/python{PYTHON}/site-packages/distributed/")

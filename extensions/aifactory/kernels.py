@@ -273,7 +273,8 @@ def _python_argv(executable: str, python: str) -> list[str]:
     # -P: not the notebook's folder first on sys.path (a shared folder may hold a planted
     # module); Python 3.11 has it, older ones would refuse to start with it.
     safe = ["-P"] if tuple(map(int, python.split("."))) >= (3, 11) else []
-    return [executable, *safe, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    # aifactory's launcher: ipykernel's, with aifactory.at_start's fixes made first.
+    return [executable, *safe, "-m", "aifactory.kernel_launcher", "-f", "{connection_file}"]
 
 
 def kernel_specs(environments: list[UserEnvironment]) -> dict[str, dict]:
