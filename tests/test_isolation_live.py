@@ -19,7 +19,7 @@ ATTACKER = "dave"
 
 # A client that connects to a scheduler and asks who runs it, or says how it was refused.
 CONNECT = """
-import json, sys
+import json, sys, traceback
 from distributed import Client
 from aifactory import dask_tls
 
@@ -35,8 +35,9 @@ for name, (to, kwargs) in tries.items():
     try:
         with Client(to, timeout=8, **kwargs) as client:
             result[name] = client.run_on_scheduler(who)
-    except Exception as e:
-        result[name] = "refused: " + type(e).__name__
+    except Exception as e:  # where, for a failure's message
+        last = traceback.extract_tb(e.__traceback__)[-1]
+        result[name] = f"refused: {type(e).__name__} ({last.filename}:{last.lineno})"
 print(json.dumps(result))
 """
 

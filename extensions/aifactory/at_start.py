@@ -8,12 +8,15 @@ kernels of people's own environments and of loaded modules. Each fix is made whe
 library is first imported, so a Python that never uses it pays nothing (importing
 distributed takes half a second).
 
-- distributed.utils: LoopRunner starts and stops every event loop under one class-wide,
-  non-reentrant lock. A Client whose start failed (TLS asked for without TLS settings, a
-  refused handshake) stays in a reference cycle; when the garbage collector finalizes it
-  while another Client is starting, inside that lock, its close() waits for the same lock in
-  the same thread, and the new Client hangs for ever, whatever its timeout. The lock becomes
-  reentrant.
+- distributed.client: LoopRunner starts and stops every event loop under one class-wide,
+  non-reentrant lock, and `Client.__del__` closes the client, so takes that lock, wherever
+  the garbage collector happens to run it. A Client whose start failed (TLS asked for
+  without TLS settings, a refused handshake) stays in a reference cycle until a collection
+  finds it. When that collection runs while the next Client is starting, inside the lock,
+  in the same thread the new Client hangs for ever; in the new Client's loop thread it
+  waits out LoopRunner's 10 s and fails with a bare AssertionError (`assert loop is not
+  None`). Here `__del__` hands the client to a thread of its own that closes it, so the
+  collector never waits for the lock.
 - ssl: aifactory.ssl_fix (OpenSSL's per-thread error queue, python/cpython#148594).
 """
 
@@ -21,17 +24,40 @@ import importlib.machinery
 import sys
 
 
-def _reentrant_loop_lock(utils) -> None:
-    import threading  # here, not at start: distributed imports it anyway
+def _close_dropped_clients_off_the_collector(client_module) -> None:
+    import queue  # here, not at start: distributed imports them anyway
+    import threading
 
-    utils.LoopRunner._lock = threading.RLock()
+    dropped = queue.SimpleQueue()  # its put() is safe in __del__ (reentrant, takes no lock)
+
+    def close_dropped():
+        while True:
+            client = dropped.get()
+            try:
+                client.close()
+            except Exception:  # as a finalizer's errors: nobody to tell
+                pass
+            del client
+
+    threading.Thread(target=close_dropped, daemon=True,
+                     name="aifactory: close dropped Clients").start()
+    finalize = client_module.Client.__del__
+
+    def __del__(self):
+        if sys.is_finalizing():  # no thread runs any more: as distributed does
+            return finalize(self)
+        if getattr(self, "_Client__loop", None) is not None:  # what distributed's __del__ checks
+            dropped.put(self)  # kept alive until closed; __del__ is not called twice
+
+    client_module.Client.__del__ = __del__
 
 
 def _clear_openssl_errors(ssl) -> None:
     from . import ssl_fix  # noqa: F401  (it acts on import)
 
 
-FIXES = {"distributed.utils": _reentrant_loop_lock, "ssl": _clear_openssl_errors}
+FIXES = {"distributed.client": _close_dropped_clients_off_the_collector,
+         "ssl": _clear_openssl_errors}
 SOURCE_LOADERS = (importlib.machinery.SourceFileLoader, importlib.machinery.SourcelessFileLoader)
 
 
