@@ -2,6 +2,7 @@
 the login group with a Slurm account of his own (course-ml202), against alice's work on the
 live cluster. Each test also checks that alice still reaches her own."""
 
+import contextlib
 import json
 import os
 import re
@@ -48,10 +49,22 @@ def connect_as(user: str, address: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def test_a_foreign_dask_client_is_refused_while_the_owner_connects(live_cluster):
+@contextlib.contextmanager
+def alices_cluster():
+    """alice's GPUCluster with one worker job, in a driver as her kernel would run it; what
+    the driver printed (its address and tag)."""
     proc = driver("alice", "hold", "1")
     try:
         out = lines(proc, 1)
+        yield out
+    finally:  # the kernel dies; its watcher cancels the worker job
+        subprocess.run(["pkill", "-KILL", "-u", "alice", "-f", "hold 1$"])
+        proc.wait(30)
+    wait_until(lambda: not tagged(out["tag"]), 90, what="the killed kernel's jobs to go")
+
+
+def test_a_foreign_dask_client_is_refused_while_the_owner_connects(live_cluster):
+    with alices_cluster() as out:
         address = out["address"]
         assert address.startswith("tls://") and TLS_OFF_WORDS not in out["printed"]
         wait_until(lambda: any(j.running for j in tagged(out["tag"])), 60,
@@ -61,17 +74,13 @@ def test_a_foreign_dask_client_is_refused_while_the_owner_connects(live_cluster)
         mine = connect_as("alice", address)
         assert mine["tls_with_own_identity"] == "alice"  # her identity, from any process
         assert mine["tcp_on_the_same_port"].startswith("refused")
-    finally:  # the kernel dies; its watcher cancels the worker job
-        subprocess.run(["pkill", "-KILL", "-u", "alice", "-f", "hold 1$"])
-        proc.wait(30)
-    wait_until(lambda: not tagged(out["tag"]), 90, what="the killed kernel's jobs to go")
 
 
 # A notebook cell that never imports aifactory: a plain Client through the session's Dask
 # settings (TLS with the person's identity), then TCP to the TLS port, then TLS again (the
 # sequence that hung in Client(...) for ever before aifactory.at_start).
 PLAIN_CELL = """
-import getpass, json, sys
+import json, sys
 from distributed import Client
 
 def who():
@@ -119,9 +128,7 @@ def plain_client_in_a_kernel(user: str, address: str) -> dict:
 
 
 def test_a_plain_client_in_a_kernel_is_refused_or_admitted_at_once_never_hangs(live_cluster):
-    proc = driver("alice", "hold", "1")
-    try:
-        out = lines(proc, 1)
+    with alices_cluster() as out:
         address = out["address"]
         assert address.startswith("tls://")
         stolen = plain_client_in_a_kernel(ATTACKER, address)
@@ -130,10 +137,6 @@ def test_a_plain_client_in_a_kernel_is_refused_or_admitted_at_once_never_hangs(l
         mine = plain_client_in_a_kernel("alice", address)
         assert (mine["tls"], mine["tls_again"]) == ("alice", "alice"), mine
         assert mine["tcp"].startswith("refused"), mine
-    finally:
-        subprocess.run(["pkill", "-KILL", "-u", "alice", "-f", "hold 1$"])
-        proc.wait(30)
-    wait_until(lambda: not tagged(out["tag"]), 90, what="the killed kernel's jobs to go")
 
 
 def test_dask_credentials_are_their_owners_alone(live_cluster):
