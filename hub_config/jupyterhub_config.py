@@ -4,26 +4,37 @@
 # as root from /var/lib/aifactory/hub with the AIFACTORY_* variables below set. On a real site,
 # set them (or replace them with your own values) in the hub's service unit.
 import os
+import re
 from pathlib import Path
+from urllib.parse import urlparse
 
 from aifactory import courses, site_description
 
 c = get_config()  # noqa: F821
 here = Path(__file__).resolve().parent
 
-# The public face: the proxy on the login node. A site puts TLS and a real hostname in front.
-c.JupyterHub.bind_url = "http://127.0.0.1:8000"
-# Each user's server has a browser origin of its own, http://<user>.<host> (and the service
-# http://allocations--service.<host>): a page served by one user's server cannot read the hub's
-# pages, or another user's, in someone else's browser. In the demo the host is hub.localhost,
-# since browsers (and libnss-myhostname) resolve *.localhost to the loopback (a name with a dot,
-# so that the hub's domain cookie is kept by every client); a site names its own host, with
-# wildcard DNS and a wildcard certificate in front.
-public_url = os.environ.get("AIFACTORY_PUBLIC_URL", "http://hub.localhost:8000")
+# The public face: the proxy on the login node, serving https with the certificate named by
+# AIFACTORY_TLS_CERT and _KEY (the demo's comes from its own CA; a site uses its own wildcard
+# certificate); plain http on AIFACTORY_HTTP_PORT only redirects to it.
+# Each user's server has a browser origin of its own, https://<user>.<host> (and the service
+# https://allocations--service.<host>): a page served by one user's server cannot read the
+# hub's pages, or another user's, in someone else's browser. In the demo the host is
+# hub.localhost, since browsers (and libnss-myhostname) resolve *.localhost to the loopback; a
+# site names its own host, with wildcard DNS.
+public_url = os.environ.get("AIFACTORY_PUBLIC_URL", "https://hub.localhost:8443")
 c.JupyterHub.subdomain_host = public_url
-# Over https, cookies are __Host- ones that a user's server cannot set from its subdomain
-# (cookie tossing); they need https, so the demo's http cannot have them (README).
 https = public_url.startswith("https://")
+public_port = urlparse(public_url).port or (443 if https else 80)
+c.JupyterHub.bind_url = f"{'https' if https else 'http'}://127.0.0.1:{public_port}"
+if https:
+    c.JupyterHub.ssl_cert = os.environ["AIFACTORY_TLS_CERT"]
+    c.JupyterHub.ssl_key = os.environ["AIFACTORY_TLS_KEY"]
+    c.ConfigurableHTTPProxy.command = [
+        "configurable-http-proxy",
+        "--redirect-port", os.environ.get("AIFACTORY_HTTP_PORT", "8000"),
+        "--redirect-to", str(public_port)]
+# Over https, cookies are __Host- ones that a user's server cannot set from its subdomain
+# (cookie tossing); plain http cannot have them (README).
 c.JupyterHub.cookie_host_prefix_enabled = https
 # Compute nodes call the hub API (the server's port callback, activity): bind it where they
 # can reach it, on the login node's cluster-network address.
@@ -37,13 +48,55 @@ c.JupyterHub.cookie_secret_file = f"{state}/jupyterhub_cookie_secret"
 c.ConfigurableHTTPProxy.pid_file = f"{state}/jupyterhub-proxy.pid"
 c.JupyterHub.template_paths = [str(here / "templates")]
 
-# Login with Unix passwords (PAM), on the hub's own host only; only members of the login group
-# may log in.
-c.JupyterHub.authenticator_class = "aifactory.login.HubHostPAMAuthenticator"
-c.PAMAuthenticator.allowed_groups = {os.environ.get("AIFACTORY_LOGIN_GROUP", "aifactory-users")}
-c.PAMAuthenticator.open_sessions = False
-# Hub admins are the members of this Unix group, as of their last login.
-c.PAMAuthenticator.admin_groups = {os.environ.get("AIFACTORY_ADMIN_GROUP", "aifactory-admins")}
+# Login: through the site's OpenID Connect provider ("oidc": SRAM, MyAccessID; the demo runs
+# one of its own), or with Unix passwords ("pam") for a site without one. Either way only on
+# the hub's own host, only members of the login group, and the admins are a group's members.
+login = os.environ.get("AIFACTORY_LOGIN", "pam")
+login_group = os.environ.get("AIFACTORY_LOGIN_GROUP", "aifactory-users")
+admin_group = os.environ.get("AIFACTORY_ADMIN_GROUP", "aifactory-admins")
+if login == "oidc":
+    issuer = os.environ["AIFACTORY_OIDC_ISSUER"]
+    # Which of the IdP's clients this hub is: "sram" (a uid claim names the Unix account) or
+    # "myaccessid" (an opaque sub; the site's provisioning maps it to an account).
+    shape = os.environ.get("AIFACTORY_OIDC_CLIENT", "sram")
+    hub_secrets = Path(os.environ["AIFACTORY_OIDC_SECRETS"])
+    os.environ["JUPYTERHUB_CRYPT_KEY"] = (hub_secrets / "crypt-key").read_text().strip()
+    c.JupyterHub.authenticator_class = "aifactory.login.FederatedAuthenticator"
+    auth = c.FederatedAuthenticator
+    auth.login_service = {"sram": "SURF Research Access (demo)",
+                          "myaccessid": "MyAccessID (demo)"}[shape]
+    auth.client_id = f"aifactory-{shape}"
+    auth.client_secret = (hub_secrets / f"aifactory-{shape}.secret").read_text().strip()
+    auth.oauth_callback_url = f"{public_url}/hub/oauth_callback"
+    auth.issuer = issuer
+    auth.authorize_url = f"{issuer}/auth"
+    auth.token_url = f"{issuer}/token"
+    auth.userdata_url = f"{issuer}/me"
+    auth.jwks_url = f"{issuer}/jwks"
+    auth.end_session_url = f"{issuer}/session/end"
+    auth.post_logout_url = f"{public_url}/hub/login"
+    auth.scope = ["openid", "offline_access", "entitlements",
+                  *(["uid", "email"] if shape == "sram" else [])]
+    auth.username_claim = "uid" if shape == "sram" else "sub"
+    auth.accounts_file = os.environ.get("AIFACTORY_OIDC_ACCOUNTS", "/etc/aifactory/accounts-by-sub.yaml")
+    auth.entitlement_pattern = (
+        "^" + re.escape(os.environ["AIFACTORY_OIDC_ENTITLEMENT_PREFIX"])
+        + r"(?P<group>[a-z][a-z0-9_-]*)\Z")
+    auth.apply_url = os.environ.get("AIFACTORY_APPLY_URL", f"{public_url}/hub/apply")
+    if os.environ.get("AIFACTORY_TLS_CA"):  # the CA of the IdP's certificate, if not public
+        auth.http_request_kwargs = {"ca_certs": os.environ["AIFACTORY_TLS_CA"]}
+    auth.allowed_groups = {login_group}
+    auth.admin_groups = {admin_group}
+    # Tokens kept encrypted; refreshed before each spawn and when a login is older than this.
+    auth.enable_auth_state = True
+    auth.refresh_pre_spawn = True
+    auth.auth_refresh_age = 120
+else:
+    c.JupyterHub.authenticator_class = "aifactory.login.HubHostPAMAuthenticator"
+    c.PAMAuthenticator.allowed_groups = {login_group}
+    c.PAMAuthenticator.open_sessions = False
+    # Hub admins are the members of this Unix group, as of their last login.
+    c.PAMAuthenticator.admin_groups = {admin_group}
 
 # Each session is a Slurm job on a compute node, chosen from the profiles in site.yaml.
 c.JupyterHub.spawner_class = "aifactory.spawner.SlurmSpawner"
@@ -65,15 +118,19 @@ c.JupyterHub.services = [{
     "command": [os.environ.get("AIFACTORY_VENV", "/opt/aifactory/venv") + "/bin/python",
                 "-P", "-m", "aifactory.service"],
     "environment": {"AIFACTORY_SITE": str(here / "site.yaml"), "AIFACTORY_PUBLIC_URL": public_url,
-                    "JUPYTERHUB_COOKIE_HOST_PREFIX_ENABLED": "1" if https else "0"},
+                    "JUPYTERHUB_COOKIE_HOST_PREFIX_ENABLED": "1" if https else "0",
+                    # With an IdP its entitlements set the course groups; else the Unix groups.
+                    "AIFACTORY_COURSE_GROUPS_FROM": "idp" if login == "oidc" else "unix"},
     "oauth_no_confirm": True,
     "display": False,
 }]
-# Courses (site.yaml `courses`): their hub groups come from the Unix groups of the same names,
-# read when the hub starts; the allocations service keeps them equal (removals included).
+# Courses (site.yaml `courses`): with an IdP their hub groups come from its entitlements at
+# each login and refresh; with PAM from the Unix groups of the same names, read when the hub
+# starts, and the allocations service keeps them equal (removals included).
 # Instructors start and stop course sessions through the service (aifactory.courses).
 the_site = site_description.load(here / "site.yaml")
-c.JupyterHub.load_groups = courses.hub_groups(the_site)
+if login != "oidc":  # the authenticator manages groups then
+    c.JupyterHub.load_groups = courses.hub_groups(the_site)
 c.JupyterHub.load_roles = [*courses.hub_roles(the_site),
     # Every user may ask the service (it shows each only what is theirs).
     {"name": "user", "scopes": ["self", "access:services!service=allocations"]},

@@ -1,12 +1,13 @@
 """Fixtures for tests against the live local cluster (brought up by `./aif test`).
 
 Nothing here is mocked: jobs go through slurmctld to slurmd in network namespaces, logins go
-through the proxy to the hub and PAM. When the cluster is not up, tests that need it skip
+through the proxy to the hub and the demo's OpenID provider (a real oidc-provider). When the cluster is not up, tests that need it skip
 locally and fail in CI (CI=true).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import html
 import json
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urljoin
 
 import pytest
 import requests
@@ -23,19 +25,79 @@ import requests
 from aifactory import cluster, slurm
 from aifactory.allocations import Snapshot
 
-HUB = "http://hub.localhost:8000"
+HUB = "https://hub.localhost:8443"
+HUB_HTTP = "http://hub.localhost:8000"  # only redirects to HUB
 # Each user's server and the service have origins of their own (JupyterHub's subdomain_host).
-SERVICE = "http://allocations--service.hub.localhost:8000/services/allocations/"
+SERVICE = "https://allocations--service.hub.localhost:8443/services/allocations/"
+
+
+def user_origin(user: str) -> str:
+    return f"https://{user}.hub.localhost:8443"
 
 
 def user_url(user: str) -> str:
-    return f"http://{user}.hub.localhost:8000/user/{user}/"
+    return f"{user_origin(user)}/user/{user}/"
+
+
+# Everything a browser reaches is https, with certificates of the demo's own CA: the tests
+# trust that CA, and only it (never an unchecked certificate).
+DEMO_CA = Path("/etc/aifactory/tls/aifactory-demo-ca.crt")
+os.environ["REQUESTS_CA_BUNDLE"] = str(DEMO_CA)
 ARTIFACTS = Path(__file__).parent / "artifacts"
 REPO = Path(__file__).resolve().parents[1]
 CLI = Path(sys.executable).parent / "aifactory"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PASSWORDS = Path("/var/lib/aifactory/demo-passwords.json")
+IDP = "https://idp.localhost:8010"
+IDP_PEOPLE = Path("/var/lib/aifactory/idp/people.json")
+
+
+def idp_login(http: requests.Session, r: requests.Response, user: str, password: str,
+              stop_at: str = "/hub/oauth_callback") -> requests.Response:
+    """From the hub's redirect to the IdP: the IdP's login form sent, then its redirects
+    followed up to the hub's callback, whose answer is returned (or the IdP's refusal)."""
+    def next_url(r):
+        return urljoin(r.url, r.headers["Location"])
+
+    while r.status_code in (301, 302, 303) and not next_url(r).startswith(IDP + "/interaction"):
+        r = http.get(next_url(r), allow_redirects=False)
+    if r.status_code not in (301, 302, 303):
+        return r  # refused before the IdP (the hub on a foreign host)
+    r = http.get(next_url(r), allow_redirects=False)
+    action = re.search(r'<form method="post" action="([^"]+)"', r.text)
+    assert action, f"no login form at the IdP ({r.status_code}): {r.text[:300]}"
+    r = http.post(urljoin(r.url, html.unescape(action.group(1))), allow_redirects=False,
+                  data={"login": user, "password": password})
+    while r.status_code in (302, 303) and stop_at not in r.headers["Location"]:
+        r = http.get(next_url(r), allow_redirects=False)
+    if r.status_code not in (302, 303):
+        return r  # the IdP refused
+    return http.get(next_url(r), allow_redirects=False)
+
+
+@contextlib.contextmanager
+def idp_entitlements(user: str, without: list[str]):
+    """At the IdP, for the time of the block: `user` without these entitlements (their
+    groups' names); the IdP reads its people file again when it changes."""
+    original = IDP_PEOPLE.read_text()
+    table = json.loads(original)
+    person = next(p for p in table["people"] if p["login"] == user)
+    person["entitlements"] = [e for e in person["entitlements"]
+                              if e.rsplit(":", 1)[1] not in without]
+    _write_people(json.dumps(table, indent=1) + "\n")
+    try:
+        yield
+    finally:
+        _write_people(original)
+
+
+def _write_people(text: str) -> None:
+    stat = IDP_PEOPLE.stat()
+    IDP_PEOPLE.write_text(text)
+    os.chown(IDP_PEOPLE, stat.st_uid, stat.st_gid)
+    # The IdP compares modification times: make sure this write is seen as a change.
+    os.utime(IDP_PEOPLE, ns=(time.time_ns(), max(time.time_ns(), stat.st_mtime_ns + 1_000_000)))
 
 
 def pytest_collection_modifyitems(items):
@@ -155,10 +217,12 @@ class HubClient:
         return next((c.value for c in self.http.cookies
                      if c.name == "_xsrf" and c.path.startswith("/hub")), "")
 
-    def login(self, password: str) -> requests.Response:
-        self.http.get(f"{HUB}/hub/login")
-        return self.http.post(f"{HUB}/hub/login", allow_redirects=False, data={
-            "username": self.user, "password": password, "_xsrf": self.xsrf()})
+    def login(self, password: str, hub: str = HUB) -> requests.Response:
+        """Log in as a browser does: the hub sends us to the IdP, we send the IdP's form,
+        the IdP sends us back to the hub's callback. Returns the callback's answer (302 when
+        logged in), or the IdP's when it refused (no callback)."""
+        r = self.http.get(f"{hub}/hub/oauth_login?next=", allow_redirects=False)
+        return idp_login(self.http, r, self.user, password)
 
     def api(self, method: str, path: str, **kwargs) -> requests.Response:
         headers = {"X-XSRFToken": self.xsrf()}
@@ -357,20 +421,40 @@ def snapshot(**parts) -> Snapshot:
 
 
 @pytest.fixture
-def page(live_cluster):
-    """A page of Debian's chromium, driven by Playwright, as a person's browser."""
+def page(live_cluster, tmp_path):
+    """A page of Debian's chromium, driven by Playwright, as a person's browser that trusts
+    the demo's CA (in the NSS database of its own home, as a person adds it)."""
     from playwright import sync_api as playwright
     ARTIFACTS.mkdir(exist_ok=True)
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
-                                    args=CHROMIUM_ARGS)
+                                    args=CHROMIUM_ARGS, env=browser_env(tmp_path))
         yield browser.new_page(viewport={"width": 1280, "height": 900})
         browser.close()
 
 
-def log_in_browser(page, user: str, password: str, hub: str = HUB) -> None:
-    """Fill in and send the hub's login form at `hub`, as a person does."""
+def browser_env(home: Path) -> dict:
+    """A home for Chromium whose NSS database trusts the demo's CA (README: certutil)."""
+    nssdb = home / ".pki" / "nssdb"
+    nssdb.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["certutil", "-d", f"sql:{nssdb}", "-N", "--empty-password"], check=True,
+                   capture_output=True)
+    subprocess.run(["certutil", "-d", f"sql:{nssdb}", "-A", "-t", "C,,",
+                    "-n", "aifactory demo CA", "-i", str(DEMO_CA)], check=True,
+                   capture_output=True)
+    return {**os.environ, "HOME": str(home)}
+
+
+def log_in_browser(page, user: str, password: str, hub: str = HUB, screenshot: str = "") -> None:
+    """Log in at `hub` as a person does: "Sign in with ..." on the hub's page, then the IdP's
+    own login form (when the hub sent the browser there)."""
     page.goto(f"{hub}/hub/login")
-    page.fill("#username_input", user)
-    page.fill("#password_input", password)
-    page.click("#login_submit")
+    page.click("text=Sign in with")
+    page.wait_for_load_state()
+    if not page.url.startswith(IDP):
+        return
+    page.fill("#login", user)
+    page.fill("#password", password)
+    if screenshot:
+        page.screenshot(path=ARTIFACTS / screenshot)
+    page.click("#submit")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import (ARTIFACTS, CHROMIUM_ARGS, add_account, aifactory, as_user, cli,
-                      log_in_browser, notebook_jobs, remove_account, submit, wait_until)
+from conftest import (ARTIFACTS, CHROMIUM_ARGS, add_account, aifactory, as_user, browser_env,
+                      cli, log_in_browser, notebook_jobs, remove_account, submit, wait_until)
 from playwright import sync_api as playwright
 
 from aifactory import billing, slurm
@@ -100,12 +100,12 @@ def test_used_equals_what_slurm_charged(audit_project):
     assert p["unit"] == UNIT and p["used_gpu_h"] == pytest.approx(p["used"] / PRICE, abs=1e-3)
 
 
-def test_the_form_shows_the_cost_slurm_then_charges(units_mode, passwords, hub_client):
+def test_the_form_shows_the_cost_slurm_then_charges(units_mode, passwords, hub_client, tmp_path):
     hub_client("alice")  # stops alice's session afterwards
     ARTIFACTS.mkdir(exist_ok=True)
     with playwright.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
-                                     args=CHROMIUM_ARGS)
+                                     args=CHROMIUM_ARGS, env=browser_env(tmp_path))
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         log_in_browser(page, "alice", passwords["alice"])
         page.wait_for_selector("#aif-cost")

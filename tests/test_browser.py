@@ -11,7 +11,7 @@ from pathlib import Path
 
 import requests
 from conftest import (ARTIFACTS, HUB, SERVICE, log_in_browser, notebook_jobs,
-                      submit, wait_until)
+                      submit, user_origin, user_url, wait_until)
 
 from aifactory import slurm
 from aifactory.report import gpu_h
@@ -23,11 +23,7 @@ from aifactory.report import gpu_h
 def test_choose_a_profile_wait_with_the_reason_and_reach_jupyterlab(page, passwords, hub_client,
                                                                      gpus_taken):
     hub_client("bob")  # stops bob's session afterwards, whatever happens here
-    page.goto(f"{HUB}/hub/login")
-    page.fill("#username_input", "bob")
-    page.fill("#password_input", passwords["bob"])
-    page.screenshot(path=ARTIFACTS / "01-login.png")
-    page.click("#login_submit")
+    log_in_browser(page, "bob", passwords["bob"], screenshot="01-login.png")
 
     # The form: availability now (gpu01 and gpu02 are taken; gpu03 is the DL101 course's).
     page.wait_for_selector("#aif-cost")
@@ -211,7 +207,13 @@ def service_budget(token: str) -> dict:
 # hub's origin.
 EVIL_PAGE = """<!doctype html><title>working</title><script>
 (async () => {
-  const hub = "%s", out = {};
+  const hub = "%(hub)s", out = {};
+  // Cookie tossing: dave's own hub login, set for the hub's whole domain from his origin, so
+  // that alice's browser would talk to the hub as dave (and her notebooks would land in his).
+  for (const name of ["jupyterhub-hub-login", "__Host-jupyterhub-hub-login",
+                      "__Secure-jupyterhub-hub-login"])
+    document.cookie = `${name}=%(cookie)s; Domain=hub.localhost; Path=/hub/; Secure`;
+  document.cookie = "jupyterhub-session-id=tossed; Domain=hub.localhost; Path=/; Secure";
   async function read(name, url, options) {
     try {
       const r = await fetch(url, {credentials: "include", ...options});
@@ -239,8 +241,10 @@ def test_a_page_of_another_users_server_cannot_act_as_the_hub_in_alices_browser(
     subprocess.run(["runuser", "-u", "dave", "--", "mkdir", "-p", home / ".jupyter",
                     home / "evil"], check=True)
     config = json.dumps({"ServerApp": {"extra_static_paths": [str(home / "evil")]}})
+    daves_login = next(c.value for c in dave.http.cookies if c.name.endswith("hub-login"))
     for path, text in ((home / ".jupyter/jupyter_server_config.json", config),
-                       (home / "evil/page.html", EVIL_PAGE % HUB)):
+                       (home / "evil/page.html",
+                        EVIL_PAGE % {"hub": HUB, "cookie": daves_login})):
         subprocess.run(["runuser", "-u", "dave", "--", "tee", path], input=text, text=True,
                        capture_output=True, check=True)
     try:
@@ -249,7 +253,7 @@ def test_a_page_of_another_users_server_cannot_act_as_the_hub_in_alices_browser(
         log_in_browser(page, "alice", passwords["alice"])
         page.wait_for_url("**/hub/spawn**")
 
-        page.goto("http://dave.hub.localhost:8000/user/dave/static/page.html")
+        page.goto(f"{user_url('dave')}static/page.html")
         page.wait_for_function("document.title === 'done'", timeout=30_000)
         attack = page.evaluate("window.attack")
         (ARTIFACTS / "attack-from-daves-page.json").write_text(json.dumps(attack, indent=1))
@@ -265,11 +269,20 @@ def test_a_page_of_another_users_server_cannot_act_as_the_hub_in_alices_browser(
         assert not [t for t in tokens if t["note"] == "dave was here"]
         page.goto(f"{HUB}/hub/home")
         assert "alice" in page.content()
+        # The tossed cookies changed nothing: the hub reads only its __Host- cookie, which
+        # no other origin can set, and alice is still alice there.
+        page.goto(f"{HUB}/hub/api/user")
+        assert json.loads(page.text_content("body"))["name"] == "alice"
+        assert [c["value"] for c in page.context.cookies(f"{HUB}/hub/")
+                if c["name"] == "__Host-jupyterhub-hub-login"] != [daves_login]
         # Nor can alice be led to log in on dave's origin, where his page would then read hers.
-        log_in_browser(page, "alice", passwords["alice"], hub="http://dave.hub.localhost:8000")
-        page.wait_for_selector("text=Log in at http://hub.localhost:8000/hub/login")
-        assert not [c for c in page.context.cookies("http://dave.hub.localhost:8000/hub/")
-                    if c["name"].startswith("jupyterhub-hub-login")]
+        def login_cookies():  # what a login would set on dave's origin (not the tossed ones)
+            return [(c["name"], c["value"]) for c in page.context.cookies(
+                f"{user_origin('dave')}/hub/") if "hub-login" in c["name"]]
+        before = login_cookies()
+        log_in_browser(page, "alice", passwords["alice"], hub=user_origin("dave"))
+        page.wait_for_selector(f"text=Log in at {HUB}/hub/login")
+        assert login_cookies() == before
     finally:
         subprocess.run(["rm", "-rf", home / ".jupyter/jupyter_server_config.json",
                         home / "evil"], check=True)

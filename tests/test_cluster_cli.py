@@ -41,7 +41,7 @@ def test_second_up_changes_nothing_that_runs(live_cluster):
     result = aifactory("cluster", "up")
     assert result.returncode == 0, result.stderr
     assert "restarting" not in result.stdout
-    assert "alice" in result.stdout and "http://hub.localhost:8000" in result.stdout
+    assert "alice" in result.stdout and "https://hub.localhost:8443" in result.stdout
     assert snapshot() == before
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import requests
 import websocket
-from conftest import (ARTIFACTS, VENV_PYTHON, log_in_browser, notebook_jobs,
+from conftest import (ARTIFACTS, DEMO_CA, VENV_PYTHON, log_in_browser, notebook_jobs,
                       notebook_process, process_env, user_url, wait_until)
 
 from aifactory import slurm
@@ -101,7 +101,7 @@ def websocket_first_bytes(url: str, token: str):
     """What a websocket to `url` with `token` first receives, or the HTTP status refusing it."""
     try:
         ws = websocket.create_connection(url, header=[f"Authorization: token {token}"],
-                                         timeout=60)
+                                         timeout=60, sslopt={"ca_certs": str(DEMO_CA)})
     except websocket.WebSocketBadStatusException as e:
         return e.status_code
     try:
@@ -188,7 +188,7 @@ def test_a_desktop_from_the_launcher_on_the_sessions_node_for_the_user_alone(
 
     # Through the hub: bob's token reaches his desktop's websocket (the RFB greeting); dave's
     # hub login and dave's token reach neither the page nor the websocket.
-    ws_url = f"ws://bob.hub.localhost:8000/user/{USER}/desktop-websockify/"
+    ws_url = user_url(USER).replace("https://", "wss://", 1) + "desktop-websockify/"
     greeting = websocket_first_bytes(ws_url, bob.token())
     assert isinstance(greeting, bytes) and greeting.startswith(b"RFB "), greeting
     dave = hub_client(ATTACKER)

@@ -101,6 +101,9 @@ def test_session_survives_a_hub_restart(hub_client, passwords):
     [job] = notebook_jobs("alice")
     assert services.stop_hub()
     assert aifactory("cluster", "up").returncode == 0
+    # Her login outlives the restart (the same browser needs no new login) ...
+    assert alice.api("GET", "/user").status_code == 200
+    # ... and a new one works too.
     again = HubClient("alice")
     assert again.login(passwords["alice"]).status_code == 302
     assert again.server().get("ready")

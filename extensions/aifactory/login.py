@@ -1,4 +1,5 @@
-"""The hub's login: Unix passwords (PAM), accepted only on the hub's own host and origin.
+"""The hub's login: the site's OpenID Connect provider (SRAM, MyAccessID), or Unix passwords
+(PAM) for a site without one; either accepted only on the hub's own host and origin.
 
 With users' servers on subdomains (JupyterHub's subdomain_host), the hub still answers on every
 host, so `http://dave.<hub host>/hub/login` shows the real login page on dave's origin. A login
@@ -48,3 +49,266 @@ class HubHostPAMAuthenticator(PAMAuthenticator):
             raise web.HTTPError(403, f"Log in at {hub_url}/hub/login: this address is not "
                                      "the hub's own.")
         return super().authenticate(handler, data)
+
+
+# --- Federated login (OpenID Connect) -------------------------------------------------------
+#
+# Who a person is comes from the IdP; which Unix account they work as comes from this site:
+# the `uid` claim (SRAM's, meant for backend logins) or the site's map of `sub` to account
+# (MyAccessID has no Unix name; the site's provisioning writes the map). Never from e-mail or
+# a name the person chose. Entitlements become hub groups through the site's pattern.
+
+import pwd  # noqa: E402
+import re  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from urllib.parse import urlencode  # noqa: E402
+
+from . import checked_yaml, names  # noqa: E402
+
+# An OpenID subject as the federations write it: "<hex or text>@<scope>".
+SUB_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}@[a-z0-9.-]{1,128}\Z")
+ACCOUNTS_SCHEMA = {"accounts": ("mapping", (str, SUB_RE, "an OpenID subject (sub)"),
+                                (str, names.USER_RE, "a Unix user name"))}
+FIRST_PERSON_UID = 1000  # below: system accounts, never a person's
+IDP_DOWN = ("The identity provider does not answer, so nobody can log in right now; try "
+            "again in a few minutes. If you are logged in already, you keep working.")
+
+
+class NoAccount(Exception):
+    """The IdP knows the person, this site has no account for them (the message says so)."""
+
+
+def load_accounts(path: str | Path) -> dict[str, str]:
+    """The site's map of OpenID `sub` to Unix account, checked like every site file."""
+    doc = checked_yaml.load(path, ACCOUNTS_SCHEMA)
+    return dict(doc.data["accounts"] or {})
+
+
+def groups_from_entitlements(entitlements, pattern: re.Pattern) -> set[str]:
+    """The hub groups that the entitlements name through the site's pattern (its `group`);
+    values that do not match, or name no valid group, give nothing."""
+    if isinstance(entitlements, str):
+        entitlements = [entitlements]
+    if not isinstance(entitlements, list):
+        return set()
+    groups = set()
+    for value in entitlements:
+        match = pattern.match(value) if isinstance(value, str) else None
+        if match and names.GROUP_RE.match(match.group("group")):
+            groups.add(match.group("group"))
+    return groups
+
+
+def account_name(claims: dict, username_claim: str, accounts: dict[str, str]) -> str | None:
+    """The Unix account the claims name at this site: `uid` (or the configured claim), else
+    the site's map of `sub`; None when neither names a well-formed account."""
+    if username_claim != "sub":
+        name = claims.get(username_claim)
+    else:
+        name = accounts.get(claims.get("sub") or "")
+    return name if isinstance(name, str) and names.USER_RE.match(name) else None
+
+
+def no_account_sentence(apply_url: str) -> str:
+    where = f" Apply for one at {apply_url}" if apply_url else " Ask the site's support for one"
+    return ("You have no account at this site, so you cannot log in here yet."
+            f"{where}; then log in again with the same identity.")
+
+
+def check_id_token(id_token: str, keys, issuer: str, client_id: str, sub: str) -> dict:
+    """The ID token's claims, after checking its signature (the IdP's keys), issuer,
+    audience (this hub's client), expiry, and that it names the same person as the userinfo
+    answer; raises ValueError saying which check failed."""
+    import jwt  # PyJWT, with OAuthenticator
+
+    try:
+        header = jwt.get_unverified_header(id_token)
+        key = next((k for k in keys if k.key_id == header.get("kid")), None)
+        if key is None:
+            raise ValueError("its key is not one of the IdP's keys")
+        claims = jwt.decode(id_token, key.key, algorithms=["RS256"], audience=client_id,
+                            issuer=issuer, options={"require": ["iss", "aud", "exp", "sub"]},
+                            leeway=30)
+    except jwt.InvalidAudienceError:
+        raise ValueError(f"it was issued to another client, not {client_id}") from None
+    except jwt.InvalidIssuerError:
+        raise ValueError(f"it was issued by another issuer, not {issuer}") from None
+    except jwt.PyJWTError as e:
+        raise ValueError(f"it is not valid ({e})") from None
+    if claims.get("sub") != sub:
+        raise ValueError("it names another person than the userinfo answer")
+    return claims
+
+
+try:
+    from oauthenticator.generic import GenericOAuthenticator
+    from oauthenticator.oauth2 import (OAuthCallbackHandler, OAuthLoginHandler,
+                                       OAuthLogoutHandler)
+except ImportError:  # a site with PAM only need not install OAuthenticator
+    GenericOAuthenticator = None
+
+
+if GenericOAuthenticator is not None:
+    from tornado.httpclient import HTTPClientError
+    from traitlets import Bool, Unicode
+
+    class _OnHubHost:
+        """The login start and the callback answer on the hub's own host only: on a user's
+        subdomain they would set the hub's cookies where that user's pages run."""
+
+        def prepare(self):
+            hub_url = self.settings.get("subdomain_host", "")
+            if foreign_login(hub_url, self.request.host, None, None):
+                self.log.warning("Refused an OpenID login step on %s", self.request.host)
+                raise web.HTTPError(403, f"Log in at {hub_url}/hub/login: this address is "
+                                         "not the hub's own.")
+            return super().prepare()
+
+    class HubHostLoginHandler(_OnHubHost, OAuthLoginHandler):
+        """Sends the browser to the IdP, or says in words that it does not answer."""
+
+        async def get(self):
+            if not await self.authenticator.idp_answers():
+                raise web.HTTPError(503, IDP_DOWN)
+            return super().get()
+
+    class HubHostCallbackHandler(_OnHubHost, OAuthCallbackHandler):
+        pass
+
+    class IdPLogoutHandler(OAuthLogoutHandler):
+        """Logout ends the session at the IdP too (RP-initiated logout, with the ID token)."""
+
+        async def get(self):
+            user = self.current_user
+            state = await user.get_auth_state() if user else None
+            self._id_token = (state or {}).get("id_token")
+            await super().get()
+
+        async def render_logout_page(self):
+            url = self.authenticator.end_session_url
+            if not url:
+                return await super().render_logout_page()
+            params = {"client_id": self.authenticator.client_id,
+                      "post_logout_redirect_uri": self.authenticator.post_logout_url}
+            if self._id_token:
+                params["id_token_hint"] = self._id_token
+            self.redirect(f"{url}?{urlencode(params)}")
+
+    class FederatedAuthenticator(GenericOAuthenticator):
+        """GenericOAuthenticator for a research federation's OpenID provider."""
+
+        login_handler = HubHostLoginHandler
+        callback_handler = HubHostCallbackHandler
+        logout_handler = IdPLogoutHandler
+
+        issuer = Unicode(help="The IdP's issuer (the `iss` of its ID tokens).").tag(config=True)
+        jwks_url = Unicode(help="Where the IdP publishes its signing keys.").tag(config=True)
+        end_session_url = Unicode(
+            help="The IdP's end_session_endpoint: logout ends the IdP's session too.",
+        ).tag(config=True)
+        post_logout_url = Unicode(
+            help="Where the IdP sends the person after logout (registered with the IdP).",
+        ).tag(config=True)
+        accounts_file = Unicode(
+            help="YAML map of OpenID `sub` to Unix account (`accounts: {SUB: NAME}`), written "
+                 "by the site's provisioning; used when username_claim is 'sub'.",
+        ).tag(config=True)
+        entitlement_pattern = Unicode(
+            r"^urn:mace:surf\.nl:sram:group:[a-z0-9-]+:[a-z0-9-]+:(?P<group>[a-z][a-z0-9_-]*)\Z",
+            help="Regular expression over each entitlement; its `group` names the hub group.",
+        ).tag(config=True)
+        entitlements_claim = Unicode("eduperson_entitlement",
+                                     help="The claim holding the entitlements.").tag(config=True)
+        apply_url = Unicode(
+            help="Where a person without an account at this site applies for one.",
+        ).tag(config=True)
+
+        manage_groups = Bool(
+            True, help="Hub groups follow the entitlements (at each login and refresh).",
+        ).tag(config=True)
+
+        def get_user_groups(self, auth_state: dict) -> set[str]:
+            info = auth_state.get(self.user_auth_state_key) or {}
+            return groups_from_entitlements(info.get(self.entitlements_claim),
+                                            re.compile(self.entitlement_pattern))
+
+        def user_info_to_username(self, user_info):
+            accounts = load_accounts(self.accounts_file) if self.username_claim == "sub" else {}
+            name = account_name(user_info, self.username_claim, accounts)
+            try:
+                if name is None or pwd.getpwnam(name).pw_uid < FIRST_PERSON_UID:
+                    raise KeyError(name)
+            except KeyError:
+                self.log.warning("No account at this site for %s (%s)", user_info.get("sub"),
+                                 self.username_claim)
+                raise web.HTTPError(403, no_account_sentence(self.apply_url)) from None
+            return name
+
+        async def token_to_user(self, token_info):
+            user_info = await super().token_to_user(token_info)
+            if "id_token" in token_info and self.jwks_url:
+                try:
+                    keys = await self._keys()
+                except (OSError, HTTPClientError):
+                    raise web.HTTPError(503, IDP_DOWN) from None
+                try:
+                    check_id_token(token_info["id_token"], keys,
+                                   self.issuer, self.client_id, user_info.get("sub"))
+                except ValueError as e:
+                    self.log.warning("Refused an ID token: %s", e)
+                    raise web.HTTPError(403, "The identity provider's answer could not be "
+                                             "checked; nobody was logged in.") from None
+            return user_info
+
+        _jwks: tuple[float, list] = (0.0, [])
+        async def idp_answers(self) -> bool:
+            """Whether the IdP answers now (its keys, fetched afresh: one small request)."""
+            try:
+                await self._keys(fresh=True)
+                return True
+            except (OSError, HTTPClientError, ValueError):
+                return False
+
+        async def _keys(self, fresh: bool = False):
+            import jwt
+            fetched, keys = self._jwks
+            if fresh or time.monotonic() - fetched > 300 or not keys:
+                answer = await self.httpfetch(self.jwks_url, method="GET", request_timeout=5)
+                keys = list(jwt.PyJWKSet.from_dict(answer).keys)
+                self._jwks = (time.monotonic(), keys)
+            return keys
+
+        async def get_token_info(self, handler, params):
+            try:
+                return await super().get_token_info(handler, params)
+            except OSError:
+                if params.get("grant_type") == "refresh_token":
+                    raise
+                raise web.HTTPError(503, IDP_DOWN) from None
+            except HTTPClientError as e:
+                if e.code == 599 and params.get("grant_type") != "refresh_token":
+                    raise web.HTTPError(503, IDP_DOWN) from None
+                # A reused or foreign code, or a refresh token the IdP no longer knows.
+                detail = getattr(e.response, "body", b"") or b""
+                self.log.warning("The IdP refused a token request (%s): %s", e.code,
+                                 detail[:300].decode("utf-8", "replace"))
+                if params.get("grant_type") == "refresh_token":
+                    raise
+                raise web.HTTPError(403, "The identity provider refused this login; "
+                                         "nobody was logged in. Log in again.") from None
+
+        async def refresh_user(self, user, handler=None, **kwargs):
+            try:
+                return await super().refresh_user(user, handler, **kwargs)
+            except HTTPClientError as e:
+                if e.code != 599:
+                    raise
+                # The IdP is down: who is logged in keeps working with what they had.
+                self.log.warning("The IdP did not answer a refresh for %s; keeping their "
+                                 "login as it was", user.name)
+                return True
+            except OSError:
+                self.log.warning("The IdP did not answer a refresh for %s; keeping their "
+                                 "login as it was", user.name)
+                return True

@@ -20,9 +20,10 @@ API, under /services/allocations/api/ (JSON; every answer has as_of, age_s, sour
 
 Instructors hold no right to other people's servers in the hub: the service acts for them,
 with its own token, once it has checked who asks (their hub groups, asked afresh), whom (a
-participant of that course) and what (the course's session). Course groups follow the Unix
-groups of the same names: the service reconciles them at start and every half minute, so a
-person removed from a group loses what it gave them.
+participant of that course) and what (the course's session). Course groups follow the IdP's
+entitlements (set by the hub at each login and refresh) or, with PAM, the Unix groups of the
+same names: the service reconciles those at start and every half minute. Either way a person
+removed from a group loses what it gave them.
   GET    health                  age and last error of each part of the cache (no login needed)
 """
 
@@ -434,7 +435,10 @@ async def main() -> None:
     app = make_app(cache, prefix)
     app.listen(url.port, url.hostname)
     log.info("serving %s on %s", prefix, url.geturl())
-    app.settings["groups_task"] = asyncio.create_task(keep_course_groups(app.settings["hub"]))
+    if os.environ.get("AIFACTORY_COURSE_GROUPS_FROM", "unix") == "unix":
+        # With an IdP, its entitlements set the groups at each login and refresh instead.
+        app.settings["groups_task"] = asyncio.create_task(
+            keep_course_groups(app.settings["hub"]))
     await cache.run()
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from .. import site_description as site_module
 from .. import slurm
 from ..billing import Billing
-from . import accounting, modules, network, services
+from . import accounting, idp, modules, network, services, tls
 from .demo import Demo, DemoFileError, load
 from .system import ETC_DIR, STATE_DIR, ClusterError, ensure_debs, sh, wait_for, write_if_changed
 
@@ -28,6 +28,8 @@ __all__ = ["up", "down", "status", "ClusterError", "DemoFileError"]
 
 DEBIAN_PACKAGES = ["slurmctld", "slurmd", "slurmdbd", "slurm-client", "munge", "git",
                    "mariadb-server", "sudo", "iproute2", "util-linux",
+                   # the demo's CA in the machine's trust store (aifactory.cluster.tls)
+                   "ca-certificates",
                    # *.localhost resolves to the loopback: users' own origins in the demo
                    "libnss-myhostname",
                    # site environments as modules (aifactory.cluster.modules)
@@ -39,7 +41,8 @@ DESKTOP_PACKAGES = ["tigervnc-standalone-server", "xfce4-session", "xfwm4", "xfc
                     "librsvg2-common"]
 PROXY_VERSION = "4.6"  # configurable-http-proxy, from the npm registry
 VENV = Path(os.environ.get("AIFACTORY_VENV", "/opt/aifactory/venv"))
-HUB_URL = "http://hub.localhost:8000"  # users' servers: http://<user>.hub.localhost:8000
+HUB_HOST, HUB_PORT, HUB_HTTP_PORT = "hub.localhost", 8443, 8000  # http only redirects
+HUB_URL = f"https://{HUB_HOST}:{HUB_PORT}"  # users' servers: https://<user>.hub.localhost:8443
 HUB_CONFIG_DIR = ETC_DIR / "hub_config"
 HUB_WORKDIR = STATE_DIR / "hub"
 
@@ -145,8 +148,13 @@ def _ensure_proxy() -> bool:
     return True
 
 
-def _hub_env(demo: Demo) -> dict:
-    return {
+def _hub_env(demo: Demo, cert: tls.Pair) -> dict:
+    return {**idp.hub_env(HUB_URL),
+        "AIFACTORY_PUBLIC_URL": HUB_URL,
+        "AIFACTORY_HTTP_PORT": str(HUB_HTTP_PORT),
+        "AIFACTORY_TLS_CERT": str(cert.cert),
+        "AIFACTORY_TLS_KEY": str(cert.key),
+        "AIFACTORY_TLS_CA": str(tls.CA_CERT),
         "PATH": f"{VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "LANG": "C.UTF-8",
         "AIFACTORY_VENV": str(VENV),
@@ -158,7 +166,8 @@ def _hub_env(demo: Demo) -> dict:
 def _hub_answers() -> bool:
     import urllib.request
     try:
-        with urllib.request.urlopen(f"{HUB_URL}/hub/api/", timeout=3) as r:
+        with urllib.request.urlopen(f"{HUB_URL}/hub/api/", timeout=3,
+                                    context=tls.client_context()) as r:
             return r.status == 200
     except OSError:
         return False
@@ -285,6 +294,15 @@ def up(demo_file: Path | None = None, hub_config: Path | None = None, log=print)
         _resume_nodes(demo)
         wait_for(lambda: _nodes_ready(demo), "the compute nodes", timeout=40, interval=1)
     accounting.apply_reservations(demo)
+    # https: the demo's CA, trusted by this machine, and certificates for the names a browser
+    # reaches (the hub, each user's and the service's subdomain, the IdP).
+    if tls.ensure_ca():
+        log(f"made the demo's certificate authority: {tls.CA_CERT} (trust it in your browser)")
+    hub_cert = tls.ensure_cert("hub", tls.hub_names(HUB_HOST, [u.name for u in demo.users]))
+    idp_cert = tls.ensure_cert("idp", [idp.IDP_HOST], owner=idp.IDP_USER)
+    # Login: the demo's OpenID provider, before the hub that sends people to it.
+    if idp.ensure(demo, hub_config, HUB_URL, idp_cert, log=log):
+        installed.append("oidc-provider (npm)")
 
     # The hub runs from an installed copy of hub_config/, restarted when it or the code changes.
     if hub_config.resolve() != HUB_CONFIG_DIR.resolve():
@@ -296,7 +314,8 @@ def up(demo_file: Path | None = None, hub_config: Path | None = None, log=print)
         log("hub configuration changed: restarting the hub (sessions keep running)")
         services.stop_hub()
     if not services.HUB.running():
-        services.start_hub(HUB_CONFIG_DIR / "jupyterhub_config.py", HUB_WORKDIR, _hub_env(demo))
+        services.start_hub(HUB_CONFIG_DIR / "jupyterhub_config.py", HUB_WORKDIR,
+                           _hub_env(demo, hub_cert))
         write_if_changed(stamp, version, 0o600)
     wait_for(_hub_answers, "JupyterHub", timeout=60)
     return UpReport(passwords=passwords, seconds=time.monotonic() - started, installed=installed)
@@ -311,7 +330,7 @@ def _node_names() -> list[str]:
 
 def all_services() -> list[services.Service]:
     return ([services.MUNGE, services.MARIADB, services.SLURMDBD, services.SLURMCTLD]
-            + [services.slurmd(n) for n in _node_names()] + [services.HUB])
+            + [services.slurmd(n) for n in _node_names()] + [idp.IDP, services.HUB])
 
 
 def down(log=print) -> list[str]:

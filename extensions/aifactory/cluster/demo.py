@@ -86,6 +86,8 @@ class Demo:
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # Course name -> a folder of this checkout installed as that course's material.
     material: dict[str, str] = field(default_factory=dict)
+    # People the demo's OpenID provider knows who have no account at this site.
+    people_without_account: tuple[str, ...] = ()
 
     @property
     def controller_address(self) -> str:
@@ -129,6 +131,7 @@ SCHEMA = {
                        "account": ACCOUNT, "nodes": [NODE, ...], "days": (int, 1, 3650),
                        "starts_in_days?": (int, 0, 3650)}],
     "groups?": ("mapping", GROUP, [USER]),
+    "people_without_account?": [USER],
     "material?": ("mapping", (str, names.COURSE_RE, "a course name"),
                   (str, re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*\Z"),
                    "a folder of the checkout, like notebooks")),
@@ -201,12 +204,19 @@ def load(path: str | Path) -> Demo:
             doc.fail(f"groups.{name}", f"group {name}: its members must be listed in 'users'")
         groups[name] = tuple(members)
 
+    strangers = list(data.get("people_without_account", []))
+    _once(doc, "people_without_account", strangers, "people_without_account:")
+    if any(name in user_names for name in strangers):
+        doc.fail("people_without_account", "people_without_account: a person listed there "
+                 "has an account ('users')")
+
     return Demo(cluster=data["cluster"], bridge=data["network"]["bridge"], subnet=subnet,
                 nodes=tuple(nodes), partitions=tuple(partitions),
                 budget_period=data["budget_period"], accounts=tuple(accounts),
                 users=tuple(users), login_group=data["login_group"],
                 reservations=tuple(reservations), groups=groups,
-                material=dict(data.get("material", {})))
+                material=dict(data.get("material", {})),
+                people_without_account=tuple(strangers))
 
 
 def _subnet(doc, text: str) -> ipaddress.IPv4Network:

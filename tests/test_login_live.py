@@ -1,0 +1,198 @@
+"""Login through the demo's OpenID provider (a real oidc-provider), as at an AI factory.
+
+Who gets in, what their entitlements give them and when that changes, and what a forged or
+replayed login step does: checked against the live hub and IdP, as the people themselves.
+"""
+
+import re
+import sqlite3
+from urllib.parse import parse_qs, urlencode, urljoin, urlparse
+
+import pytest
+import requests
+from conftest import (HUB, IDP, SERVICE, HubClient, aifactory, idp_entitlements, idp_login,
+                      wait_until)
+
+from aifactory.cluster import idp
+from aifactory.login import IDP_DOWN, no_account_sentence
+
+HUB_DB = "/var/lib/aifactory/hub/jupyterhub.sqlite"
+HUB_LOG = "/var/log/aifactory/jupyterhub.log"
+
+
+def hub_users() -> set[str]:
+    with sqlite3.connect(f"file:{HUB_DB}?mode=ro", uri=True) as db:
+        return {name for (name,) in db.execute("SELECT name FROM users")}
+
+
+def hub_log_since(mark: int) -> str:
+    with open(HUB_LOG, "rb") as f:
+        f.seek(mark)
+        return f.read().decode("utf-8", "replace")
+
+
+def log_mark() -> int:
+    with open(HUB_LOG, "rb") as f:
+        return f.seek(0, 2)
+
+
+def logged_in(client: HubClient) -> bool:
+    return client.api("GET", "/user").status_code == 200
+
+
+def test_a_wrong_password_at_the_idp_logs_nobody_in(live_cluster, passwords):
+    alice = HubClient("alice")
+    r = alice.login(passwords["alice"] + "x")
+    assert r.status_code == 401 and "Wrong username or password." in r.text
+    assert urlparse(r.url).netloc == urlparse(IDP).netloc  # the hub never got a callback
+    assert not logged_in(alice)
+    assert alice.login(passwords["alice"]).status_code == 302 and logged_in(alice)
+
+
+def test_a_person_without_an_account_here_gets_the_sentence_and_nothing_else(
+        live_cluster, passwords):
+    users_before = hub_users()
+    erin = HubClient("erin")
+    r = erin.login(passwords["erin"])
+    assert r.status_code == 403
+    assert no_account_sentence(f"{HUB}/hub/apply") in r.text.replace("&#39;", "'")
+    assert not logged_in(erin)
+    assert hub_users() == users_before, "the hub made a user for someone without an account"
+    assert "erin" not in hub_users()
+
+
+def test_without_the_login_entitlement_an_account_holder_is_refused(live_cluster, passwords):
+    with idp_entitlements("bob", without=["aifactory-users"]):
+        bob = HubClient("bob")
+        assert bob.login(passwords["bob"]).status_code == 403
+        assert not logged_in(bob)
+    assert HubClient("bob").login(passwords["bob"]).status_code == 302
+
+
+def test_entitlements_are_the_hub_groups_and_a_removed_one_goes_at_the_next_refresh(
+        hub_client, passwords):
+    student = hub_client("student1")
+    carol = hub_client("carol")
+    groups = lambda c: set(c.api("GET", "/user").json()["groups"])  # noqa: E731
+    assert groups(student) == {"aifactory-users", "dl101-participants"}
+    assert groups(carol) == {"aifactory-users", "dl101-instructors"}
+    # An instructor's act through the service (stopping a participant's session; student2
+    # has none), which asks the hub for the instructor's groups afresh.
+    stop_student2 = lambda: requests.delete(  # noqa: E731
+        f"{SERVICE}api/courses/dl101/sessions/student2",
+        headers={"Authorization": f"token {carol.token()}"})
+    assert stop_student2().status_code != 403
+
+    with idp_entitlements("student1", without=["dl101-participants"]), \
+            idp_entitlements("carol", without=["dl101-instructors"]):
+        # The spawn refreshes the login first (refresh_pre_spawn): the course profile is gone.
+        error = student.form_error(profile="course-dl101")
+        assert error, "the course profile was still offered after the entitlement went"
+        assert "dl101-participants" not in groups(student)
+        assert not student.server()
+        # carol's next refresh (her login is older than auth_refresh_age, or she spawns)
+        # takes her instructor rights: the service asks the hub afresh.
+        assert carol.form_error(profile="course-dl101")  # not hers: refused after the refresh
+        assert "dl101-instructors" not in groups(carol)
+        refused = stop_student2()
+        assert refused.status_code == 403 and "You do not teach" in refused.text
+
+
+def test_forged_and_replayed_callbacks_log_nobody_in_and_the_log_says_why(
+        live_cluster, passwords):
+    mark = log_mark()
+    # A callback with a state that is not the one this browser's login started with.
+    mallory = HubClient("alice")
+    mallory.http.get(f"{HUB}/hub/oauth_login?next=", allow_redirects=False)
+    r = mallory.http.get(f"{HUB}/hub/oauth_callback?code=abc&state=forged",
+                         allow_redirects=False)
+    assert r.status_code == 400 and not logged_in(mallory)
+
+    # A real code, used once by alice's browser, replayed by another.
+    alice = HubClient("alice")
+    start = alice.http.get(f"{HUB}/hub/oauth_login?next=", allow_redirects=False)
+    callback = idp_login(alice.http, start, "alice", passwords["alice"])
+    assert callback.status_code == 302 and logged_in(alice)
+    code_url = callback.request.url
+    assert "code=" in code_url
+    replay = HubClient("alice")
+    # The replayer also started a login (so that it has a state cookie), then sends the
+    # stolen callback with its own state: the code was spent.
+    own = replay.http.get(f"{HUB}/hub/oauth_login?next=", allow_redirects=False)
+    own_state = parse_qs(urlparse(own.headers["Location"]).query)["state"][0]
+    stolen = parse_qs(urlparse(code_url).query)
+    r = replay.http.get(f"{HUB}/hub/oauth_callback?" + urlencode(
+        {"code": stolen["code"][0], "state": own_state}), allow_redirects=False)
+    assert r.status_code == 403 and not logged_in(replay)
+
+    # A code the IdP issued to its other client (the MyAccessID-like one), sent to this hub.
+    other = requests.Session()
+    start = other.get(f"{IDP}/auth?" + urlencode({
+        "client_id": idp.client_id("myaccessid"), "response_type": "code", "scope": "openid",
+        "redirect_uri": f"{HUB}/hub/oauth_callback", "state": "x" * 16}),
+        allow_redirects=False)
+    foreign = idp_login(other, start, "alice", passwords["alice"])
+    foreign_code = parse_qs(urlparse(foreign.request.url).query)["code"][0]
+    thief = HubClient("alice")
+    own = thief.http.get(f"{HUB}/hub/oauth_login?next=", allow_redirects=False)
+    own_state = parse_qs(urlparse(own.headers["Location"]).query)["state"][0]
+    r = thief.http.get(f"{HUB}/hub/oauth_callback?" + urlencode(
+        {"code": foreign_code, "state": own_state}), allow_redirects=False)
+    assert r.status_code == 403 and not logged_in(thief)
+
+    log = hub_log_since(mark)
+    assert "OAuth state mismatch" in log
+    refusals = re.findall(r"The IdP refused a token request \(400\): (.*)", log)
+    assert len(refusals) >= 2 and all("invalid_grant" in line for line in refusals), refusals
+
+
+def test_the_login_steps_are_refused_on_a_users_subdomain(live_cluster, passwords):
+    dave_host = HUB.replace("://hub.", "://dave.hub.")
+    alice = HubClient("alice")
+    r = alice.login(passwords["alice"], hub=dave_host)
+    assert r.status_code == 403 and "this address is not the hub's own" in r.text.replace("&#39;", "'")
+    r = alice.http.get(f"{dave_host}/hub/oauth_callback?code=x&state=y", allow_redirects=False)
+    assert r.status_code == 403
+    assert not [c for c in alice.http.cookies if c.name.startswith("jupyterhub-hub-login")]
+
+
+def test_logout_ends_the_session_at_the_idp_too(live_cluster, passwords):
+    alice = HubClient("alice")
+    assert alice.login(passwords["alice"]).status_code == 302
+    r = alice.http.get(f"{HUB}/hub/logout", allow_redirects=False)
+    assert r.status_code == 302 and r.headers["Location"].startswith(f"{IDP}/session/end?")
+    assert "id_token_hint=" in r.headers["Location"]
+    end = alice.http.get(r.headers["Location"])
+    form = re.search(r'<form[^>]*action="([^"]+)"[^>]*>(.*?)</form>', end.text, re.S)
+    assert form, end.text[:400]
+    fields = dict(re.findall(r'name="([^"]+)" value="([^"]*)"', form.group(2)))
+    done = alice.http.post(urljoin(end.url, form.group(1)), data={**fields, "logout": "yes"})
+    assert done.url.startswith(f"{HUB}/hub/login"), done.url
+    assert not logged_in(alice)
+    # The IdP asks for the password again: its own session is over.
+    start = alice.http.get(f"{HUB}/hub/oauth_login?next=")
+    assert start.url.startswith(f"{IDP}/interaction/") and 'name="password"' in start.text
+
+
+@pytest.mark.slow
+def test_while_the_idp_is_down_people_keep_working_and_a_login_gets_a_sentence(
+        hub_client, passwords):
+    alice = hub_client("alice")
+    alice.start(profile="cpu")
+    bob = hub_client("bob")
+    assert idp.stop()
+    try:
+        # A new login: words, not a traceback or the browser's connection error.
+        r = HubClient("carol").http.get(f"{HUB}/hub/oauth_login?next=")
+        assert r.status_code == 503 and IDP_DOWN in r.text.replace("&#39;", "'")
+        # alice keeps working in her session.
+        assert alice.http.get(f"{HUB}/user/alice/lab").status_code == 200
+        assert logged_in(alice)
+        # bob's spawn refreshes his login first; the IdP does not answer, so he keeps what he
+        # had: the form, not the login, refuses a course that is not his.
+        assert "course" in bob.form_error(profile="course-dl101").lower()
+        assert logged_in(bob)
+    finally:
+        assert aifactory("cluster", "up").returncode == 0
+    wait_until(lambda: HubClient("bob").login(passwords["bob"]).status_code == 302, 30,
+               what="a login once the IdP is back")
