@@ -19,11 +19,12 @@ import json
 import statistics
 import time
 
-import requests
+
+from hub_login import HUB, log_in
+from hub_login import xsrf as hub_xsrf
 
 from aifactory import slurm
 
-HUB = "http://hub.localhost:8000"
 
 
 def wait(check, timeout: float, what: str) -> None:
@@ -57,12 +58,8 @@ def bare_job(user: str) -> tuple[float, int]:
 def hub_session(user: str, password: str, **form: str) -> tuple[float, int]:
     """Start a session by pressing Start on the form with these fields and wait until the
     hub says it is ready."""
-    http = requests.Session()
-    http.get(f"{HUB}/hub/login")
-    xsrf = http.cookies.get("_xsrf", path="/hub/")
-    http.post(f"{HUB}/hub/login", data={"username": user, "password": password, "_xsrf": xsrf},
-              allow_redirects=False).raise_for_status()
-    xsrf = http.cookies.get("_xsrf", path="/hub/")  # login issues a new one
+    http = log_in(user, password)
+    xsrf = hub_xsrf(http)
 
     def servers() -> dict:
         return http.get(f"{HUB}/hub/api/user").json()["servers"]

@@ -85,12 +85,15 @@ if login == "oidc":
     auth.apply_url = os.environ.get("AIFACTORY_APPLY_URL", f"{public_url}/hub/apply")
     if os.environ.get("AIFACTORY_TLS_CA"):  # the CA of the IdP's certificate, if not public
         auth.http_request_kwargs = {"ca_certs": os.environ["AIFACTORY_TLS_CA"]}
+    auth.people_group = login_group  # the account must be a person's (and the IdP let them in)
     auth.allowed_groups = {login_group}
     auth.admin_groups = {admin_group}
     # Tokens kept encrypted; refreshed before each spawn and when a login is older than this.
     auth.enable_auth_state = True
     auth.refresh_pre_spawn = True
     auth.auth_refresh_age = 120
+    # A login the IdP no longer vouches for ends for API tokens too (the widgets', the CLI's).
+    auth.auth_refresh_strict = True
 else:
     c.JupyterHub.authenticator_class = "aifactory.login.HubHostPAMAuthenticator"
     c.PAMAuthenticator.allowed_groups = {login_group}

@@ -42,7 +42,24 @@ def user_url(user: str) -> str:
 # Everything a browser reaches is https, with certificates of the demo's own CA: the tests
 # trust that CA, and only it (never an unchecked certificate).
 DEMO_CA = Path("/etc/aifactory/tls/aifactory-demo-ca.crt")
-os.environ["REQUESTS_CA_BUNDLE"] = str(DEMO_CA)
+
+
+def _trust_the_demo_ca() -> None:
+    """requests (here and in what the tests run, pip as a demo user among them) trusts what
+    it trusted before and the demo's CA: one bundle of both, readable by the demo users."""
+    if not DEMO_CA.exists():
+        return
+    import certifi
+    before = Path(os.environ.get("REQUESTS_CA_BUNDLE") or certifi.where())
+    bundle = Path("/var/lib/aifactory/tests-ca-bundle.pem")  # root's folder, readable
+    if before == bundle:
+        return
+    bundle.write_text(before.read_text().rstrip("\n") + "\n" + DEMO_CA.read_text())
+    bundle.chmod(0o644)
+    os.environ["REQUESTS_CA_BUNDLE"] = str(bundle)
+
+
+_trust_the_demo_ca()
 ARTIFACTS = Path(__file__).parent / "artifacts"
 REPO = Path(__file__).resolve().parents[1]
 CLI = Path(sys.executable).parent / "aifactory"
@@ -54,9 +71,10 @@ IDP_PEOPLE = Path("/var/lib/aifactory/idp/people.json")
 
 
 def idp_login(http: requests.Session, r: requests.Response, user: str, password: str,
-              stop_at: str = "/hub/oauth_callback") -> requests.Response:
+              stop_at: str = "/hub/oauth_callback", follow: bool = True) -> requests.Response:
     """From the hub's redirect to the IdP: the IdP's login form sent, then its redirects
-    followed up to the hub's callback, whose answer is returned (or the IdP's refusal)."""
+    followed up to the hub's callback, whose answer is returned (or the IdP's refusal);
+    with follow=False, the IdP's redirect to the callback, not followed."""
     def next_url(r):
         return urljoin(r.url, r.headers["Location"])
 
@@ -71,8 +89,8 @@ def idp_login(http: requests.Session, r: requests.Response, user: str, password:
                   data={"login": user, "password": password})
     while r.status_code in (302, 303) and stop_at not in r.headers["Location"]:
         r = http.get(next_url(r), allow_redirects=False)
-    if r.status_code not in (302, 303):
-        return r  # the IdP refused
+    if r.status_code not in (302, 303) or not follow:
+        return r  # the IdP refused, or the caller takes the callback from here
     return http.get(next_url(r), allow_redirects=False)
 
 

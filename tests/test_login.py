@@ -126,3 +126,17 @@ def test_a_person_without_an_account_cannot_also_be_a_user(tmp_path):
                                 "people_without_account: [erin, alice]"))
     with pytest.raises(demo_module.DemoFileError, match="has an account"):
         demo_module.load(bad)
+
+
+def test_only_a_persons_account_may_be_logged_into():
+    # root, nobody and service accounts are never a person's, whatever an IdP says.
+    assert not login.is_persons_account("root", "root")
+    assert not login.is_persons_account("nobody", "nogroup")
+    assert not login.is_persons_account("no-such-user", "aifactory-users")
+    assert not login.is_persons_account("root", "no-such-group")
+
+
+def test_while_the_idp_is_down_a_login_lasts_only_the_grace_period():
+    assert login.keeps_login_while_idp_down(1000.0, 1000.0 + 3599, 3600)
+    assert not login.keeps_login_while_idp_down(1000.0, 1000.0 + 3600, 3600)
+    assert not login.keeps_login_while_idp_down(None, 1000.0, 3600)  # never vouched for

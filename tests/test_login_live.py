@@ -4,16 +4,20 @@ Who gets in, what their entitlements give them and when that changes, and what a
 replayed login step does: checked against the live hub and IdP, as the people themselves.
 """
 
+import json
+import os
 import re
 import sqlite3
+import subprocess
 from urllib.parse import parse_qs, urlencode, urljoin, urlparse
 
 import pytest
 import requests
-from conftest import (HUB, IDP, SERVICE, HubClient, aifactory, idp_entitlements, idp_login,
-                      wait_until)
+from conftest import (CLI, HUB, IDP, REPO, SERVICE, HubClient, aifactory, idp_entitlements,
+                      idp_login, log_in_browser, notebook_jobs, wait_until)
 
 from aifactory.cluster import idp
+from aifactory import login as login_module
 from aifactory.login import IDP_DOWN, no_account_sentence
 
 HUB_DB = "/var/lib/aifactory/hub/jupyterhub.sqlite"
@@ -146,6 +150,27 @@ def test_forged_and_replayed_callbacks_log_nobody_in_and_the_log_says_why(
     assert len(refusals) >= 2 and all("invalid_grant" in line for line in refusals), refusals
 
 
+def test_a_login_state_tossed_from_a_users_subdomain_finishes_nobodys_login(
+        live_cluster, passwords):
+    """dave starts a login and stops before the callback; a page of his tosses his state
+    cookie onto the hub's domain in alice's browser and sends her to his callback: that would
+    log her browser in as dave (login forgery). The state cookie is a __Host- one: no."""
+    dave = HubClient("dave")
+    start = dave.http.get(f"{HUB}/hub/oauth_login?next=", allow_redirects=False)
+    [state_cookie] = [c for c in dave.http.cookies if "oauthenticator-state" in c.name]
+    assert state_cookie.name == "__Host-oauthenticator-state"
+    to_callback = idp_login(dave.http, start, "dave", passwords["dave"], follow=False)
+    code_url = urljoin(to_callback.url, to_callback.headers["Location"])
+    assert "code=" in code_url
+    alice_browser = HubClient("alice")
+    # What a page on dave's origin can set for the hub's domain: not a __Host- cookie (a
+    # browser refuses one with a Domain; test_browser.py tries it in Chromium), so this.
+    alice_browser.http.cookies.set("oauthenticator-state", state_cookie.value,
+                                   domain=".hub.localhost", path="/hub/")
+    r = alice_browser.http.get(code_url, allow_redirects=False)
+    assert r.status_code in (400, 403) and not logged_in(alice_browser)
+
+
 def test_the_login_steps_are_refused_on_a_users_subdomain(live_cluster, passwords):
     dave_host = HUB.replace("://hub.", "://dave.hub.")
     alice = HubClient("alice")
@@ -196,3 +221,36 @@ def test_while_the_idp_is_down_people_keep_working_and_a_login_gets_a_sentence(
         assert aifactory("cluster", "up").returncode == 0
     wait_until(lambda: HubClient("bob").login(passwords["bob"]).status_code == 302, 30,
                what="a login once the IdP is back")
+
+
+@pytest.mark.slow
+def test_with_the_myaccessid_shaped_client_the_sites_map_names_the_account(
+        page, passwords, hub_client):
+    """MyAccessID gives only an opaque sub: the hub finds the account in the map that the
+    site's provisioning writes, and the person logs in and starts a session in Chromium."""
+    hub_client("bob")  # stops bob's session afterwards
+    env = dict(os.environ, AIFACTORY_HUB_CONFIG=str(REPO / "hub_config"),
+               AIFACTORY_OIDC_CLIENT="myaccessid")
+    up = subprocess.run([str(CLI), "cluster", "up"], env=env, capture_output=True, text=True,
+                        timeout=600)
+    assert up.returncode == 0, up.stderr
+    try:
+        assert "restarting the hub" in up.stdout
+        accounts = login_module.load_accounts("/etc/aifactory/accounts-by-sub.yaml")
+        page.goto(f"{HUB}/hub/login")
+        assert "Sign in with MyAccessID (demo)" in page.content()
+        log_in_browser(page, "bob", passwords["bob"])
+        page.wait_for_url("**/hub/spawn**")
+        page.check("#aif-profile-cpu")
+        page.click("#spawn_form button[type=submit]")
+        page.wait_for_url("**/user/bob/lab**", timeout=120_000)
+        [job] = notebook_jobs("bob")
+        assert job.user == "bob"
+        # The hub's name for her came from the map, not from a claim she could choose.
+        page.goto(f"{HUB}/hub/api/user")
+        assert json.loads(page.text_content("body"))["name"] == "bob"
+        assert [sub for sub, name in accounts.items() if name == "bob"][0].endswith(
+            "@myaccessid.org")
+    finally:
+        back = aifactory("cluster", "up")
+        assert back.returncode == 0, back.stderr

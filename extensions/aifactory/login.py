@@ -60,6 +60,7 @@ class HubHostPAMAuthenticator(PAMAuthenticator):
 
 import pwd  # noqa: E402
 import re  # noqa: E402
+import ssl  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from urllib.parse import urlencode  # noqa: E402
@@ -70,7 +71,10 @@ from . import checked_yaml, names  # noqa: E402
 SUB_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}@[a-z0-9.-]{1,128}\Z")
 ACCOUNTS_SCHEMA = {"accounts": ("mapping", (str, SUB_RE, "an OpenID subject (sub)"),
                                 (str, names.USER_RE, "a Unix user name"))}
-FIRST_PERSON_UID = 1000  # below: system accounts, never a person's
+# People's accounts: Debian's UID_MIN to UID_MAX (below and above: system accounts and
+# nobody), and in the site's Unix group of people (the service accounts of this machine,
+# slurm among them, have uids in that range too).
+PERSON_UIDS = range(1000, 60001)
 IDP_DOWN = ("The identity provider does not answer, so nobody can log in right now; try "
             "again in a few minutes. If you are logged in already, you keep working.")
 
@@ -116,6 +120,23 @@ def no_account_sentence(apply_url: str) -> str:
             f"{where}; then log in again with the same identity.")
 
 
+def is_persons_account(name: str, people_group: str) -> bool:
+    """Whether `name` is an existing Unix account of a person at this site."""
+    import grp
+    try:
+        entry = pwd.getpwnam(name)
+        group = grp.getgrnam(people_group)
+    except KeyError:
+        return False
+    return entry.pw_uid in PERSON_UIDS and (name in group.gr_mem or entry.pw_gid == group.gr_gid)
+
+
+def keeps_login_while_idp_down(last_refresh: float | None, now: float, grace_s: float) -> bool:
+    """While the IdP does not answer, a login stays for `grace_s` after its last successful
+    refresh, no longer: a person whose rights went at the IdP loses them within that time."""
+    return last_refresh is not None and now - last_refresh < grace_s
+
+
 def check_id_token(id_token: str, keys, issuer: str, client_id: str, sub: str) -> dict:
     """The ID token's claims, after checking its signature (the IdP's keys), issuer,
     audience (this hub's client), expiry, and that it names the same person as the userinfo
@@ -143,15 +164,15 @@ def check_id_token(id_token: str, keys, issuer: str, client_id: str, sub: str) -
 
 try:
     from oauthenticator.generic import GenericOAuthenticator
-    from oauthenticator.oauth2 import (OAuthCallbackHandler, OAuthLoginHandler,
-                                       OAuthLogoutHandler)
+    from oauthenticator.oauth2 import (STATE_COOKIE_NAME, OAuthCallbackHandler,
+                                       OAuthLoginHandler, OAuthLogoutHandler)
 except ImportError:  # a site with PAM only need not install OAuthenticator
     GenericOAuthenticator = None
 
 
 if GenericOAuthenticator is not None:
     from tornado.httpclient import HTTPClientError
-    from traitlets import Bool, Unicode
+    from traitlets import Bool, Integer, Unicode
 
     class _OnHubHost:
         """The login start and the callback answer on the hub's own host only: on a user's
@@ -164,6 +185,25 @@ if GenericOAuthenticator is not None:
                 raise web.HTTPError(403, f"Log in at {hub_url}/hub/login: this address is "
                                          "not the hub's own.")
             return super().prepare()
+
+        # The login's state cookie (it holds the state and the PKCE verifier): a __Host- one
+        # over https, which a page on a user's subdomain cannot toss onto the hub's domain to
+        # finish its own login in someone else's browser (login forgery).
+        def _state_cookie_name(self) -> str:
+            https = self.settings.get("subdomain_host", "").startswith("https://")
+            return f"__Host-{STATE_COOKIE_NAME}" if https else STATE_COOKIE_NAME
+
+        def set_state_cookie(self, state_cookie_value):
+            self._set_cookie(self._state_cookie_name(), state_cookie_value, expires_days=1,
+                             httponly=True)
+
+        def get_state_cookie(self):
+            if getattr(self, "_state_cookie", None) is None:
+                name = self._state_cookie_name()
+                self._state_cookie = (self.get_secure_cookie(name) or b"").decode(
+                    "utf8", "replace")
+                self.clear_cookie(name, path="/" if name.startswith("__Host-") else None)
+            return self._state_cookie
 
     class HubHostLoginHandler(_OnHubHost, OAuthLoginHandler):
         """Sends the browser to the IdP, or says in words that it does not answer."""
@@ -183,6 +223,7 @@ if GenericOAuthenticator is not None:
             user = self.current_user
             state = await user.get_auth_state() if user else None
             self._id_token = (state or {}).get("id_token")
+            self.clear_cookie(f"__Host-{STATE_COOKIE_NAME}", path="/")
             await super().get()
 
         async def render_logout_page(self):
@@ -210,6 +251,16 @@ if GenericOAuthenticator is not None:
         post_logout_url = Unicode(
             help="Where the IdP sends the person after logout (registered with the IdP).",
         ).tag(config=True)
+        people_group = Unicode(
+            "aifactory-users",
+            help="The Unix group of people's accounts: the account a login names must be in "
+                 "it (the entitlements then decide who may log in).",
+        ).tag(config=True)
+        idp_outage_grace_seconds = Integer(
+            3600,
+            help="While the IdP does not answer, a login stays this long after its last "
+                 "successful refresh, then its holder must log in again.",
+        ).tag(config=True)
         accounts_file = Unicode(
             help="YAML map of OpenID `sub` to Unix account (`accounts: {SUB: NAME}`), written "
                  "by the site's provisioning; used when username_claim is 'sub'.",
@@ -236,10 +287,7 @@ if GenericOAuthenticator is not None:
         def user_info_to_username(self, user_info):
             accounts = load_accounts(self.accounts_file) if self.username_claim == "sub" else {}
             name = account_name(user_info, self.username_claim, accounts)
-            try:
-                if name is None or pwd.getpwnam(name).pw_uid < FIRST_PERSON_UID:
-                    raise KeyError(name)
-            except KeyError:
+            if name is None or not is_persons_account(name, self.people_group):
                 self.log.warning("No account at this site for %s (%s)", user_info.get("sub"),
                                  self.username_claim)
                 raise web.HTTPError(403, no_account_sentence(self.apply_url)) from None
@@ -247,7 +295,11 @@ if GenericOAuthenticator is not None:
 
         async def token_to_user(self, token_info):
             user_info = await super().token_to_user(token_info)
-            if "id_token" in token_info and self.jwks_url:
+            if self.jwks_url:
+                if "id_token" not in token_info:
+                    self.log.warning("Refused a login: the IdP's answer had no ID token")
+                    raise web.HTTPError(403, "The identity provider's answer could not be "
+                                             "checked; nobody was logged in.")
                 try:
                     keys = await self._keys()
                 except (OSError, HTTPClientError):
@@ -298,17 +350,26 @@ if GenericOAuthenticator is not None:
                 raise web.HTTPError(403, "The identity provider refused this login; "
                                          "nobody was logged in. Log in again.") from None
 
+        def build_auth_state_dict(self, token_info, user_info):
+            state = super().build_auth_state_dict(token_info, user_info)
+            state["refreshed_at"] = time.time()  # the IdP vouched for this person then
+            return state
+
         async def refresh_user(self, user, handler=None, **kwargs):
             try:
                 return await super().refresh_user(user, handler, **kwargs)
-            except HTTPClientError as e:
-                if e.code != 599:
+            except (HTTPClientError, OSError) as e:
+                # Only "no answer" counts as down: a certificate that fails is not an outage.
+                if isinstance(e, ssl.SSLError) or (isinstance(e, HTTPClientError)
+                                                   and e.code != 599):
                     raise
-                # The IdP is down: who is logged in keeps working with what they had.
-                self.log.warning("The IdP did not answer a refresh for %s; keeping their "
-                                 "login as it was", user.name)
-                return True
-            except OSError:
-                self.log.warning("The IdP did not answer a refresh for %s; keeping their "
-                                 "login as it was", user.name)
-                return True
+                state = await user.get_auth_state() or {}
+                if keeps_login_while_idp_down(state.get("refreshed_at"), time.time(),
+                                              self.idp_outage_grace_seconds):
+                    self.log.warning("The IdP did not answer a refresh for %s; keeping their "
+                                     "login as it was", user.name)
+                    return True
+                self.log.warning("The IdP has not answered for %s for longer than %d s: "
+                                 "they must log in again", user.name,
+                                 self.idp_outage_grace_seconds)
+                return False

@@ -8,7 +8,7 @@
 //               no uid (the site's map of sub to account decides the account)
 //
 // Usage: node idp.mjs STATE_DIR   (STATE_DIR/config.json names the issuer, port, clients,
-// its certificate;
+// its certificate, the folder of its own keys;
 // STATE_DIR/people.json the people; both written by `up`, read again when they change).
 // Grants, sessions and refresh tokens are kept in memory: a restart of this demo IdP asks
 // everyone to log in again at their next refresh.
@@ -36,25 +36,51 @@ function currentPeople() {
   return people.byLogin;
 }
 
-// An account id is "<client shape>:<login>", so each client sees its own kind of sub.
+// An account id is the login. Each client sees its own kind of sub (pairwise subjects: the
+// SRAM-like client "<hex>@sram.surf.nl", the MyAccessID-like one "<hex>@myaccessid.org")
+// and its own claims.
 function claimsFor(shape, person) {
   if (shape === 'sram') {
-    return { sub: person.sram_sub, uid: person.uid, email: person.email,
+    return { sub: person.login, uid: person.uid, email: person.email,
              eduperson_entitlement: person.entitlements };
   }
-  return { sub: person.myaccessid_sub, eduperson_entitlement: person.entitlements };
+  return { sub: person.login, eduperson_entitlement: person.entitlements };
 }
 
-function passwordMatches(person, password) {
-  const { salt, hash } = person.password;
-  const got = crypto.scryptSync(password, Buffer.from(salt, 'hex'), 32,
-                                { N: 16384, r: 8, p: 1 });
-  return crypto.timingSafeEqual(got, Buffer.from(hash, 'hex'));
+function subjectFor(shape, person) {
+  return shape === 'sram' ? person.sram_sub : person.myaccessid_sub;
+}
+
+// scrypt off the event loop (a flood of logins must not stall everyone's), the same work
+// for a login nobody has (the answer's time does not tell who exists), and at most
+// MAX_FAILURES wrong passwords per login a minute.
+const MAX_FAILURES = 10;
+const failures = new Map();
+const NOBODY = { salt: crypto.randomBytes(16).toString('hex'), hash: '00'.repeat(32) };
+
+function scrypt(password, salt) {
+  return new Promise((resolve, reject) => {
+    crypto.scrypt(password, salt, 32, { N: 16384, r: 8, p: 1 },
+                  (err, key) => (err ? reject(err) : resolve(key)));
+  });
+}
+
+async function passwordMatches(person, password) {
+  const { salt, hash } = person ? person.password : NOBODY;
+  const got = await scrypt(password, Buffer.from(salt, 'hex'));
+  return crypto.timingSafeEqual(got, Buffer.from(hash, 'hex')) && Boolean(person);
+}
+
+function tooManyFailures(login) {
+  const now = Date.now();
+  const recent = (failures.get(login) || []).filter((t) => now - t < 60000);
+  failures.set(login, recent);
+  return recent.length >= MAX_FAILURES;
 }
 
 // Signing keys and cookie keys survive a restart (tokens already issued stay verifiable).
 function persistent(name, make) {
-  const file = path.join(stateDir, name);
+  const file = path.join(config.keys_dir, name);
   if (!fs.existsSync(file)) fs.writeFileSync(file, JSON.stringify(make()), { mode: 0o600 });
   return JSON.parse(fs.readFileSync(file, 'utf8'));
 }
@@ -76,11 +102,18 @@ const provider = new Provider(config.issuer, {
     response_types: ['code'],
     token_endpoint_auth_method: 'client_secret_basic',
     id_token_signed_response_alg: 'RS256',
+    subject_type: 'pairwise',
   })),
+  subjectTypes: ['public', 'pairwise'],
+  pairwiseIdentifier: async (ctx, accountId, client) => {
+    const person = currentPeople().get(accountId);
+    if (!person) throw new Error('no such person');
+    return subjectFor(shapeOf(client.clientId), person);
+  },
   findAccount: async (ctx, accountId) => {
-    const [shape, login] = accountId.split(':');
-    const person = currentPeople().get(login);
+    const person = currentPeople().get(accountId);
     if (!person) return undefined;
+    const shape = shapeOf(ctx.oidc.client.clientId);
     return { accountId, claims: async () => claimsFor(shape, person) };
   },
   claims: {
@@ -113,6 +146,10 @@ const provider = new Provider(config.issuer, {
   },
 });
 provider.proxy = false;
+
+function shapeOf(clientId) {
+  return config.clients.find((c) => c.client_id === clientId).shape;
+}
 
 function escape(text) {
   return String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
@@ -153,6 +190,7 @@ provider.use(async (ctx, next) => {
   try {
     details = await provider.interactionDetails(ctx.req, ctx.res);
   } catch (e) {
+    console.log(`interaction ${match[1]} not found: ${e.message}`);
     ctx.status = 400;
     ctx.type = 'html';
     ctx.body = page('Login expired', '<p>This login page has expired. Go back to the hub and log in again.</p>');
@@ -160,7 +198,6 @@ provider.use(async (ctx, next) => {
   }
   const { uid, prompt, params } = details;
   const client = await provider.Client.find(params.client_id);
-  const shape = config.clients.find((c) => c.client_id === client.clientId).shape;
   ctx.type = 'html';
   if (prompt.name === 'login') {
     if (ctx.method === 'GET' && !match[2]) {
@@ -169,16 +206,25 @@ provider.use(async (ctx, next) => {
     }
     if (ctx.method === 'POST' && match[2]) {
       const form = await formBody(ctx.req);
-      const person = currentPeople().get(String(form.login || ''));
-      if (!person || !passwordMatches(person, String(form.password || ''))) {
-        console.log(`login refused for ${JSON.stringify(String(form.login || ''))}: wrong username or password`);
+      const login = String(form.login || '').slice(0, 64);
+      if (tooManyFailures(login)) {
+        console.log(`login refused for ${JSON.stringify(login)}: too many wrong passwords`);
+        ctx.status = 429;
+        ctx.body = loginPage(uid, client.clientName,
+                             'Too many wrong passwords: wait a minute, then try again.');
+        return undefined;
+      }
+      const person = currentPeople().get(login);
+      if (!(await passwordMatches(person, String(form.password || '')))) {
+        failures.get(login).push(Date.now());
+        console.log(`login refused for ${JSON.stringify(login)}: wrong username or password`);
         ctx.status = 401;
         ctx.body = loginPage(uid, client.clientName, 'Wrong username or password.');
         return undefined;
       }
       console.log(`login of ${person.login} for ${client.clientId}`);
       return provider.interactionFinished(ctx.req, ctx.res,
-        { login: { accountId: `${shape}:${person.login}` } }, { mergeWithLastSubmission: false });
+        { login: { accountId: person.login } }, { mergeWithLastSubmission: false });
     }
   }
   if (prompt.name === 'consent') {

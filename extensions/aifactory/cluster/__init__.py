@@ -219,6 +219,7 @@ def check_inputs(demo_file: Path, hub_config: Path) -> tuple[Demo, site_module.S
     if not site.billing.by_gpu and not any(p.billing_weights for p in demo.partitions):
         raise DemoFileError(f"{demo_file}: the site bills in {site.billing.unit}, so its "
                             "partitions need billing_weights (TRESBillingWeights).")
+    idp.client_shape()  # the hub's client at the IdP, if one was chosen
     if not (VENV / "bin" / "jupyterhub").exists():
         raise ClusterError(f"The shared environment {VENV} is missing; run ./aif first "
                            "(it builds the environment, then calls this command).")
@@ -308,7 +309,8 @@ def up(demo_file: Path | None = None, hub_config: Path | None = None, log=print)
     if hub_config.resolve() != HUB_CONFIG_DIR.resolve():
         shutil.copytree(hub_config, HUB_CONFIG_DIR, dirs_exist_ok=True)
     import aifactory
-    version = _tree_hash(HUB_CONFIG_DIR, Path(aifactory.__file__).parent)
+    # ... or when it is to be another of the IdP's clients.
+    version = _tree_hash(HUB_CONFIG_DIR, Path(aifactory.__file__).parent) + idp.client_shape()
     stamp = HUB_WORKDIR / "running-config.sha256"
     if services.HUB.running() and (not stamp.exists() or stamp.read_text() != version):
         log("hub configuration changed: restarting the hub (sessions keep running)")

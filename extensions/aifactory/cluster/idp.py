@@ -28,7 +28,10 @@ from .system import ETC_DIR, LOG_DIR, RUN_DIR, STATE_DIR, ClusterError, sh, wait
 
 IDP_USER = "aifactory-idp"
 INSTALL_DIR = Path("/opt/aifactory/idp")
+# root's, readable by the IdP: what `up` writes (config, people). The IdP's own keys live in
+# keys/, its alone; root never writes where the IdP can swap a file for a link.
 IDP_STATE = STATE_DIR / "idp"
+IDP_KEYS = IDP_STATE / "keys"
 IDP_HOST, HOST, PORT = "idp.localhost", "127.0.0.1", 8010
 ISSUER = f"https://{IDP_HOST}:{PORT}"
 ACCESS_TOKEN_SECONDS = 60  # short, so that the hub's refresh really uses the refresh token
@@ -40,6 +43,15 @@ ACCOUNTS_FILE = ETC_DIR / "accounts-by-sub.yaml"
 PASSWORDS = STATE_DIR / "demo-passwords.json"
 
 IDP = Service("oidc-provider", RUN_DIR / "idp.pid", "the demo's OpenID Connect provider")
+
+
+def client_shape() -> str:
+    """Which of the IdP's clients the hub is (AIFACTORY_OIDC_CLIENT when `up` runs)."""
+    shape = os.environ.get("AIFACTORY_OIDC_CLIENT", "sram")
+    if shape not in CLIENT_SHAPES:
+        raise ClusterError(f"AIFACTORY_OIDC_CLIENT must be one of {', '.join(CLIENT_SHAPES)}, "
+                           f"not {shape!r}.")
+    return shape
 
 
 def client_id(shape: str) -> str:
@@ -89,6 +101,8 @@ def people(demo: Demo, passwords: dict[str, str], old: dict[str, dict]) -> list[
 
 
 def _secret(name: str) -> str:
+    HUB_SECRETS.mkdir(parents=True, exist_ok=True)
+    os.chmod(HUB_SECRETS, 0o700)
     path = HUB_SECRETS / name
     if not path.exists():
         write_if_changed(path, secrets.token_hex(32), 0o600)
@@ -99,9 +113,17 @@ def hub_env(public_url: str) -> dict[str, str]:
     """What the hub needs to log people in through the demo IdP (its secrets stay in files)."""
     _secret("crypt-key")
     return {"AIFACTORY_LOGIN": "oidc", "AIFACTORY_OIDC_ISSUER": ISSUER,
+            "AIFACTORY_OIDC_CLIENT": client_shape(),
             "AIFACTORY_OIDC_SECRETS": str(HUB_SECRETS),
             "AIFACTORY_OIDC_ACCOUNTS": str(ACCOUNTS_FILE),
             "AIFACTORY_OIDC_ENTITLEMENT_PREFIX": ENTITLEMENT_PREFIX}
+
+
+def _write_for_idp(path: Path, text: str) -> bool:
+    """A file of root's that the IdP's group may read (in root's own folder)."""
+    changed = write_if_changed(path, text + "\n", 0o640)
+    os.chown(path, 0, pwd.getpwnam(IDP_USER).pw_gid)
+    return changed
 
 
 def _ensure_user() -> None:
@@ -144,8 +166,13 @@ def ensure(demo: Demo, hub_config: Path, public_url: str, cert, log=print) -> bo
     _ensure_user()
     installed = _install(hub_config)
     IDP_STATE.mkdir(parents=True, exist_ok=True)
-    shutil.chown(IDP_STATE, IDP_USER, IDP_USER)
-    os.chmod(IDP_STATE, 0o700)
+    shutil.chown(IDP_STATE, "root", IDP_USER)
+    os.chmod(IDP_STATE, 0o750)
+    IDP_KEYS.mkdir(exist_ok=True)
+    shutil.chown(IDP_KEYS, IDP_USER, IDP_USER)
+    os.chmod(IDP_KEYS, 0o700)
+    for moved in ("jwks.json", "cookie-keys.json"):  # kept in keys/ since
+        (IDP_STATE / moved).unlink(missing_ok=True)
 
     passwords = json.loads(PASSWORDS.read_text())
     for login in demo.people_without_account:
@@ -156,18 +183,16 @@ def ensure(demo: Demo, hub_config: Path, public_url: str, cert, log=print) -> bo
     except (OSError, ValueError, KeyError):
         old = {}
     table = people(demo, passwords, old)
-    changed = write_if_changed(IDP_STATE / "people.json",
-                               json.dumps({"people": table}, indent=1) + "\n", 0o600, IDP_USER)
+    changed = _write_for_idp(IDP_STATE / "people.json", json.dumps({"people": table}, indent=1))
     clients = [{"shape": shape, "client_id": client_id(shape),
                 "client_secret": _secret(f"{client_id(shape)}.secret"), "client_name": name,
                 "redirect_uris": [f"{public_url}/hub/oauth_callback"],
                 "post_logout_redirect_uris": [f"{public_url}/hub/login"]}
                for shape, name in CLIENT_SHAPES.items()]
-    config = {"issuer": ISSUER, "host": HOST, "port": PORT,
+    config = {"issuer": ISSUER, "host": HOST, "port": PORT, "keys_dir": str(IDP_KEYS),
               "tls": {"cert": str(cert.cert), "key": str(cert.key)},
               "access_token_seconds": ACCESS_TOKEN_SECONDS, "clients": clients}
-    changed |= write_if_changed(IDP_STATE / "config.json", json.dumps(config, indent=1) + "\n",
-                                0o600, IDP_USER)
+    changed |= _write_for_idp(IDP_STATE / "config.json", json.dumps(config, indent=1))
     # The site's provisioning: which Unix account each MyAccessID-like subject works as.
     write_if_changed(ACCOUNTS_FILE, "# Written by `aifactory cluster up`, as a site's account "
                      "provisioning would: OpenID sub -> Unix account.\n" + yaml.safe_dump(
