@@ -300,6 +300,7 @@ def up(demo_file: Path | None = None, hub_config: Path | None = None, log=print)
     if tls.ensure_ca():
         log(f"made the demo's certificate authority: {tls.CA_CERT} (trust it in your browser)")
     hub_cert = tls.ensure_cert("hub", tls.hub_names(HUB_HOST, [u.name for u in demo.users]))
+    idp.ensure_user()  # before its certificate's key, which is the IdP's
     idp_cert = tls.ensure_cert("idp", [idp.IDP_HOST], owner=idp.IDP_USER)
     # Login: the demo's OpenID provider, before the hub that sends people to it.
     if idp.ensure(demo, hub_config, HUB_URL, idp_cert, log=log):

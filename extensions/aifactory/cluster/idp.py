@@ -126,7 +126,7 @@ def _write_for_idp(path: Path, text: str) -> bool:
     return changed
 
 
-def _ensure_user() -> None:
+def ensure_user() -> None:
     try:
         pwd.getpwnam(IDP_USER)
     except KeyError:
@@ -163,7 +163,7 @@ def _answers() -> bool:
 
 def ensure(demo: Demo, hub_config: Path, public_url: str, cert, log=print) -> bool:
     """Install, configure and start the IdP; True when it installed its npm packages."""
-    _ensure_user()
+    ensure_user()
     installed = _install(hub_config)
     IDP_STATE.mkdir(parents=True, exist_ok=True)
     shutil.chown(IDP_STATE, "root", IDP_USER)
