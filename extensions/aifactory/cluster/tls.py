@@ -44,7 +44,7 @@ def ensure_ca() -> bool:
     """The CA (10 years), trusted by this machine; True when it was made now."""
     x509, hashes, serialization, ec = _crypto()
     key_file, made = CA_DIR / "ca.key", False
-    if not key_file.exists() or not CA_CERT.exists():
+    if not key_file.exists() or not _has_key_ids(CA_CERT, ca=True):
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME,
                                              "aifactory demo CA (this machine only)")])
@@ -55,6 +55,8 @@ def ensure_ca() -> bool:
                 .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
                 .add_extension(x509.KeyUsage(True, False, False, False, False, True, True,
                                              False, False), critical=True)
+                .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                               critical=False)
                 .sign(key, hashes.SHA256()))
         CA_DIR.mkdir(parents=True, exist_ok=True)
         CA_DIR.chmod(0o700)
@@ -68,6 +70,19 @@ def ensure_ca() -> bool:
     return made
 
 
+def _has_key_ids(cert_file: Path, ca: bool) -> bool:
+    """Whether the certificate names its keys, as strict verifiers require (Python 3.13's
+    default, VERIFY_X509_STRICT: a CA's subject key id, a server's authority key id)."""
+    x509, *_ = _crypto()
+    try:
+        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+        cert.extensions.get_extension_for_class(
+            x509.SubjectKeyIdentifier if ca else x509.AuthorityKeyIdentifier)
+        return True
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return False
+
+
 def _needs_new(cert_file: Path, names: list[str], ca_pem: bytes) -> bool:
     x509, *_ = _crypto()
     try:
@@ -76,7 +91,8 @@ def _needs_new(cert_file: Path, names: list[str], ca_pem: bytes) -> bool:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except (OSError, ValueError, x509.ExtensionNotFound):
         return True
-    return (sorted(sans.get_values_for_type(x509.DNSName)) != sorted(names)
+    return (not _has_key_ids(cert_file, ca=False)
+            or sorted(sans.get_values_for_type(x509.DNSName)) != sorted(names)
             or cert.issuer != ca.subject
             or cert.not_valid_after_utc - _now() < dt.timedelta(days=RENEW_DAYS))
 
@@ -104,6 +120,10 @@ def ensure_cert(name: str, dns_names: list[str], owner: str = "root") -> Pair:
                 .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                 .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
                                critical=False)
+                .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                               critical=False)
+                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                    ca_key.public_key()), critical=False)
                 .sign(ca_key, hashes.SHA256()))
         write_if_changed(pair.key, key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
