@@ -313,6 +313,9 @@ def up(demo_file: Path | None = None, hub_config: Path | None = None, log=print)
     # ... or when it is to be another of the IdP's clients.
     version = _tree_hash(HUB_CONFIG_DIR, Path(aifactory.__file__).parent) + idp.client_shape()
     stamp = HUB_WORKDIR / "running-config.sha256"
+    if services.HUB.running() and hub_cert.made:
+        log("the hub's certificate was made again: restarting the hub (sessions keep running)")
+        services.stop_hub()
     if services.HUB.running() and (not stamp.exists() or stamp.read_text() != version):
         log("hub configuration changed: restarting the hub (sessions keep running)")
         services.stop_hub()

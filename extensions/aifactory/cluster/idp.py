@@ -200,7 +200,7 @@ def ensure(demo: Demo, hub_config: Path, public_url: str, cert, log=print) -> bo
                                        if p["login"] not in demo.people_without_account}}),
                      0o600)
 
-    if IDP.running() and (installed or changed):
+    if IDP.running() and (installed or changed or cert.made):
         IDP.stop()
     if not IDP.running():
         RUN_DIR.mkdir(parents=True, exist_ok=True)

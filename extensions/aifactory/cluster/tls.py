@@ -27,6 +27,7 @@ RENEW_DAYS = 30  # a certificate this close to its end is made again
 class Pair:
     cert: Path
     key: Path
+    made: bool = False  # made by this call: what serves it must be restarted
 
 
 def _crypto():
@@ -84,6 +85,8 @@ def _has_key_ids(cert_file: Path, ca: bool) -> bool:
 
 
 def _needs_new(cert_file: Path, names: list[str], ca_pem: bytes) -> bool:
+    """Whether the certificate must be made again: other names, another CA (one of the same
+    name made again counts: the issuer's key id differs), no key ids, or its end near."""
     x509, *_ = _crypto()
     try:
         cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
@@ -91,9 +94,14 @@ def _needs_new(cert_file: Path, names: list[str], ca_pem: bytes) -> bool:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except (OSError, ValueError, x509.ExtensionNotFound):
         return True
-    return (not _has_key_ids(cert_file, ca=False)
-            or sorted(sans.get_values_for_type(x509.DNSName)) != sorted(names)
-            or cert.issuer != ca.subject
+    try:
+        issuer_key = cert.extensions.get_extension_for_class(
+            x509.AuthorityKeyIdentifier).value.key_identifier
+        ca_key = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        return True
+    return (sorted(sans.get_values_for_type(x509.DNSName)) != sorted(names)
+            or cert.issuer != ca.subject or issuer_key != ca_key
             or cert.not_valid_after_utc - _now() < dt.timedelta(days=RENEW_DAYS))
 
 
@@ -104,6 +112,7 @@ def ensure_cert(name: str, dns_names: list[str], owner: str = "root") -> Pair:
     pair = Pair(TLS_DIR / f"{name}.crt", TLS_DIR / f"{name}.key")
     ca_pem = CA_CERT.read_bytes()
     if _needs_new(pair.cert, dns_names, ca_pem) or not pair.key.exists():
+        pair = Pair(pair.cert, pair.key, made=True)
         ca_key = serialization.load_pem_private_key((CA_DIR / "ca.key").read_bytes(), None)
         ca = x509.load_pem_x509_certificate(ca_pem)
         key = ec.generate_private_key(ec.SECP256R1())
