@@ -207,6 +207,8 @@ def test_a_removed_instructor_can_do_nothing_and_is_given_back_their_rights(hub_
         except AllocationsError as e:
             assert "You do not teach DL101" in str(e)
         assert not notebook_jobs("student2")
-    # Given back at the IdP: her next login has it again.
+    # Given back at the IdP: her next login has it again, and the service sees it within its
+    # minute of caching who is who (later tests, notebook 05 among them, teach as carol).
     carol = hub_client("carol")
     assert instructor(), "carol's entitlement came back at the IdP but not in the hub"
+    wait_until(teaches, 70, interval=3, what="the service to see carol teach again")

@@ -199,6 +199,27 @@ def test_logout_ends_the_session_at_the_idp_too(live_cluster, passwords):
     assert start.url.startswith(f"{IDP}/interaction/") and 'name="password"' in start.text
 
 
+LOGIN_SECRETS = [
+    HUB_DB,                                         # auth_state (encrypted) and tokens
+    "/var/lib/aifactory/hub-secrets/crypt-key",     # the key of auth_state
+    "/var/lib/aifactory/hub-secrets/aifactory-sram.secret",
+    "/var/lib/aifactory/idp/people.json",           # password hashes
+    "/var/lib/aifactory/idp/config.json",           # the clients' secrets
+    "/var/lib/aifactory/idp/keys/jwks.json",        # the IdP's signing key
+    "/var/lib/aifactory/ca/ca.key",                 # the demo CA's key
+    "/etc/aifactory/tls/hub.key", "/etc/aifactory/tls/idp.key",
+    "/etc/aifactory/accounts-by-sub.yaml",
+]
+
+
+def test_dave_reads_none_of_the_logins_secrets(live_cluster):
+    for path in LOGIN_SECRETS:
+        r = subprocess.run(["runuser", "-u", "dave", "--", "cat", path], capture_output=True,
+                           text=True, cwd="/tmp")
+        assert r.returncode != 0 and "Permission denied" in r.stderr, (path, r.stderr)
+        assert os.path.exists(path), path  # refused because it is kept from him, not missing
+
+
 @pytest.mark.slow
 def test_while_the_idp_is_down_people_keep_working_and_a_login_gets_a_sentence(
         hub_client, passwords):
