@@ -79,10 +79,6 @@ IDP_DOWN = ("The identity provider does not answer, so nobody can log in right n
             "again in a few minutes. If you are logged in already, you keep working.")
 
 
-class NoAccount(Exception):
-    """The IdP knows the person, this site has no account for them (the message says so)."""
-
-
 def load_accounts(path: str | Path) -> dict[str, str]:
     """The site's map of OpenID `sub` to Unix account, checked like every site file."""
     doc = checked_yaml.load(path, ACCOUNTS_SCHEMA)

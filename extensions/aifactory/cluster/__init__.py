@@ -164,13 +164,7 @@ def _hub_env(demo: Demo, cert: tls.Pair) -> dict:
 
 
 def _hub_answers() -> bool:
-    import urllib.request
-    try:
-        with urllib.request.urlopen(f"{HUB_URL}/hub/api/", timeout=3,
-                                    context=tls.client_context()) as r:
-            return r.status == 200
-    except OSError:
-        return False
+    return tls.answers(f"{HUB_URL}/hub/api/")
 
 
 def _nodes_ready(demo: Demo) -> bool:

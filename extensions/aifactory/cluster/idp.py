@@ -151,16 +151,6 @@ def _install(hub_config: Path) -> bool:
     return changed
 
 
-def _answers() -> bool:
-    import urllib.request
-    try:
-        with urllib.request.urlopen(f"{ISSUER}/.well-known/openid-configuration",
-                                    timeout=3, context=tls.client_context()) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 def ensure(demo: Demo, hub_config: Path, public_url: str, cert, log=print) -> bool:
     """Install, configure and start the IdP; True when it installed its npm packages."""
     ensure_user()
@@ -212,7 +202,8 @@ def ensure(demo: Demo, hub_config: Path, public_url: str, cert, log=print) -> bo
            "--pidfile", str(IDP.pidfile), "--chuid", IDP_USER, "--chdir", str(INSTALL_DIR),
            "--output", str(log_file), "--exec", shutil.which("node") or "/usr/bin/node",
            "--", str(INSTALL_DIR / "idp.mjs"), str(IDP_STATE))
-        wait_for(lambda: IDP.running() and _answers(), "the demo's OpenID provider",
+        wait_for(lambda: IDP.running() and tls.answers(
+                 f"{ISSUER}/.well-known/openid-configuration"), "the demo's OpenID provider",
                  timeout=30)
     return installed
 

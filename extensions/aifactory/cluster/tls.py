@@ -153,3 +153,13 @@ def client_context():
     """An ssl context that trusts the demo CA (whatever the environment's trust says)."""
     import ssl
     return ssl.create_default_context(cafile=str(CA_CERT)) if CA_CERT.exists() else None
+
+
+def answers(url: str) -> bool:
+    """Whether `url` answers 200 over https checked against the demo CA (within 3 s)."""
+    import urllib.request
+    try:
+        with urllib.request.urlopen(url, timeout=3, context=client_context()) as r:
+            return r.status == 200
+    except OSError:
+        return False
