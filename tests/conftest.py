@@ -13,6 +13,7 @@ import html
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -66,6 +67,7 @@ CLI = Path(sys.executable).parent / "aifactory"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PASSWORDS = Path("/var/lib/aifactory/demo-passwords.json")
+HUB_DB = "/var/lib/aifactory/hub/jupyterhub.sqlite"
 IDP = "https://idp.localhost:8010"
 IDP_PEOPLE = Path("/var/lib/aifactory/idp/people.json")
 
@@ -110,6 +112,20 @@ def idp_entitlements(user: str, without: list[str]):
         _write_people(original)
 
 
+def wait_for_the_service_to_see_teaching(token: str, course: str = "dl101") -> None:
+    """After an instructor's entitlement came back and they logged in again: the service's
+    view of who is who is up to a minute old; later tests (notebook 05) teach at once."""
+    from aifactory.client import AllocationsError, ServiceClient
+    service = ServiceClient(SERVICE, token)
+
+    def teaches() -> bool:
+        try:
+            return service.course(course)["course"] == course
+        except AllocationsError:
+            return False
+    wait_until(teaches, 70, interval=3, what=f"the service to see the instructor of {course}")
+
+
 def _write_people(text: str) -> None:
     stat = IDP_PEOPLE.stat()
     IDP_PEOPLE.write_text(text)
@@ -150,7 +166,19 @@ def live_cluster():
         if job.alive and not job.completing:
             slurm.cancel(job.job_id)
     wait_until(lambda: not any(j.alive for j in slurm.jobs()), 60, what="an empty queue")
+    # The hub forgets a server whose job ended at its next poll; one it found running when it
+    # started is first waited for (http_timeout), and until then its owner cannot start one.
+    wait_until(lambda: not hub_servers(), 200, interval=2,
+               what="the hub to forget the servers whose jobs ended")
     return state
+
+
+def hub_servers() -> list[str]:
+    """The users the hub's database has a server for."""
+    with sqlite3.connect(f"file:{HUB_DB}?mode=ro", uri=True) as db:
+        return [name for (name,) in db.execute(
+            "SELECT users.name FROM spawners JOIN users ON users.id = spawners.user_id"
+            " WHERE spawners.server_id IS NOT NULL")]
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import requests
 from conftest import (HUB, SERVICE, idp_entitlements, notebook_jobs, notebook_process,
-                      process_env, wait_until)
+                      process_env, wait_for_the_service_to_see_teaching, wait_until)
 
 from aifactory import slurm
 from aifactory.client import AllocationsError, ServiceClient
@@ -181,13 +181,7 @@ def test_a_removed_instructor_can_do_nothing_and_is_given_back_their_rights(hub_
     carol = hub_client("carol")
     hub_client("student2")  # stops student2's session afterwards, should one start
     service = ServiceClient(SERVICE, carol.token())
-
-    def teaches() -> bool:  # the service's view of her groups is up to a minute old
-        try:
-            return service.course("dl101")["course"] == "dl101"
-        except AllocationsError:
-            return False
-    wait_until(teaches, 70, interval=3, what="the service to see carol as an instructor")
+    wait_for_the_service_to_see_teaching(carol.token())  # its view is up to a minute old
 
     def instructor() -> bool:
         return "dl101-instructors" in carol.api("GET", "/user").json()["groups"]  # the latest
@@ -211,4 +205,4 @@ def test_a_removed_instructor_can_do_nothing_and_is_given_back_their_rights(hub_
     # minute of caching who is who (later tests, notebook 05 among them, teach as carol).
     carol = hub_client("carol")
     assert instructor(), "carol's entitlement came back at the IdP but not in the hub"
-    wait_until(teaches, 70, interval=3, what="the service to see carol teach again")
+    wait_for_the_service_to_see_teaching(carol.token())

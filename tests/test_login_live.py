@@ -13,14 +13,14 @@ from urllib.parse import parse_qs, urlencode, urljoin, urlparse
 
 import pytest
 import requests
-from conftest import (CLI, HUB, IDP, REPO, SERVICE, HubClient, aifactory, idp_entitlements,
-                      idp_login, log_in_browser, notebook_jobs, wait_until)
+from conftest import (CLI, HUB, HUB_DB, IDP, REPO, SERVICE, HubClient, aifactory,
+                      idp_entitlements, idp_login, log_in_browser, notebook_jobs,
+                      wait_for_the_service_to_see_teaching, wait_until)
 
 from aifactory.cluster import idp
 from aifactory import login as login_module
 from aifactory.login import IDP_DOWN, no_account_sentence
 
-HUB_DB = "/var/lib/aifactory/hub/jupyterhub.sqlite"
 HUB_LOG = "/var/log/aifactory/jupyterhub.log"
 
 
@@ -100,6 +100,9 @@ def test_entitlements_are_the_hub_groups_and_a_removed_one_goes_at_the_next_refr
         assert "dl101-instructors" not in groups(carol)
         refused = stop_student2()
         assert refused.status_code == 403 and "You do not teach" in refused.text
+    # Given back at the IdP: their next logins have them again (later tests teach as carol).
+    hub_client("student1")
+    wait_for_the_service_to_see_teaching(hub_client("carol").token())
 
 
 def test_forged_and_replayed_callbacks_log_nobody_in_and_the_log_says_why(
