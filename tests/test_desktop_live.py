@@ -117,7 +117,7 @@ def test_a_desktop_from_the_launcher_on_the_sessions_node_for_the_user_alone(
     bob = hub_client(USER)
     bob.start(profile="h100-1")
     [job] = notebook_jobs(USER)
-    server_env = process_env(notebook_process(USER))
+    server_env = process_env(notebook_process(USER, job.job_id))
     assert server_env.get("CUDA_VISIBLE_DEVICES"), "the session got no GPU"
 
     # In the browser: JupyterLab's launcher has a Desktop; it opens noVNC through the hub.
