@@ -39,10 +39,18 @@ c.JupyterHub.cookie_host_prefix_enabled = https
 # Compute nodes call the hub API (the server's port callback, activity): bind it where they
 # can reach it, on the login node's cluster-network address.
 hub_ip = os.environ.get("AIFACTORY_HUB_CONNECT_IP", "127.0.0.1")
-c.JupyterHub.hub_bind_url = f"http://{hub_ip}:8081"
+c.JupyterHub.hub_bind_url = f"https://{hub_ip}:8081"
 c.JupyterHub.hub_connect_ip = hub_ip
 
 state = "/var/lib/aifactory/hub"
+# Certificates between the hub, its proxy, the service and the sessions (JupyterHub's
+# internal_ssl, CAs made by the hub in its state folder): each side shows its own and checks
+# the other's. A session's server answers only the proxy and the hub; the proxy forwards a
+# person's requests only to a server with that person's certificate (aifactory.spawner.certs
+# brings it into the job); sessions reach the hub's API only with theirs.
+c.JupyterHub.internal_ssl = True
+c.JupyterHub.internal_certs_location = f"{state}/internal-ssl"
+c.JupyterHub.trusted_alt_names = [f"IP:{hub_ip}"]
 c.JupyterHub.db_url = f"sqlite:///{state}/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = f"{state}/jupyterhub_cookie_secret"
 c.ConfigurableHTTPProxy.pid_file = f"{state}/jupyterhub-proxy.pid"

@@ -9,9 +9,10 @@ import re
 import signal
 import stat
 import subprocess
+from pathlib import Path
 
 from conftest import (HUB, VENV_PYTHON, as_user, cli, driver, lines, notebook_jobs,
-                      notebook_process, process_env, submit, tagged, wait_until)
+                      notebook_process, process_env, submit, tagged, user_url, wait_until)
 
 from aifactory import dask_tls, slurm
 from aifactory.dask import TLS_OFF_WORDS
@@ -399,3 +400,125 @@ def test_the_sessions_proxy_reaches_no_other_users_port_and_hands_on_no_credenti
     finally:
         for listener in listeners:
             end(listener)
+
+
+# dave's TLS listener with his own session's certificate (valid, from the same CA as alice's):
+# it counts the connections it is offered and keeps the requests that reach it.
+TLS_LISTENER = """
+import http.server, json, ssl, sys
+port, seen, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert, key)
+class Keep(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        with open(seen, "a") as f:
+            f.write(json.dumps({"path": self.path, **dict(self.headers.items())}) + "\\n")
+        self.send_response(200); self.end_headers(); self.wfile.write(b"dave was here")
+    def log_message(self, *args):
+        pass
+class Server(http.server.HTTPServer):
+    def get_request(self):
+        sock, address = self.socket.accept()
+        with open(seen + ".connections", "a") as f:
+            f.write("connection\\n")
+        return context.wrap_socket(sock, server_side=True), address
+Server(("", port), Keep).serve_forever()
+"""
+
+
+def test_a_port_taken_after_alices_server_died_gets_none_of_her_requests(hub_client):
+    alice, dave = hub_client("alice"), hub_client(ATTACKER)
+    alice.start(profile="cpu")
+    dave.start(profile="cpu")
+    [job], [daves_job] = notebook_jobs("alice"), notebook_jobs(ATTACKER)
+    assert daves_job.nodes == job.nodes, "both sessions should share the cpu node"
+    port = session_port("alice", job.job_id)
+    status = f"{user_url('alice')}api/status"
+    assert alice.http.get(status, timeout=30).status_code == 200
+    daves = process_env(notebook_process(ATTACKER))
+    seen = f"/tmp/saw-alices-requests-{port}.jsonl"
+    for path in (seen, seen + ".connections"):
+        if os.path.exists(path):
+            os.remove(path)
+    # alice's server dies; before the hub's next poll dave takes its port, with his own
+    # session's certificate, which the proxy's CA signed too.
+    os.kill(notebook_process("alice"), signal.SIGKILL)
+    squat = on_node_as(job.nodes, ATTACKER, VENV_PYTHON, "-c", TLS_LISTENER, str(port), seen,
+                       daves["JUPYTERHUB_SSL_CERTFILE"], daves["JUPYTERHUB_SSL_KEYFILE"])
+    try:
+        wait_until(lambda: listening_user(job.nodes, port) == ATTACKER, 20,
+                   what="dave's listener on alice's port")
+        answers = [alice.http.get(status, timeout=30) for _ in range(3)]
+        # The proxy came to dave's port (the route was still there) and left at the handshake:
+        # his certificate names dave's origin, not alice's.
+        assert os.path.exists(seen + ".connections"), "the proxy never tried the port"
+        assert not os.path.exists(seen), f"dave received alice's requests: {open(seen).read()}"
+        assert all("dave was here" not in a.text for a in answers)
+        assert all(a.status_code != 200 for a in answers)
+    finally:
+        end(squat)
+
+
+def listening_user(node: str, port: int) -> str | None:
+    out = subprocess.run(["ip", "netns", "exec", node, "ss", "-Hltnp", f"sport = :{port}"],
+                         capture_output=True, text=True).stdout
+    found = re.search(r"pid=(\d+)", out)
+    if not found:
+        return None
+    uid = os.stat(f"/proc/{found.group(1)}").st_uid
+    return next((u for u in ("alice", ATTACKER) if os.stat(f"/home/{u}").st_uid == uid), "?")
+
+
+# A TLS client of dave's on the node, without a certificate the server trusts.
+TLS_CLIENT = """
+import socket, ssl, sys
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+if len(sys.argv) > 3:
+    context.load_cert_chain(sys.argv[3], sys.argv[4])
+try:
+    with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10) as raw:
+        with context.wrap_socket(raw) as tls:
+            tls.sendall(b"GET /api/status HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+            print("answered:", tls.recv(200)[:40])
+except (OSError, ssl.SSLError) as e:
+    print("refused:", type(e).__name__)
+"""
+
+
+def test_alices_session_certificate_and_server_are_hers_and_the_proxys_alone(hub_client):
+    alice, dave = hub_client("alice"), hub_client(ATTACKER)
+    alice.start(profile="cpu")
+    dave.start(profile="cpu")
+    [job] = notebook_jobs("alice")
+    env = process_env(notebook_process("alice"))
+    alice_uid = os.stat("/home/alice").st_uid
+    for variable in ("JUPYTERHUB_SSL_KEYFILE", "JUPYTERHUB_SSL_CERTFILE"):
+        path = env[variable]
+        info = os.stat(path)
+        assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (alice_uid, 0o600), path
+        refused = subprocess.run(["runuser", "-u", ATTACKER, "--", "cat", path],
+                                 capture_output=True, text=True)
+        assert refused.returncode != 0 and "BEGIN" not in refused.stdout
+    # The script that carried it: Slurm hands it to its owner only.
+    script = subprocess.run(["runuser", "-u", ATTACKER, "--", "scontrol", "write",
+                             "batch_script", job.job_id, "-"], capture_output=True, text=True)
+    assert script.returncode != 0 and "BEGIN" not in script.stdout, script.stdout[:200]
+    # The hub keeps no copy of the session's key, and the CAs' keys are out of dave's reach.
+    internal = Path("/var/lib/aifactory/hub/internal-ssl")
+    assert not list(internal.glob("user-alice*/*.key"))
+    ca_keys = list(internal.glob("*-ca/*.key"))
+    assert {k.parent.name for k in ca_keys} >= {"notebooks-ca", "proxy-client-ca", "hub-ca"}
+    for key in ca_keys:
+        read = subprocess.run(["runuser", "-u", ATTACKER, "--", "cat", key], capture_output=True)
+        assert read.returncode != 0 and not read.stdout, key
+    # dave on alice's node reaches her server's port, but not her server: with no certificate,
+    # or with his own session's, the handshake fails before any request is read.
+    port = session_port("alice", job.job_id)
+    daves = process_env(notebook_process(ATTACKER))
+    for extra in ((), (daves["JUPYTERHUB_SSL_CERTFILE"], daves["JUPYTERHUB_SSL_KEYFILE"])):
+        tried = on_node_as(job.nodes, ATTACKER, VENV_PYTHON, "-c", TLS_CLIENT, job.nodes,
+                           str(port), *extra)
+        out, _ = tried.communicate(timeout=30)
+        assert out.startswith("refused:"), out
+    assert alice.http.get(f"{user_url('alice')}api/status", timeout=30).status_code == 200

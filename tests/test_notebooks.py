@@ -243,7 +243,7 @@ def test_the_workshop_notebook_runs_as_an_instructors_session_would(hub_client):
         hub_client(student)  # their sessions are stopped afterwards, whatever happens
     token = carol.token()
     env = ("AIFACTORY_ALLOCATIONS_URL=http://10.77.0.1:8090/services/allocations/",
-           "JUPYTERHUB_API_URL=http://10.77.0.1:8081/hub/api", f"JUPYTERHUB_API_TOKEN={token}")
+           "JUPYTERHUB_API_URL=https://10.77.0.1:8081/hub/api", f"JUPYTERHUB_API_TOKEN={token}")
     job_name = f"notebook-test-05-{uuid.uuid4().hex[:6]}"
     report: dict = {}
     try:

@@ -46,6 +46,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from . import allocations, courses, names, report, slurm
 from . import site_description as site_module
 from .allocations import FETCH, AccessError, Snapshot, Viewer
+from .internal_ssl import hub_ssl_context
 from .site_description import profile_name
 
 log = logging.getLogger("aifactory.service")
@@ -304,11 +305,12 @@ class Hub:
     def __init__(self, hub_api: str, token: str, max_age: float = 2):
         self.hub_api, self.token, self.max_age = hub_api.rstrip("/"), token, max_age
         self._users: tuple[float, dict[str, dict]] | None = None
+        self.ssl_context = hub_ssl_context()  # the service's certificate under internal_ssl
 
     async def get(self, path: str):
         response = await AsyncHTTPClient().fetch(
             f"{self.hub_api}/{path}", headers={"Authorization": f"token {self.token}"},
-            request_timeout=10)
+            request_timeout=10, ssl_options=self.ssl_context)
         return json.loads(response.body)
 
     async def users(self) -> dict[str, dict]:

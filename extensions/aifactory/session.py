@@ -134,6 +134,8 @@ def bound_port(serverapp) -> int | None:
 async def _report_port(serverapp) -> None:
     from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
+    from .internal_ssl import hub_ssl_context
+
     for _ in range(600):  # the loop may run before the server has bound (singleuser's checks)
         if (port := bound_port(serverapp)) is not None:
             break
@@ -148,7 +150,8 @@ async def _report_port(serverapp) -> None:
     for wait in (1, 2, 4, 8, 16, 0):  # a hub restart takes some seconds
         try:
             await AsyncHTTPClient().fetch(url, method="POST", headers=headers,
-                                          body=json.dumps({"port": port}), request_timeout=20)
+                                          body=json.dumps({"port": port}), request_timeout=20,
+                                          ssl_options=hub_ssl_context())
             serverapp.log.info("aifactory: told the hub this session listens on port %s", port)
             return
         except (HTTPClientError, OSError) as e:

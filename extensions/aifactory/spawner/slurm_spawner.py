@@ -20,8 +20,11 @@ import asyncio
 import os
 import pwd
 import shlex
+import shutil
 import time
 from datetime import datetime
+from pathlib import Path
+from urllib.parse import urlparse
 
 import batchspawner
 from batchspawner.batchspawner import JobStatus
@@ -35,6 +38,7 @@ from .. import slurm
 from ..availability import held_nodes, usable_reservations
 from ..snapshot import VIEW
 from . import callback  # noqa: F401  (closes batchspawner's port-callback hole)
+from . import certs
 from . import status as states
 from .form import render
 from .status import SUBMITTED, Status, session_status
@@ -77,6 +81,8 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
     material_source = ""  # the course material's folder, for this start
     material_dest = ""    # ... copied to this folder of the home (the course's name)
     _submitted_at = 0.0
+    # The session's certificate and key (internal_ssl), brought into the job by its script
+    _session_pems: dict[str, str] = {}
     # The TRESBillingWeights the last request was priced with (None: Slurm's could not be read)
     _partition_weights: str | None = ""
 
@@ -214,6 +220,31 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             raise StartError(f"{requester.name} may not start a '{request.profile}' session "
                              f"for {self.user.name}.")
 
+    # --- the session's certificate (internal_ssl) ----------------------------------------------
+
+    async def create_certs(self):
+        """The session's certificate names the user's own origin (<user>.<hub host>): the proxy
+        checks an upstream's certificate against the Host of the request it forwards, so it
+        sends alice's requests only to a server holding alice's certificate, and never to
+        another user's process that took the port after her server died. The node names are
+        for the hub's own check that the server is up."""
+        try:
+            nodes = sorted(node.name for node in await VIEW.nodes.get(300))
+        except slurm.SlurmError:
+            raise StartError("The scheduler is unreachable right now; your session was not "
+                             "submitted. Please try again in a minute.") from None
+        own = [f"DNS:{urlparse(self.user.host).hostname}"] if self.user.host else []
+        self.ssl_alt_names = [*own, *(f"DNS:{name}" for name in nodes)]
+        return await super().create_certs()
+
+    async def move_certs(self, paths):
+        """Read into the job script (aifactory.spawner.certs), which only the job's user can
+        read back from Slurm; the hub keeps no copy of the session's key."""
+        self._session_pems = {name: Path(paths[name]).read_text()
+                              for name in ("keyfile", "certfile", "cafile")}
+        shutil.rmtree(Path(paths["keyfile"]).parent, ignore_errors=True)
+        return {name: f"(in job {name})" for name in paths}
+
     # --- the job ----------------------------------------------------------------------------
 
     def job_script(self, request: SessionRequest) -> str:
@@ -256,6 +287,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             "if python -P -m aifactory.dask_tls; then",
             *(f"  export {k}={shlex.quote(v)}" for k, v in dask_tls.environment(home).items()),
             "fi",
+            *certs.job_lines(self._session_pems),
         ]
         if self.material_source:
             # As the participant: their own edits are kept (aifactory.material).
@@ -298,6 +330,8 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         env["AIFACTORY_PROFILE"] = self.session_request.profile
         env["SLURM_UMASK"] = "0077"  # sbatch passes it on: the job's log is the user's alone
         env["AIFACTORY_REPORT_PORT"] = "1"  # once it listens (aifactory.session)
+        for name in certs.ENV.values():  # the job script writes them and sets these (certs.job_lines)
+            env.pop(name, None)
         self.job_id = await slurm.submit_async(self.job_script(self.session_request),
                                                user=self.user.name, env=env)
         # slurmctld knows the job once sbatch has answered: a queue fetch begun after this

@@ -1,0 +1,43 @@
+"""The session's certificate travels in its job script (aifactory.spawner.certs): pure rules,
+and the script's lines run by bash."""
+
+import os
+import stat
+import subprocess
+
+import pytest
+
+from aifactory.spawner import certs
+
+KEY = "-----BEGIN PRIVATE KEY-----\nMIIBVQIBADANBgkqhkiG9w0BAQEFAASC\nAT8wggE7AgEAAkEA\n-----END PRIVATE KEY-----\n"
+CERT = "-----BEGIN CERTIFICATE-----\nMIIBszCCAV2gAwIBAgIUQ==\n-----END CERTIFICATE-----\n"
+PEMS = {"keyfile": KEY, "certfile": CERT, "cafile": CERT + CERT}
+
+
+def test_the_scripts_lines_write_each_pem_privately_and_point_the_server_at_it(tmp_path):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir(mode=0o700)
+    script = "\n".join(["umask 077", *certs.job_lines(PEMS),
+                        'env | grep ^JUPYTERHUB_SSL_ | sort']) + "\n"
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True,
+                         env={"AIFACTORY_SCRATCH": str(scratch), "PATH": os.environ["PATH"]})
+    env = dict(line.split("=", 1) for line in out.stdout.split())
+    assert set(env) == set(certs.ENV.values())
+    for name, variable in certs.ENV.items():
+        path = env[variable]
+        assert path.startswith(str(scratch / "certs") + "/")
+        assert open(path).read() == PEMS[name]
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(scratch / "certs").st_mode) == 0o700
+
+
+def test_no_certificate_no_lines():
+    assert certs.job_lines({}) == []
+
+
+@pytest.mark.parametrize("text", [
+    "not a pem", KEY + certs.END + "\nrm -rf ~\n", KEY.replace("MIIB", "MI'B"),
+    "-----BEGIN CERTIFICATE-----\n$(id)\n-----END CERTIFICATE-----\n"])
+def test_what_is_not_pem_never_reaches_the_script(text):
+    with pytest.raises(ValueError, match="not PEM"):
+        certs.job_lines({"keyfile": text})
