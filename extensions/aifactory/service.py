@@ -338,7 +338,8 @@ class Hub:
             response = await AsyncHTTPClient().fetch(
                 f"{self.hub_api}/{path}", method=method, request_timeout=30,
                 headers={"Authorization": f"token {self.token}"},
-                body=None if body is None else json.dumps(body), allow_nonstandard_methods=True)
+                body=None if body is None else json.dumps(body), allow_nonstandard_methods=True,
+                ssl_options=self.ssl_context)
         except HTTPClientError as e:
             if e.response is None:
                 raise
