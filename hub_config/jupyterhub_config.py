@@ -50,7 +50,30 @@ state = "/var/lib/aifactory/hub"
 # brings it into the job); sessions reach the hub's API only with theirs.
 c.JupyterHub.internal_ssl = True
 c.JupyterHub.internal_certs_location = f"{state}/internal-ssl"
-c.JupyterHub.trusted_alt_names = [f"IP:{hub_ip}"]
+# The proxy checks the hub's certificate against the Host it forwards, and the hub's pages
+# answer on users' subdomains too (to say that they are not the hub's own): name them all.
+public_host = urlparse(public_url).hostname
+c.JupyterHub.trusted_alt_names = [f"IP:{hub_ip}", f"DNS:{public_host}", f"DNS:*.{public_host}"]
+
+
+def _forget_certificates_without(names, folder):
+    """The hub makes its certificates once, when they are missing: after the names change
+    (a new host, an older install), start over with new CAs. Sessions started before need a
+    restart then; their certificates came from the old CAs."""
+    cert = Path(folder, "hub-internal", "hub-internal.crt")
+    if not cert.exists():
+        return
+    from cryptography import x509
+    with cert.open("rb") as f:
+        san = x509.load_pem_x509_certificate(f.read()).extensions.get_extension_for_class(
+            x509.SubjectAlternativeName).value
+    have = {f"DNS:{n}" for n in san.get_values_for_type(x509.DNSName)}
+    if not {n for n in names if n.startswith("DNS:")} <= have:
+        import shutil
+        shutil.rmtree(folder)
+
+
+_forget_certificates_without(c.JupyterHub.trusted_alt_names, c.JupyterHub.internal_certs_location)
 c.JupyterHub.db_url = f"sqlite:///{state}/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = f"{state}/jupyterhub_cookie_secret"
 c.ConfigurableHTTPProxy.pid_file = f"{state}/jupyterhub-proxy.pid"
