@@ -215,7 +215,7 @@ def hub_configs(workdir: Path, users: list[str], material: Path, with_course: bo
     groups = {PARTICIPANTS_GROUP: {"users": users}, INSTRUCTORS_GROUP: {"users": []}}
     roles = ""
     if with_course:  # as hub_config/jupyterhub_config.py: the instructors' role
-        roles = ("from aifactory import courses as _courses, site_description as _site\n"
+        roles = ("from aifactory import course_rules as _courses, site_description as _site\n"
                  "c.JupyterHub.load_roles = list(c.JupyterHub.load_roles) + "
                  f"_courses.hub_roles(_site.load({str(site_path)!r}))")
     # The same copy as the course material's, done by the job before the server starts.

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from urllib.parse import urlparse
 
-from aifactory import courses, site_description
+from aifactory import course_rules, courses, site_description
 
 c = get_config()  # noqa: F821
 here = Path(__file__).resolve().parent
@@ -165,20 +165,20 @@ c.JupyterHub.services = [{
 the_site = site_description.load(here / "site.yaml")
 if login != "oidc":  # the authenticator manages groups then
     c.JupyterHub.load_groups = courses.hub_groups(the_site)
-c.JupyterHub.load_roles = [*courses.hub_roles(the_site),
+c.JupyterHub.load_roles = [*course_rules.hub_roles(the_site),
     # Every user may ask the service (it shows each only what is theirs).
     {"name": "user", "scopes": ["self", "access:services!service=allocations"]},
     # The service learns who is an admin and who is in which group; for courses it starts and
     # stops participants' sessions (for instructors, after its checks) and keeps the groups.
     {"name": "allocations-service", "services": ["allocations"],
      "scopes": ["list:users", "read:users", "read:groups", "read:servers",
-                *courses.service_scopes(the_site)]},
+                *course_rules.service_scopes(the_site)]},
 ]
 # A session's own token reaches the service too, so widgets in the notebook can use it; an
 # instructor's also carries their course role (the hub grants nobody scopes they lack).
 c.Spawner.server_token_scopes = ["users:activity!user", "access:servers!server",
                                  "access:services!service=allocations",
-                                 *courses.session_token_scopes(the_site)]
+                                 *course_rules.session_token_scopes(the_site)]
 c.Spawner.environment = {"AIFACTORY_ALLOCATIONS_URL": f"{allocations_url}/services/allocations/",
                          # GPUCluster reads its defaults from the site description.
                          "AIFACTORY_SITE": str(here / "site.yaml")}

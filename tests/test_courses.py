@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import NOW, past, snapshot
 
-from aifactory import allocations, courses, material, report, slurm
+from aifactory import allocations, course_rules, courses, material, report, slurm
 from aifactory import site_description as site_module
 from aifactory.allocations import AccessError, Viewer
 
@@ -62,28 +62,28 @@ def test_a_wrong_course_is_refused_with_a_sentence(tmp_path, change, message):
 
 def test_the_window_says_when_a_course_opens_and_how_long_it_has_left():
     now = dt.datetime(2026, 11, 22, 12, 0).timestamp()
-    assert courses.window(DL101, OPEN, now)["state"] == "open"
-    assert courses.window(DL101, OPEN, now)["time_left_s"] == 3.5 * 3600
+    assert course_rules.window(DL101, OPEN, now)["state"] == "open"
+    assert course_rules.window(DL101, OPEN, now)["time_left_s"] == 3.5 * 3600
     later = {"dl101": replace(OPEN["dl101"], start=dt.datetime(2026, 11, 25, 9).timestamp())}
-    w = courses.window(DL101, later, now)
+    w = course_rules.window(DL101, later, now)
     assert (w["state"], w["text"]) == ("not yet", "DL101: deep learning on GPUs opens at Wed 25 "
                                        "Nov 2026 09:00 (in 3 days); you can start a session in it then.")
-    assert courses.window(DL101, {}, now)["state"] == "closed"
+    assert course_rules.window(DL101, {}, now)["state"] == "closed"
 
 
 def test_only_an_instructor_may_start_a_course_session_for_a_participant():
     instructor, participant = ["dl101-instructors"], ["dl101-participants"]
-    assert courses.may_start_for(SITE, instructor, participant, "course-dl101")
-    assert not courses.may_start_for(SITE, instructor, participant, "h100-4")  # not the course's
-    assert not courses.may_start_for(SITE, instructor, ["ml202-participants"], "course-ml202")
-    assert not courses.may_start_for(SITE, participant, participant, "course-dl101")
-    roles = {r["name"]: r for r in courses.hub_roles(SITE)}
+    assert course_rules.may_start_for(SITE, instructor, participant, "course-dl101")
+    assert not course_rules.may_start_for(SITE, instructor, participant, "h100-4")  # not the course's
+    assert not course_rules.may_start_for(SITE, instructor, ["ml202-participants"], "course-ml202")
+    assert not course_rules.may_start_for(SITE, participant, participant, "course-dl101")
+    roles = {r["name"]: r for r in course_rules.hub_roles(SITE)}
     assert roles["instructor-dl101"]["groups"] == ["dl101-instructors"]
     assert all(s.endswith("!group=dl101-participants") for s in roles["instructor-dl101"]["scopes"])
     # No right over other people's servers in the hub: the service acts after its checks.
     assert not any(s.startswith("servers") for s in roles["instructor-dl101"]["scopes"])
     assert {"servers!group=dl101-participants", "groups!group=dl101-instructors"} <= set(
-        courses.service_scopes(SITE))
+        course_rules.service_scopes(SITE))
 
 
 def session(job_id, user, state, reason="None", nodes=""):

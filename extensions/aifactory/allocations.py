@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
-from . import courses as courses_module
+from . import course_rules
 from . import site_description as site_module
 from . import slurm
 from .billing import Billing
@@ -306,8 +306,8 @@ def courses_list(viewer: Viewer, snap: Snapshot, site_courses, now: float | None
     now = now or time.time()
     rows = []
     for c in site_courses:
-        if role := courses_module.role(c, viewer.groups, viewer.admin):
-            rows.append(courses_module.summary(c, role, snap.reservations, now, hub_url))
+        if role := course_rules.role(c, viewer.groups, viewer.admin):
+            rows.append(course_rules.summary(c, role, snap.reservations, now, hub_url))
     return {**_meta(snap, courses_list.parts, now), "user": viewer.name, "courses": rows}
 
 
@@ -362,9 +362,9 @@ def course(viewer: Viewer, snap: Snapshot, c, participants: list[str],
     spawn link (under `hub_url`)."""
     now = now or time.time()
     billing = billing or site_billing()
-    if courses_module.role(c, viewer.groups, viewer.admin) not in ("admin", "instructor"):
+    if course_rules.role(c, viewer.groups, viewer.admin) not in ("admin", "instructor"):
         raise AccessError(403, f"You do not teach {c.display_name}.")
-    window = courses_module.window(c, snap.reservations, now)
+    window = course_rules.window(c, snap.reservations, now)
     budget_row = next((b for b in snap.shares if b.account == c.account and not b.user), None)
     rows = [participant_row(name, hub_users.get(name), snap, c, now, billing)
             for name in sorted(participants)]

@@ -1,4 +1,4 @@
-"""Courses in the hub: their groups, the instructors' rights, and who may start what.
+"""Courses in the hub, its I/O: the course groups from Unix groups, and git material.
 
 A course (site.yaml `courses`) names two hub groups. The hub config loads them from the Unix
 groups of the same names (a site's LDAP or course enrolment), and the allocations service
@@ -11,7 +11,6 @@ right over other people's servers.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import grp
 import shutil
 import subprocess
@@ -19,23 +18,6 @@ import time
 from pathlib import Path
 
 from .site_description import Course, Site
-
-
-def instructor_scopes(course: Course) -> list[str]:
-    """What instructors hold in the hub themselves: seeing their participants' activity.
-    Starting and stopping course sessions goes through the allocations service, which checks
-    that it is the course's session (a hub scope cannot say which server)."""
-    return [f"read:users:activity!group={course.participants}"]
-
-
-def service_scopes(site: Site) -> list[str]:
-    """The allocations service's rights for courses: participants' servers (it acts for
-    instructors after its own checks) and the course groups (kept as the Unix groups)."""
-    scopes = []
-    for c in site.courses:
-        scopes += [f"servers!group={c.participants}", f"groups!group={c.participants}",
-                   f"groups!group={c.instructors}"]
-    return scopes
 
 
 def hub_groups(site: Site, log=print) -> dict[str, dict]:
@@ -53,49 +35,6 @@ def hub_groups(site: Site, log=print) -> dict[str, dict]:
     return groups
 
 
-def hub_roles(site: Site) -> list[dict]:
-    """JupyterHub `load_roles`: one role per course, held by its instructors' group."""
-    return [{"name": f"instructor-{c.name}", "description": f"Instructors of {c.display_name}",
-             "groups": [c.instructors], "scopes": instructor_scopes(c)} for c in site.courses]
-
-
-def session_token_scopes(site: Site) -> list[str]:
-    """Scopes a session token asks for beyond the basics. The hub grants each only to users
-    who hold it already (instructors), so other people's tokens get none of these."""
-    return [s for c in site.courses for s in instructor_scopes(c)]
-
-
-def may_start_for(site: Site, requester_groups, user_groups, profile: str) -> bool:
-    """May someone (not an admin) start `profile` for another user? Only an instructor, only
-    their course's profile, only for that course's participants."""
-    course = next((c for c in site.courses if c.profile == profile), None)
-    return (course is not None and course.instructors in set(requester_groups)
-            and course.participants in set(user_groups))
-
-
-def role(course: Course, groups, admin: bool = False) -> str | None:
-    """How someone stands to a course: admin, instructor, participant, or not at all."""
-    if admin:
-        return "admin"
-    if course.instructors in groups:
-        return "instructor"
-    if course.participants in groups:
-        return "participant"
-    return None
-
-
-def summary(course: Course, role: str, reservations: dict | None, now: float | None = None,
-            base_url: str = "/hub/") -> dict:
-    """A course in someone's list of courses: their role, its window, its spawn link
-    (window "" when the reservations are not known yet)."""
-    w = (window(course, reservations, now) if reservations is not None
-         else {"state": "", "text": ""})
-    return {"name": course.name, "display_name": course.display_name, "role": role,
-            "account": course.account, "reservation": course.reservation,
-            "window": w["state"], "window_text": w["text"],
-            "spawn_url": course.spawn_url(base_url)}
-
-
 def publish(staging: Path, target: Path) -> None:
     """Make the folder `staging` readable by everyone and put it in place of `target`."""
     for p in [staging, *staging.rglob("*")]:
@@ -103,36 +42,6 @@ def publish(staging: Path, target: Path) -> None:
             p.chmod(0o755 if p.is_dir() else 0o644)
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
-
-
-def window(course: Course, reservations: dict, now: float | None = None) -> dict:
-    """The course's time window from its reservation: open, not yet open, or over."""
-    now = now or time.time()
-    res = reservations.get(course.reservation)
-    if res is None:
-        return {"state": "closed", "starts": None, "ends": None, "time_left_s": None,
-                "text": f"{course.display_name} has no reservation now (it has ended or is "
-                        "not made yet)."}
-    starts, ends = res.start, res.end
-    if res.active(now):
-        left = max(0, int(ends - now)) if ends else None
-        return {"state": "open", "starts": starts, "ends": ends, "time_left_s": left,
-                "text": f"Open until {_when(ends, now)}." if ends else "Open."}
-    return {"state": "not yet", "starts": starts, "ends": ends, "time_left_s": None,
-            "text": f"{course.display_name} opens at {_when(starts, now)}; you can start a "
-                    "session in it then."}
-
-
-def _when(epoch: float | None, now: float) -> str:
-    if not epoch:
-        return "a time not known yet"
-    at = dt.datetime.fromtimestamp(epoch).strftime("%a %d %b %Y %H:%M")
-    ahead = epoch - now
-    if ahead >= 2 * 86400:
-        return f"{at} (in {ahead / 86400:.0f} days)"
-    if ahead >= 3600:
-        return f"{at} (in {ahead / 3600:.0f} h)"
-    return f"{at} (in {max(ahead, 0) / 60:.0f} min)"
 
 
 # Git material is cloned here by the hub (at most every GIT_MAX_AGE s), readable by everyone;

@@ -35,7 +35,7 @@ def render(site: Site, *, selected: str, accounts: list[str], default_account: s
            unreachable: str = "", profiles=None, course_notes: dict | None = None,
            weights: dict[str, str] | None = None) -> str:
     """`profiles`: those this person may choose (default: all); `course_notes`: per course
-    profile, its window (courses.window), shown on the profile; `weights`: each partition's
+    profile, its window (course_rules.window), shown on the profile; `weights`: each partition's
     TRESBillingWeights where the site bills in units. Budgets are in minutes of its TRES."""
     profiles = site.profiles if profiles is None else profiles
     billing = site.billing

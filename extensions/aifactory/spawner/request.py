@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
-from .. import courses, slurm
+from .. import course_rules, slurm
 from ..billing import Billing
 from ..site_description import (ENVIRONMENT_OPTION, FIELDS, Site, format_minutes,
                                 walltime_minutes)
@@ -225,7 +225,7 @@ def resolve(site: Site, raw: Mapping[str, Any], *, user: str, accounts: list[str
     if reservation:
         usable = usable_reservations(reservations, user, accounts)
         if profile.course and reservation not in reservations:
-            raise RequestError(courses.window(site.course(profile.course), reservations)["text"])
+            raise RequestError(course_rules.window(site.course(profile.course), reservations)["text"])
         if reservation not in usable:
             raise RequestError(f"Reservation '{reservation}' is not one you may use.")
         res = usable[reservation]
@@ -234,7 +234,7 @@ def resolve(site: Site, raw: Mapping[str, Any], *, user: str, accounts: list[str
                                f"{', '.join(res.accounts)}, not {account}.")
         if not res.active():
             if profile.course:
-                raise RequestError(courses.window(site.course(profile.course),
+                raise RequestError(course_rules.window(site.course(profile.course),
                                                   reservations)["text"])
             start = (time.strftime("%Y-%m-%d %H:%M", time.localtime(res.start))
                      if res.start else "a later time")

@@ -31,7 +31,7 @@ from batchspawner.batchspawner import JobStatus
 from jupyterhub.user import User
 from traitlets import Float, Unicode, default
 
-from .. import courses, dask_tls
+from .. import course_rules, courses, dask_tls
 from .. import site_description as site_module
 from ..billing import WeightsError, parse_weights
 from .. import slurm
@@ -116,7 +116,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         notes = {}
         for course in site.courses:
             if course.participants in groups:
-                notes[course.profile] = courses.window(course, reservations_all)
+                notes[course.profile] = course_rules.window(course, reservations_all)
         open_now = [slug for slug, n in notes.items() if n["state"] == "open"]
         # During a course its participants start in the course's profile unless they choose.
         selected = (profile_name(self.user_options)
@@ -215,7 +215,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         requester = getattr(getattr(self, "handler", None), "current_user", None)
         if not isinstance(requester, User) or requester.name == self.user.name or requester.admin:
             return
-        if not courses.may_start_for(self.site, {g.name for g in requester.groups},
+        if not course_rules.may_start_for(self.site, {g.name for g in requester.groups},
                                      self.hub_groups(), request.profile):
             raise StartError(f"{requester.name} may not start a '{request.profile}' session "
                              f"for {self.user.name}.")
@@ -543,8 +543,8 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         if reservations is None:  # not asked since the hub started: ask now, for next time
             asyncio.ensure_future(VIEW.reservations.get(60)).add_done_callback(
                 lambda f: f.exception())
-        return [courses.summary(course, role, reservations, base_url=self.hub.base_url)
-                for course in self.site.courses if (role := courses.role(course, groups))]
+        return [course_rules.summary(course, role, reservations, base_url=self.hub.base_url)
+                for course in self.site.courses if (role := course_rules.role(course, groups))]
 
     def environment_name(self) -> str:
         """The display name of the session's software environment ("" for none)."""
