@@ -13,9 +13,9 @@ from aifactory import course_rules, courses, site_description
 c = get_config()  # noqa: F821
 here = Path(__file__).resolve().parent
 
-# The public face: the proxy on the login node, serving https with the certificate named by
-# AIFACTORY_TLS_CERT and _KEY (the demo's comes from its own CA; a site uses its own wildcard
-# certificate); plain http on AIFACTORY_HTTP_PORT only redirects to it.
+# The public face: the proxy on the login node, serving https with the site's certificate (the
+# demo's comes from its own CA; a site uses its own wildcard certificate); plain http only
+# redirects to it (aifactory.cluster.hub.proxy_command).
 # Each user's server has a browser origin of its own, https://<user>.<host> (and the service
 # https://allocations--service.<host>): a page served by one user's server cannot read the
 # hub's pages, or another user's, in someone else's browser. In the demo the host is
@@ -26,13 +26,12 @@ c.JupyterHub.subdomain_host = public_url
 https = public_url.startswith("https://")
 public_port = urlparse(public_url).port or (443 if https else 80)
 c.JupyterHub.bind_url = f"{'https' if https else 'http'}://127.0.0.1:{public_port}"
-if https:
-    c.JupyterHub.ssl_cert = os.environ["AIFACTORY_TLS_CERT"]
-    c.JupyterHub.ssl_key = os.environ["AIFACTORY_TLS_KEY"]
-    c.ConfigurableHTTPProxy.command = [
-        "configurable-http-proxy",
-        "--redirect-port", os.environ.get("AIFACTORY_HTTP_PORT", "8000"),
-        "--redirect-to", str(public_port)]
+# The proxy is a service of its own (aifactory.cluster.hub starts it; a site, its unit): a
+# hub restart leaves people's connections to their sessions open. The hub reaches its API with
+# the token both read from AIFACTORY_PROXY_TOKEN_FILE.
+c.ConfigurableHTTPProxy.should_start = False
+c.ConfigurableHTTPProxy.api_url = "https://127.0.0.1:8001"
+c.ConfigurableHTTPProxy.auth_token = Path(os.environ["AIFACTORY_PROXY_TOKEN_FILE"]).read_text().strip()
 # Over https, cookies are __Host- ones that a user's server cannot set from its subdomain
 # (cookie tossing); plain http cannot have them (README).
 c.JupyterHub.cookie_host_prefix_enabled = https
@@ -74,9 +73,15 @@ def _forget_certificates_without(names, folder):
 
 
 _forget_certificates_without(c.JupyterHub.trusted_alt_names, c.JupyterHub.internal_certs_location)
-c.JupyterHub.db_url = f"sqlite:///{state}/jupyterhub.sqlite"
+# The hub's database: PostgreSQL on the login node (aifactory.cluster.hub_database), with
+# the password in AIFACTORY_HUB_DB_PASSWORD_FILE; without one, SQLite (one laptop).
+if db_password_file := os.environ.get("AIFACTORY_HUB_DB_PASSWORD_FILE"):
+    db_host = os.environ.get("AIFACTORY_HUB_DB_HOST", "127.0.0.1")
+    c.JupyterHub.db_url = (f"postgresql+psycopg://jupyterhub:"
+                           f"{Path(db_password_file).read_text().strip()}@{db_host}:5432/jupyterhub")
+else:
+    c.JupyterHub.db_url = f"sqlite:///{state}/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = f"{state}/jupyterhub_cookie_secret"
-c.ConfigurableHTTPProxy.pid_file = f"{state}/jupyterhub-proxy.pid"
 c.JupyterHub.template_paths = [str(here / "templates")]
 
 # Login: through the site's OpenID Connect provider ("oidc": SRAM, MyAccessID; the demo runs
@@ -144,17 +149,14 @@ c.Spawner.poll_interval = 30
 c.JupyterHub.cleanup_servers = False
 
 # The allocations service: one cached view of Slurm (budgets, jobs, GPUs) for the widgets and
-# the CLI. It listens where compute nodes reach it; the proxy serves it to browsers too.
+# the CLI. It listens where compute nodes reach it; the proxy serves it to browsers too. It
+# runs apart from the hub (aifactory.cluster.hub; a site, its unit) with the token in
+# AIFACTORY_ALLOCATIONS_TOKEN_FILE, which is also its OAuth client's secret.
 allocations_url = f"http://{hub_ip}:8090"
 c.JupyterHub.services = [{
     "name": "allocations",
     "url": allocations_url,
-    "command": [os.environ.get("AIFACTORY_VENV", "/opt/aifactory/venv") + "/bin/python",
-                "-P", "-m", "aifactory.service"],
-    "environment": {"AIFACTORY_SITE": str(here / "site.yaml"), "AIFACTORY_PUBLIC_URL": public_url,
-                    "JUPYTERHUB_COOKIE_HOST_PREFIX_ENABLED": "1" if https else "0",
-                    # With an IdP its entitlements set the course groups; else the Unix groups.
-                    "AIFACTORY_COURSE_GROUPS_FROM": "idp" if login == "oidc" else "unix"},
+    "api_token": Path(os.environ["AIFACTORY_ALLOCATIONS_TOKEN_FILE"]).read_text().strip(),
     "oauth_no_confirm": True,
     "display": False,
 }]

@@ -13,13 +13,13 @@ import html
 import json
 import os
 import re
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 from urllib.parse import urljoin
 
+import psycopg
 import pytest
 import requests
 
@@ -67,7 +67,16 @@ CLI = Path(sys.executable).parent / "aifactory"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PASSWORDS = Path("/var/lib/aifactory/demo-passwords.json")
-HUB_DB = "/var/lib/aifactory/hub/jupyterhub.sqlite"
+# The hub's database is PostgreSQL's (aifactory.cluster.hub_database); root reads its password.
+HUB_DB_PASSWORD = "/var/lib/aifactory/secrets/hub-database-password"
+
+
+def hub_db(sql: str, *params) -> list[tuple]:
+    """Rows of the hub's own database, as the hub reads them."""
+    password = Path(HUB_DB_PASSWORD).read_text().strip()
+    with psycopg.connect(host="127.0.0.1", dbname="jupyterhub", user="jupyterhub",
+                         password=password, connect_timeout=10) as db:
+        return db.execute(sql, params).fetchall()
 IDP = "https://idp.localhost:8010"
 IDP_PEOPLE = Path("/var/lib/aifactory/idp/people.json")
 
@@ -185,10 +194,9 @@ def _cancel_every_job() -> None:
 
 def hub_servers() -> list[str]:
     """The users the hub's database has a server for."""
-    with sqlite3.connect(f"file:{HUB_DB}?mode=ro", uri=True) as db:
-        return [name for (name,) in db.execute(
-            "SELECT users.name FROM spawners JOIN users ON users.id = spawners.user_id"
-            " WHERE spawners.server_id IS NOT NULL")]
+    return [name for (name,) in hub_db(
+        "SELECT users.name FROM spawners JOIN users ON users.id = spawners.user_id"
+        " WHERE spawners.server_id IS NOT NULL")]
 
 
 @pytest.fixture(scope="session")

@@ -34,17 +34,27 @@ def test_down_stops_only_what_up_started_and_up_loses_nothing(live_cluster, pass
     decoy_bin = tmp_path / "slurmd"
     shutil.copy("/bin/sleep", decoy_bin)
     decoy = subprocess.Popen([str(decoy_bin), "300"])
+    # ... nor one with the allocations service's command line (down once stopped it by name).
+    package = tmp_path / "elsewhere" / "aifactory"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "service.py").write_text("import time\ntime.sleep(300)\n")
+    service_decoy = subprocess.Popen(["/usr/bin/python3", "-m", "aifactory.service"],
+                                     cwd=package.parent)
     try:
         result = aifactory("cluster", "down")
         assert result.returncode == 0, result.stderr
         status = json.loads(aifactory("cluster", "status", "--json").stdout)
+        assert {"configurable-http-proxy", "jupyterhub", "allocations"} <= set(status["services"])
         assert not any(s["running"] for s in status["services"].values()), status
         assert status["ok"] is False
         assert decoy.poll() is None, "down killed a process it did not start"
+        assert service_decoy.poll() is None, "down killed a process it did not start"
         with pytest.raises(slurm.SlurmUnreachable, match="scheduler unreachable"):
             slurm.jobs()
     finally:
         decoy.kill()
+        service_decoy.kill()
         up = aifactory("cluster", "up")
     assert up.returncode == 0, up.stderr
 

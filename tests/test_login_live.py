@@ -7,13 +7,12 @@ replayed login step does: checked against the live hub and IdP, as the people th
 import json
 import os
 import re
-import sqlite3
 import subprocess
 from urllib.parse import parse_qs, urlencode, urljoin, urlparse
 
 import pytest
 import requests
-from conftest import (CLI, HUB, HUB_DB, IDP, REPO, SERVICE, HubClient, aifactory,
+from conftest import (CLI, HUB, HUB_DB_PASSWORD, IDP, REPO, SERVICE, HubClient, aifactory, hub_db,
                       idp_entitlements, idp_login, log_in_browser, notebook_jobs,
                       wait_for_the_service_to_see_teaching, wait_until)
 
@@ -25,8 +24,7 @@ HUB_LOG = "/var/log/aifactory/jupyterhub.log"
 
 
 def hub_users() -> set[str]:
-    with sqlite3.connect(f"file:{HUB_DB}?mode=ro", uri=True) as db:
-        return {name for (name,) in db.execute("SELECT name FROM users")}
+    return {name for (name,) in hub_db("SELECT name FROM users")}
 
 
 def hub_log_since(mark: int) -> str:
@@ -203,7 +201,9 @@ def test_logout_ends_the_session_at_the_idp_too(live_cluster, passwords):
 
 
 LOGIN_SECRETS = [
-    HUB_DB,                                         # auth_state (encrypted) and tokens
+    HUB_DB_PASSWORD,                                # the hub's database (auth_state, tokens)
+    "/var/lib/aifactory/secrets/proxy-auth-token",  # the proxy's routes
+    "/var/lib/aifactory/secrets/allocations-api-token",
     "/var/lib/aifactory/hub-secrets/crypt-key",     # the key of auth_state
     "/var/lib/aifactory/hub-secrets/aifactory-sram.secret",
     "/var/lib/aifactory/idp/people.json",           # password hashes
@@ -213,6 +213,20 @@ LOGIN_SECRETS = [
     "/etc/aifactory/tls/hub.key", "/etc/aifactory/tls/idp.key",
     "/etc/aifactory/accounts-by-sub.yaml",
 ]
+
+
+def test_dave_cannot_open_the_hubs_database(live_cluster):
+    """The hub's PostgreSQL role takes a password over TCP and only the OS user of its name
+    over the socket; dave has no role at all."""
+    attempts = {("-h", "127.0.0.1", "-U", "jupyterhub"): "no password supplied",
+                ("-h", "/run/postgresql", "-U", "jupyterhub"): "Peer authentication failed",
+                ("-h", "/run/postgresql", "-U", "dave"): 'role "dave" does not exist'}
+    for how, refusal in attempts.items():
+        r = subprocess.run(["runuser", "-u", "dave", "--", "psql", "-w", *how, "-d", "jupyterhub",
+                            "-c", "SELECT name FROM users"], capture_output=True, text=True,
+                           cwd="/tmp")
+        assert r.returncode != 0 and refusal in r.stderr, (how, r.stderr)
+    assert "alice" in {name for (name,) in hub_db("SELECT name FROM users")}
 
 
 def test_dave_reads_none_of_the_logins_secrets(live_cluster):
@@ -259,7 +273,7 @@ def test_with_the_myaccessid_shaped_client_the_sites_map_names_the_account(
                         timeout=600)
     assert up.returncode == 0, up.stderr
     try:
-        assert "restarting the hub" in up.stdout
+        assert "restarting jupyterhub" in up.stdout
         accounts = login_module.load_accounts("/etc/aifactory/accounts-by-sub.yaml")
         page.goto(f"{HUB}/hub/login")
         assert "Sign in with MyAccessID (demo)" in page.content()

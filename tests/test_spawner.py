@@ -1,10 +1,17 @@
 """The spawner on the live hub and cluster: profiles, refusals, waiting, and faults."""
 
+import json
 import re
+import subprocess
+import time
+import uuid
 from pathlib import Path
 
+import requests
+import websocket
 import yaml
-from conftest import HUB, HubClient, aifactory, notebook_jobs, progress_messages, sacct_record, wait_until
+from conftest import (DEMO_CA, HUB, HubClient, aifactory, hub_db, notebook_jobs,
+                      progress_messages, sacct_record, user_url, wait_until)
 
 from aifactory import slurm
 from aifactory.cluster import services
@@ -95,15 +102,85 @@ def test_budget_used_up_while_waiting_fails_fast_with_the_reason(hub_client, gpu
     assert sacct_record(job.job_id).state == "CANCELLED"
 
 
+def execute_request(code: str) -> str:
+    """A Jupyter kernel message (protocol 5.3) asking to run `code`."""
+    return json.dumps({"header": {"msg_id": uuid.uuid4().hex, "msg_type": "execute_request",
+                                  "username": "", "session": uuid.uuid4().hex, "version": "5.3"},
+                       "parent_header": {}, "metadata": {}, "channel": "shell",
+                       "content": {"code": code, "silent": False, "store_history": False,
+                                   "user_expressions": {}, "allow_stdin": False}})
+
+
+def kernel_output(ws, timeout: float) -> tuple[str, str]:
+    """What the cell printed, and its reply's status, read from the kernel's websocket."""
+    printed, deadline = "", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg = json.loads(ws.recv())
+        if msg["msg_type"] == "stream":
+            printed += msg["content"]["text"]
+        if msg["msg_type"] == "execute_reply":
+            return printed, msg["content"]["status"]
+    raise AssertionError(f"no reply from the kernel; it printed {printed!r}")
+
+
 def test_session_survives_a_hub_restart(hub_client, passwords):
     alice = hub_client("alice")
     alice.start(profile="h100-1")
     [job] = notebook_jobs("alice")
+    # A cell runs in her notebook across the restart: it waits for a file made after it.
+    token = alice.token()
+    kernels = f"{user_url('alice')}api/kernels"
+    kernel = requests.post(kernels, headers={"Authorization": f"token {token}"}, json={})
+    assert kernel.status_code == 201, kernel.text
+    ws = websocket.create_connection(
+        f"{kernels}/{kernel.json()['id']}/channels".replace("https://", "wss://"),
+        header=[f"Authorization: token {token}"], timeout=120, sslopt={"ca_certs": str(DEMO_CA)})
+    go = Path("/tmp") / f"aif-hub-restarted-{uuid.uuid4().hex}"
+    ws.send(execute_request(f"import os, time\nprint('before', flush=True)\n"
+                            f"while not os.path.exists({str(go)!r}): time.sleep(0.2)\n"
+                            "print('after the restart')"))
+    proxy = services.PROXY.pid()
     assert services.stop_hub()
+    assert not services.HUB.running()
     assert aifactory("cluster", "up").returncode == 0
+    go.touch()
+    try:
+        printed, status = kernel_output(ws, timeout=60)
+    finally:
+        go.unlink()
+        ws.close()
+    # The browser's connection went through the proxy, which the restart left alone.
+    assert (printed, status) == ("before\nafter the restart\n", "ok")
+    assert services.PROXY.pid() == proxy
     # Her login outlives the restart (the same browser needs no new login) ...
     assert alice.api("GET", "/user").status_code == 200
     # ... and a new one works too.
+    again = HubClient("alice")
+    assert again.login(passwords["alice"]).status_code == 302
+    assert again.server().get("ready")
+    assert notebook_jobs("alice") == [job]
+    assert again.http.get(f"{HUB}/user/alice/lab").status_code == 200
+
+
+def as_postgres(*argv: str, stdin: bytes | None = None) -> bytes:
+    return subprocess.run(["runuser", "-u", "postgres", "--", *argv], input=stdin,
+                          capture_output=True, check=True, cwd="/tmp").stdout
+
+
+def test_the_hubs_database_restored_from_a_backup_into_a_fresh_one_keeps_the_sessions(
+        hub_client, passwords):
+    """The README's backup and restore, with a session running across them."""
+    alice = hub_client("alice")
+    alice.start(profile="cpu")
+    [job] = notebook_jobs("alice")
+    backup = as_postgres("pg_dump", "--format=custom", "jupyterhub")
+    assert services.stop_hub()
+    as_postgres("dropdb", "jupyterhub")
+    as_postgres("createdb", "--owner=jupyterhub", "jupyterhub")
+    assert not hub_db("SELECT 1 FROM pg_tables WHERE tablename = 'users'")  # a fresh one
+    as_postgres("pg_restore", "--dbname=jupyterhub", "--no-owner", "--role=jupyterhub",
+                stdin=backup)
+    assert aifactory("cluster", "up").returncode == 0
     again = HubClient("alice")
     assert again.login(passwords["alice"]).status_code == 302
     assert again.server().get("ready")

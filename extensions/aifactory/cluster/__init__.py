@@ -14,20 +14,22 @@ import shutil
 import socket
 import string
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .. import site_description as site_module
 from .. import slurm
 from ..billing import Billing
-from . import accounting, idp, modules, network, services, tls
+from . import accounting, hub, hub_database, idp, modules, network, services, tls
 from .demo import Demo, DemoFileError, load
-from .system import ETC_DIR, STATE_DIR, ClusterError, ensure_debs, sh, wait_for, write_if_changed
+from .system import (ETC_DIR, STATE_DIR, ClusterError, ensure_debs, read_pid, sh, stop_pid, wait_for,
+                     write_if_changed)
 
 __all__ = ["up", "down", "status", "ClusterError", "DemoFileError"]
 
 DEBIAN_PACKAGES = ["slurmctld", "slurmd", "slurmdbd", "slurm-client", "munge", "git",
                    "mariadb-server", "sudo", "iproute2", "util-linux",
+                   "postgresql",  # the hub's database (aifactory.cluster.hub_database)
                    # the demo's CA in the machine's trust store (aifactory.cluster.tls)
                    "ca-certificates",
                    # *.localhost resolves to the loopback: users' own origins in the demo
@@ -160,6 +162,9 @@ def _hub_env(demo: Demo, cert: tls.Pair) -> dict:
         "AIFACTORY_VENV": str(VENV),
         "AIFACTORY_HUB_CONNECT_IP": demo.controller_address,
         "AIFACTORY_LOGIN_GROUP": demo.login_group,
+        "AIFACTORY_PROXY_TOKEN_FILE": str(hub.PROXY_TOKEN),
+        "AIFACTORY_ALLOCATIONS_TOKEN_FILE": str(hub.SERVICE_TOKEN),
+        "AIFACTORY_HUB_DB_PASSWORD_FILE": str(hub.DATABASE_PASSWORD),
     }
 
 
@@ -305,20 +310,63 @@ def up(demo_file: Path | None = None, hub_config: Path | None = None, log=print)
         shutil.copytree(hub_config, HUB_CONFIG_DIR, dirs_exist_ok=True)
     import aifactory
     # ... or when it is to be another of the IdP's clients.
-    version = _tree_hash(HUB_CONFIG_DIR, Path(aifactory.__file__).parent) + idp.client_shape()
-    stamp = HUB_WORKDIR / "running-config.sha256"
-    if services.HUB.running() and hub_cert.made:
-        log("the hub's certificate was made again: restarting the hub (sessions keep running)")
-        services.stop_hub()
-    if services.HUB.running() and (not stamp.exists() or stamp.read_text() != version):
-        log("hub configuration changed: restarting the hub (sessions keep running)")
-        services.stop_hub()
-    if not services.HUB.running():
-        services.start_hub(HUB_CONFIG_DIR / "jupyterhub_config.py", HUB_WORKDIR,
-                           _hub_env(demo, hub_cert))
-        write_if_changed(stamp, version, 0o600)
-    wait_for(_hub_answers, "JupyterHub", timeout=60)
+    code = _tree_hash(Path(aifactory.__file__).parent)
+    config_version = _tree_hash(HUB_CONFIG_DIR) + idp.client_shape() + code
+    _start_the_hub(demo, hub_cert, config_version, code, log)
     return UpReport(passwords=passwords, seconds=time.monotonic() - started, installed=installed)
+
+
+def _start_the_hub(demo: Demo, cert: tls.Pair, config_version: str, code: str, log) -> None:
+    """The proxy, the allocations service and the hub, each (re)started only when what it
+    runs with changed. The proxy first (the hub asks it for its routes), then the service (the
+    hub waits for the services it knows before it adds its own route), then the hub."""
+    front = hub.Front(public_url=HUB_URL, http_port=HUB_HTTP_PORT,
+                      hub_ip=demo.controller_address, tls_cert=cert.cert, tls_key=cert.key,
+                      certs=HUB_WORKDIR / "internal-ssl", venv=VENV,
+                      site=HUB_CONFIG_DIR / "site.yaml", course_groups_from="")
+    config = HUB_CONFIG_DIR / "jupyterhub_config.py"
+    proxy_token, service_token = hub.secret(hub.PROXY_TOKEN), hub.secret(hub.SERVICE_TOKEN)
+    hub_database.start()
+    hub_database.ensure_role_and_database(hub.secret(hub.DATABASE_PASSWORD))
+    env = _hub_env(demo, cert)
+    # With an IdP its entitlements set the course groups; else the Unix groups.
+    front = replace(front, course_groups_from="idp" if env["AIFACTORY_LOGIN"] == "oidc" else "unix")
+    _stop_an_older_installs_hub(log)
+    HUB_WORKDIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    hub.make_certificates(config, HUB_WORKDIR, env, front)
+    hub_database.move_from_sqlite(HUB_WORKDIR / "jupyterhub.sqlite",
+                                  hub_database.url(hub.secret(hub.DATABASE_PASSWORD)), log)
+    proxy_env = {"PATH": env["PATH"], "CONFIGPROXY_AUTH_TOKEN": proxy_token}
+    proxy_restarted = hub.ensure(services.PROXY, hub.proxy_command(front), proxy_env,
+                                 STATE_DIR / "proxy", hub.proxy_files(front), log=log)
+    hub.wait_until_listening(services.PROXY, hub.PROXY_API_PORT, "127.0.0.1")
+    service_env = hub.service_environment(front, service_token)
+    hub.ensure(services.ALLOCATIONS, hub.service_command(front), service_env,
+               STATE_DIR / "allocations", hub.service_files(front), version=code, log=log)
+    hub.wait_until_listening(services.ALLOCATIONS, hub.SERVICE_PORT, demo.controller_address)
+
+    def upgrade_db() -> None:
+        # A no-op on a current schema; the hub refuses to start on an older one (a new
+        # JupyterHub, a restored backup).
+        sh(str(VENV / "bin/jupyterhub"), "upgrade-db", "-f", str(config), env=env, timeout=300)
+    hub.ensure(services.HUB, [str(VENV / "bin/jupyterhub"), "-f", str(config)], env, HUB_WORKDIR,
+               files=(hub.PROXY_TOKEN, hub.SERVICE_TOKEN, hub.DATABASE_PASSWORD),
+               version=config_version, before_start=upgrade_db, log=log,
+               restart_for="the proxy started anew" if proxy_restarted else "")
+    wait_for(_hub_answers, "JupyterHub", timeout=60)
+
+
+LEGACY_PROXY_PID = HUB_WORKDIR / "jupyterhub-proxy.pid"  # the proxy an older hub started itself
+
+
+def _stop_an_older_installs_hub(log=print) -> bool:
+    """Before the proxy ran apart, the hub started it and the service as its children."""
+    if not read_pid(LEGACY_PROXY_PID):
+        return False
+    log("the hub runs its proxy as its child (an older install): stopping both")
+    services.HUB.stop()  # it stops its managed service
+    stop_pid(LEGACY_PROXY_PID, "configurable-http-proxy")
+    return True
 
 
 def _node_names() -> list[str]:
@@ -330,15 +378,17 @@ def _node_names() -> list[str]:
 
 def all_services() -> list[services.Service]:
     return ([services.MUNGE, services.MARIADB, services.SLURMDBD, services.SLURMCTLD]
-            + [services.slurmd(n) for n in _node_names()] + [idp.IDP, services.HUB])
+            + [services.slurmd(n) for n in _node_names()]
+            + [idp.IDP, hub_database.service(), services.PROXY, services.HUB,
+               services.ALLOCATIONS])
 
 
 def down(log=print) -> list[str]:
-    """Stop the hub, the nodes, the controller, accounting, the database and munge."""
-    stopped = []
-    if services.stop_hub():
-        stopped.append("jupyterhub")
-    for s in reversed(all_services()[:-1]):
+    """Stop the service, the hub, the proxy, the IdP, the nodes, the controller, accounting,
+    the database and munge, each by its pid file."""
+    stopped = ["configurable-http-proxy (an older install's)"] if _stop_an_older_installs_hub(
+        log=lambda _: None) else []
+    for s in reversed(all_services()):
         if s.stop():
             stopped.append(s.name)
     for name in stopped:

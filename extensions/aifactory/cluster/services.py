@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ class Service:
     name: str
     pidfile: Path
     what: str  # plain words for status
+    stop_signal: int = signal.SIGTERM  # PostgreSQL's fast shutdown is SIGINT
 
     def pid(self) -> int | None:
         return read_pid(self.pidfile)
@@ -28,14 +30,18 @@ class Service:
         return self.pid() is not None
 
     def stop(self) -> bool:
-        return stop_pid(self.pidfile, self.name)
+        return stop_pid(self.pidfile, self.name, stop_signal=self.stop_signal)
 
 
 MUNGE = Service("munge", Path("/run/munge/munged.pid"), "authentication between Slurm daemons")
 MARIADB = Service("mariadb", RUN_DIR / "mariadb.pid", "database behind Slurm accounting")
 SLURMDBD = Service("slurmdbd", Path("/run/slurmdbd.pid"), "Slurm accounting daemon")
 SLURMCTLD = Service("slurmctld", Path("/run/slurmctld.pid"), "Slurm controller (login node)")
-HUB = Service("jupyterhub", RUN_DIR / "jupyterhub.pid", "JupyterHub and its proxy")
+PROXY = Service("configurable-http-proxy", RUN_DIR / "proxy.pid",
+                "the proxy: https for browsers, outlives a hub restart")
+HUB = Service("jupyterhub", RUN_DIR / "jupyterhub.pid", "JupyterHub")
+ALLOCATIONS = Service("allocations", RUN_DIR / "allocations.pid",
+                      "the allocations service: Slurm's answers for widgets and the CLI")
 
 
 def slurmd(node: str) -> Service:
@@ -121,29 +127,23 @@ def start_slurmd(node: str) -> None:
     wait_for(service.running, f"slurmd on {node}", timeout=30)
 
 
-def start_hub(config: Path, workdir: Path, env: dict) -> None:
-    if HUB.running():
-        return
-    workdir.mkdir(parents=True, exist_ok=True)
-    os.chmod(workdir, 0o700)
-    # The hub's log names users, jobs and nodes: root and the adm group only.
+def start_process(service: Service, argv: list[str], env: dict, cwd: Path) -> None:
+    """Start `argv` in the background with its own log (LOG_DIR/<name>.log) and pid file."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    os.chmod(cwd, 0o700)
+    # The logs name users, jobs and nodes: root and the adm group only.
     LOG_DIR.mkdir(mode=0o750, parents=True, exist_ok=True)
     os.chmod(LOG_DIR, 0o750)
     RUN_DIR.mkdir(parents=True, exist_ok=True)
-    log = os.fdopen(os.open(LOG_DIR / "jupyterhub.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-                            0o640), "ab")
-    os.chmod(LOG_DIR / "jupyterhub.log", 0o640)
-    proc = subprocess.Popen(
-        [f"{env['AIFACTORY_VENV']}/bin/jupyterhub", "-f", str(config)],
-        cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-        start_new_session=True)
-    HUB.pidfile.write_text(f"{proc.pid}\n")
+    path = LOG_DIR / f"{service.name}.log"
+    log = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640), "ab")
+    os.chmod(path, 0o640)
+    with log:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=log, start_new_session=True)
+    service.pidfile.write_text(f"{proc.pid}\n")
 
 
 def stop_hub() -> bool:
-    stopped = HUB.stop()
-    # The hub stops the proxy it started; if it was killed, stop the proxy by its pid file.
-    stop_pid(Path("/var/lib/aifactory/hub/jupyterhub-proxy.pid"), "configurable-http-proxy")
-    # Its managed service too, if the hub did not get to stop it (the next one needs the port).
-    sh("pkill", "-TERM", "-f", "^[^ ]*python[^ ]* (-P )?-m aifactory.service$", check=False)
-    return stopped
+    """The hub alone: the proxy and the allocations service keep running."""
+    return HUB.stop()

@@ -84,12 +84,14 @@ def read_pid(pidfile: Path) -> int | None:
     return pid
 
 
-def stop_pid(pidfile: Path, name: str, timeout: float = 20) -> bool:
-    """SIGTERM the process named in `pidfile`, wait, then SIGKILL. True if one was running."""
+def stop_pid(pidfile: Path, name: str, timeout: float = 20,
+             stop_signal: int = signal.SIGTERM) -> bool:
+    """Signal the process named in `pidfile` (SIGTERM), wait, then SIGKILL. True if one was
+    running."""
     pid = read_pid(pidfile)
     if pid is None:
         return False
-    os.kill(pid, signal.SIGTERM)
+    os.kill(pid, stop_signal)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if read_pid(pidfile) is None or not Path(f"/proc/{pid}").exists():

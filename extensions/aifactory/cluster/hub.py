@@ -1,0 +1,201 @@
+"""The hub's three processes as the demo runs them, each a service of its own: the proxy, the
+hub, the allocations service. The proxy and the service are not the hub's children, so a hub
+restart (a new config, an upgrade) leaves browsers' connections to their sessions open and
+the widgets answering; the hub finds the proxy's routes and its sessions again.
+
+Their commands and environments are pure functions of `Front`, the addresses and files that
+`up` decides; a site's systemd units (README) carry the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from . import services
+from .system import LOG_DIR, STATE_DIR, ClusterError, wait_for
+
+SECRETS_DIR = STATE_DIR / "secrets"
+PROXY_TOKEN = SECRETS_DIR / "proxy-auth-token"  # the hub's key to the proxy's API
+SERVICE_TOKEN = SECRETS_DIR / "allocations-api-token"  # the service's token at the hub
+DATABASE_PASSWORD = SECRETS_DIR / "hub-database-password"  # the hub's at PostgreSQL
+SERVICE_CERT_NAME = "allocations-service"
+PROXY_API_PORT = 8001
+HUB_API_PORT = 8081
+SERVICE_PORT = 8090
+
+
+@dataclass(frozen=True)
+class Front:
+    public_url: str  # what browsers reach: the proxy (https://hub.localhost:8443)
+    http_port: int  # plain http there only redirects to it
+    hub_ip: str  # the hub's API and the service, where compute nodes reach them
+    tls_cert: Path  # the proxy's certificate for browsers, and its key
+    tls_key: Path
+    certs: Path  # the hub's internal_ssl folder (its CAs and the certificates they signed)
+    venv: Path
+    site: Path  # the installed site.yaml
+    course_groups_from: str  # "idp" or "unix"
+
+    @property
+    def public_host(self) -> str:
+        return urlparse(self.public_url).hostname
+
+    @property
+    def public_port(self) -> int:
+        return urlparse(self.public_url).port or 443
+
+    @property
+    def hub_api(self) -> str:
+        return f"https://{self.hub_ip}:{HUB_API_PORT}/hub/api"
+
+    @property
+    def service_url(self) -> str:
+        return f"http://{self.hub_ip}:{SERVICE_PORT}"
+
+
+def proxy_command(f: Front) -> list[str]:
+    """configurable-http-proxy as JupyterHub would start it under internal_ssl: https for
+    browsers, host routing (users' subdomains), its API and its requests to sessions with
+    the certificates the hub's CAs signed."""
+    c = f.certs
+    return ["configurable-http-proxy",
+            "--ip", "127.0.0.1", "--port", str(f.public_port),
+            "--redirect-port", str(f.http_port), "--redirect-to", str(f.public_port),
+            "--api-ip", "127.0.0.1", "--api-port", str(PROXY_API_PORT),
+            "--error-target", f"https://{f.hub_ip}:{HUB_API_PORT}/hub/error",
+            "--log-level", "info", "--host-routing",
+            "--ssl-key", str(f.tls_key), "--ssl-cert", str(f.tls_cert),
+            "--api-ssl-key", str(c / "proxy-api/proxy-api.key"),
+            "--api-ssl-cert", str(c / "proxy-api/proxy-api.crt"),
+            "--api-ssl-ca", str(c / "proxy-api-ca_trust.crt"),
+            "--api-ssl-request-cert", "--api-ssl-reject-unauthorized",
+            "--client-ssl-key", str(c / "proxy-client/proxy-client.key"),
+            "--client-ssl-cert", str(c / "proxy-client/proxy-client.crt"),
+            "--client-ssl-ca", str(c / "proxy-client-ca_trust.crt"),
+            "--client-ssl-request-cert", "--client-ssl-reject-unauthorized"]
+
+
+def service_command(f: Front) -> list[str]:
+    return [str(f.venv / "bin/python"), "-P", "-m", "aifactory.service"]
+
+
+def service_environment(f: Front, token: str) -> dict[str, str]:
+    """What JupyterHub gives a service it starts itself, for one it does not: its token (also
+    its OAuth client's secret), where the hub's API and its own URLs are, its certificate."""
+    origin = f"https://allocations--service.{f.public_host}:{f.public_port}"
+    prefix = "/services/allocations/"
+    scopes = '["access:services", "access:services!service=allocations"]'
+    cert = f.certs / SERVICE_CERT_NAME
+    return {
+        "PATH": f"{f.venv}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG": "C.UTF-8",
+        "JUPYTERHUB_SERVICE_NAME": "allocations",
+        "JUPYTERHUB_API_TOKEN": token,
+        "JUPYTERHUB_API_URL": f.hub_api,
+        "JUPYTERHUB_BASE_URL": "/",
+        "JUPYTERHUB_CLIENT_ID": "service-allocations",
+        "JUPYTERHUB_HOST": f.public_url,
+        "JUPYTERHUB_PUBLIC_HUB_URL": f"{f.public_url}/hub/",
+        "JUPYTERHUB_PUBLIC_URL": origin + prefix,
+        "JUPYTERHUB_SERVICE_PREFIX": prefix,
+        "JUPYTERHUB_SERVICE_URL": f.service_url,
+        "JUPYTERHUB_OAUTH_CALLBACK_URL": f"{origin}{prefix}oauth_callback",
+        "JUPYTERHUB_OAUTH_SCOPES": scopes,
+        "JUPYTERHUB_OAUTH_ACCESS_SCOPES": scopes,
+        "JUPYTERHUB_COOKIE_HOST_PREFIX_ENABLED": "1" if f.public_url.startswith("https") else "0",
+        "JUPYTERHUB_SSL_KEYFILE": str(cert / f"{SERVICE_CERT_NAME}.key"),
+        "JUPYTERHUB_SSL_CERTFILE": str(cert / f"{SERVICE_CERT_NAME}.crt"),
+        "JUPYTERHUB_SSL_CLIENT_CA": str(f.certs / "services-ca_trust.crt"),
+        "AIFACTORY_SITE": str(f.site),
+        "AIFACTORY_PUBLIC_URL": f.public_url,
+        "AIFACTORY_COURSE_GROUPS_FROM": f.course_groups_from,
+    }
+
+
+def secret(path: Path) -> str:
+    """A random token kept in `path` (root's), made on first use."""
+    SECRETS_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(SECRETS_DIR, 0o700)
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32))
+    return path.read_text().strip()
+
+
+def make_certificates(config: Path, workdir: Path, env: dict, f: Front) -> None:
+    """The hub's CAs and the proxy's certificates (`jupyterhub --generate-certs`, which makes
+    only what is missing, and makes all anew when the config finds their names outdated),
+    then the service's, signed by the services' CA."""
+    made = subprocess.run([str(f.venv / "bin/jupyterhub"), "-f", str(config), "--generate-certs"],
+                          cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
+    if made.returncode != 0:
+        raise ClusterError("jupyterhub --generate-certs failed: "
+                           + (made.stderr.strip().splitlines() or ["no output"])[-1])
+    from certipy import CertNotFoundError, Certipy  # the hub's own library for them
+    store = Certipy(store_dir=str(f.certs))
+    try:
+        store.store.get_record(SERVICE_CERT_NAME)
+    except CertNotFoundError:
+        store.create_signed_pair(SERVICE_CERT_NAME, "services-ca",
+                                 alt_names=[f"IP:{f.hub_ip}", "DNS:localhost"])
+
+
+def fingerprint(argv: list[str], env: dict, files: list[Path], version: str = "") -> str:
+    """What a process was started with, its files' contents included: a change means restart."""
+    h = hashlib.sha256(repr((argv, sorted(env.items()), version)).encode())
+    for p in files:
+        h.update(p.read_bytes() if p.exists() else b"-")
+    return h.hexdigest()
+
+
+def ensure(service: services.Service, argv: list[str], env: dict, cwd: Path,
+           files: tuple[Path, ...] = (), version: str = "", restart_for: str = "",
+           before_start=None, log=print) -> bool:
+    """Start `service`, or restart it when what it runs with (its command, environment, the
+    files it reads, the code's `version`) changed, or for the reason `restart_for`. True if
+    it was (re)started."""
+    stamp = cwd / f".{service.name}.started-with"
+    want = fingerprint(argv, env, list(files), version)
+    if service.running():
+        if not restart_for and stamp.exists() and stamp.read_text() == want:
+            return False
+        why = restart_for or "what it runs with changed"
+        log(f"{why}: restarting {service.name} (sessions keep running)")
+        service.stop()
+    if before_start:
+        before_start()
+    services.start_process(service, argv, env, cwd)
+    stamp.write_text(want)
+    os.chmod(stamp, 0o600)
+    return True
+
+
+def proxy_files(f: Front) -> list[Path]:
+    c = f.certs
+    return [f.tls_cert, f.tls_key, c / "proxy-api/proxy-api.crt", c / "proxy-client/proxy-client.crt",
+            c / "proxy-api-ca_trust.crt", c / "proxy-client-ca_trust.crt"]
+
+
+def service_files(f: Front) -> list[Path]:
+    cert = f.certs / SERVICE_CERT_NAME
+    return [cert / f"{SERVICE_CERT_NAME}.crt", f.certs / "services-ca_trust.crt"]
+
+
+def wait_until_listening(service: services.Service, port: int, host: str) -> None:
+    """Until `service` accepts connections on its port; it stopping first is an error."""
+    def listens() -> bool:
+        if not service.running():
+            raise ClusterError(f"{service.name} stopped at its start; see "
+                               f"{LOG_DIR}/{service.name}.log")
+        with socket.socket() as s:
+            s.settimeout(1)
+            return s.connect_ex((host, port)) == 0
+    wait_for(listens, f"{service.name} on port {port}", timeout=30)
