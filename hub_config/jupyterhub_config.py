@@ -160,6 +160,14 @@ c.JupyterHub.services = [{
     "oauth_no_confirm": True,
     "display": False,
 }]
+# Prometheus (aifactory.cluster.prometheus) reads /hub/metrics with this token alone
+# (authenticate_prometheus: no person's token may).
+metrics_token_file = os.environ.get("AIFACTORY_METRICS_TOKEN_FILE")
+c.JupyterHub.authenticate_prometheus = True
+if metrics_token_file:
+    c.JupyterHub.services.append({"name": "prometheus",
+                                  "api_token": Path(metrics_token_file).read_text().strip(),
+                                  "display": False})
 # Courses (site.yaml `courses`): with an IdP their hub groups come from its entitlements at
 # each login and refresh; with PAM from the Unix groups of the same names, read when the hub
 # starts, and the allocations service keeps them equal (removals included).
@@ -175,6 +183,8 @@ c.JupyterHub.load_roles = [*course_rules.hub_roles(the_site),
     {"name": "allocations-service", "services": ["allocations"],
      "scopes": ["list:users", "read:users", "read:groups", "read:servers",
                 *course_rules.service_scopes(the_site)]},
+    *([{"name": "metrics", "services": ["prometheus"], "scopes": ["read:metrics"]}]
+      if metrics_token_file else []),
 ]
 # A session's own token reaches the service too, so widgets in the notebook can use it; an
 # instructor's also carries their course role (the hub grants nobody scopes they lack).

@@ -30,7 +30,7 @@ def test_status_is_all_green_as_json(live_cluster):
     status = json.loads(result.stdout)
     assert status["ok"] is True
     expected = {"munge", "mariadb", "slurmdbd", "slurmctld", "oidc-provider", "postgresql",
-                "configurable-http-proxy", "jupyterhub", "allocations",
+                "configurable-http-proxy", "jupyterhub", "allocations", "prometheus",
                 "slurmd-gpu01", "slurmd-gpu02", "slurmd-gpu03", "slurmd-cpu01"}
     assert set(status["services"]) == expected
     assert all(s["running"] and s["pid"] for s in status["services"].values())

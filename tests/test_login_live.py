@@ -8,6 +8,7 @@ import json
 import os
 import re
 import subprocess
+import time
 from urllib.parse import parse_qs, urlencode, urljoin, urlparse
 
 import pytest
@@ -71,9 +72,26 @@ def test_without_the_login_entitlement_an_account_holder_is_refused(live_cluster
     assert HubClient("bob").login(passwords["bob"]).status_code == 302
 
 
+def test_a_login_outlives_its_access_token_through_the_refresh_token(live_cluster, passwords):
+    bob = HubClient("bob")
+    assert bob.login(passwords["bob"]).status_code == 302
+    mark = log_mark()
+    # The IdP's access tokens last ACCESS_TOKEN_SECONDS, and it accepts them for its clock
+    # tolerance (oidc-provider: 15 s) beyond.
+    time.sleep(idp.ACCESS_TOKEN_SECONDS + 15 + 2)
+    # A spawn refreshes the login first (refresh_pre_spawn), with the IdP's refresh token.
+    bob.start()
+    bob.stop()  # the hub's API, with the browser's cookie
+    assert logged_in(bob)
+    log = hub_log_since(mark)
+    assert "Refreshing oauth access token for bob" in log
+    assert "Requiring fresh login" not in log and "stale auth" not in log
+
+
 def test_entitlements_are_the_hub_groups_and_a_removed_one_goes_at_the_next_refresh(
         hub_client, passwords):
     student = hub_client("student1")
+    hub_client("student2")  # a participant at the hub from their own login's entitlements
     carol = hub_client("carol")
     groups = lambda c: set(c.api("GET", "/user").json()["groups"])  # noqa: E731
     assert groups(student) == {"aifactory-users", "dl101-participants"}

@@ -21,7 +21,7 @@ LAYERS = {
     "rules": ["aifactory.availability", "aifactory.budget", "aifactory.report",
               "aifactory.course_rules", "aifactory.spawner.status", "aifactory.spawner.request"],
     "cache": ["aifactory.snapshot"],
-    "answers": ["aifactory.allocations"],
+    "answers": ["aifactory.allocations", "aifactory.metrics"],
 }
 LEVEL = {m: i for i, names in enumerate(LAYERS.values()) for m in names}
 EDGE = len(LAYERS)

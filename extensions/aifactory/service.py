@@ -25,11 +25,16 @@ entitlements (set by the hub at each login and refresh) or, with PAM, the Unix g
 same names: the service reconciles those at start and every half minute. Either way a person
 removed from a group loses what it gave them.
   GET    health                  age and last error of each part of the cache (no login needed)
+
+Outside the API, /services/allocations/metrics gives Prometheus the operators' metrics
+(aifactory.metrics) with the metrics token only (AIFACTORY_METRICS_TOKEN_FILE); no person's
+token reads them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import html
 import json
 import logging
@@ -43,7 +48,7 @@ from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from . import allocations, courses, names, report, slurm
+from . import allocations, courses, metrics, names, report, slurm
 from . import site_description as site_module
 from .allocations import FETCH, AccessError, Snapshot, Viewer
 from .internal_ssl import hub_ssl_context
@@ -103,17 +108,19 @@ class Cache:
         await asyncio.gather(*(self._loop(name) for name in self.parts))
 
 
-class BaseHandler(HubOAuthenticated, web.RequestHandler):
-    @property
-    def cache(self) -> Cache:
-        return self.settings["cache"]
-
+class JsonErrors(web.RequestHandler):
     def write_error(self, status_code, **kwargs):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         message = exc.log_message if isinstance(exc, web.HTTPError) and exc.log_message else (
             self._reason)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"status": status_code, "error": message}))
+
+
+class BaseHandler(HubOAuthenticated, JsonErrors):
+    @property
+    def cache(self) -> Cache:
+        return self.settings["cache"]
 
     def send(self, answer: dict) -> None:
         self.set_header("Content-Type", "application/json")
@@ -277,6 +284,29 @@ class HealthHandler(BaseHandler):
                           "error": snap.errors.get(name)} for name in FETCH})
 
 
+class MetricsHandler(JsonErrors):
+    """Prometheus's scrape, with the metrics token as a bearer token; nobody else's."""
+
+    def get(self):
+        token = self.settings["metrics_token"]
+        scheme, _, sent = self.request.headers.get("Authorization", "").partition(" ")
+        if not token:
+            raise web.HTTPError(404, "Metrics are off: the service was given no metrics token.")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(sent.strip().encode(),
+                                                                  token.encode()):
+            raise web.HTTPError(403, "Metrics are for the site's Prometheus (its token) only.")
+        found = metrics.families(self.settings["cache"].parts, allocations.site_billing(),
+                                 dict(slurm.COMMANDS))
+        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(metrics.exposition(found))
+
+
+def metrics_token() -> str:
+    path = os.environ.get("AIFACTORY_METRICS_TOKEN_FILE", "")
+    return open(path).read().strip() if path else ""
+
+
 class PageHandler(BaseHandler):
     """A browser's view (OAuth login through the hub): the viewer's budgets as a table."""
 
@@ -421,8 +451,9 @@ def make_app(cache: Cache, prefix: str) -> web.Application:
         (api + r"courses/([^/]+)", CourseHandler),
         (api + r"courses/([^/]+)/sessions/([^/]+)", CourseSessionHandler),
         (api + "health", HealthHandler),
+        (prefix + "metrics", MetricsHandler),
     ], cache=cache, cookie_secret=os.urandom(32),
-        viewers=Viewers(hub), hub=hub)
+        viewers=Viewers(hub), hub=hub, metrics_token=metrics_token())
 
 
 async def main() -> None:

@@ -19,7 +19,9 @@ import os
 import pwd
 import re
 import subprocess
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from . import names
@@ -330,9 +332,48 @@ def _check(argv: list[str], returncode: int, out: str, err: str) -> str:
     raise SlurmError(f"{argv[0]}: {last}")
 
 
+@dataclass
+class CommandCount:
+    """What one Slurm command cost this process so far (the operators' metrics)."""
+    calls: int = 0
+    seconds: float = 0.0
+    unreachable: int = 0  # the daemon did not answer (or not in time)
+    refused: int = 0  # it answered no
+
+
+COMMANDS: dict[str, CommandCount] = {}
+_COMMANDS_LOCK = threading.Lock()  # the service runs commands from several threads
+
+
+@contextmanager
+def _counted(command: str):
+    started = time.monotonic()
+    outcome = ""
+    try:
+        yield
+    except SlurmUnreachable:
+        outcome = "unreachable"
+        raise
+    except SlurmError:
+        outcome = "refused"
+        raise
+    finally:
+        with _COMMANDS_LOCK:
+            count = COMMANDS.setdefault(command, CommandCount())
+            count.calls += 1
+            count.seconds += time.monotonic() - started
+            if outcome:
+                setattr(count, outcome, getattr(count, outcome) + 1)
+
+
 def run(argv: list[str], *, input: str | None = None, user: str | None = None,
         env: dict | None = None, timeout: float = DEFAULT_TIMEOUT) -> str:
     """Run a Slurm command (argv list) and return its stdout."""
+    with _counted(argv[0]):
+        return _run(argv, input=input, user=user, env=env, timeout=timeout)
+
+
+def _run(argv, *, input, user, env, timeout) -> str:
     try:
         proc = subprocess.run([command_path(argv[0]), *argv[1:]], input=input,
                               capture_output=True, text=True, timeout=timeout,
@@ -348,6 +389,11 @@ def run(argv: list[str], *, input: str | None = None, user: str | None = None,
 async def run_async(argv: list[str], *, input: str | None = None, user: str | None = None,
                     env: dict | None = None, timeout: float = DEFAULT_TIMEOUT) -> str:
     """`run` for asyncio code (the hub): the event loop keeps serving while Slurm answers."""
+    with _counted(argv[0]):
+        return await _run_async(argv, input=input, user=user, env=env, timeout=timeout)
+
+
+async def _run_async(argv, *, input, user, env, timeout) -> str:
     try:
         proc = await asyncio.create_subprocess_exec(
             command_path(argv[0]), *argv[1:], stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -123,6 +123,11 @@ const provider = new Provider(config.issuer, {
     entitlements: ['eduperson_entitlement'],
   },
   scopes: ['openid', 'offline_access', 'email', 'uid', 'entitlements'],
+  // A refresh token for every login of a client that may refresh (as Keycloak and the
+  // federations' proxies do): by default oidc-provider drops offline_access unless the hub
+  // asks for prompt=consent, and without a refresh token every login ended with its first
+  // access token.
+  issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
   features: {
     devInteractions: { enabled: false },  // its login accepts any password
     rpInitiatedLogout: { enabled: true },

@@ -20,7 +20,8 @@ from pathlib import Path
 from .. import site_description as site_module
 from .. import slurm
 from ..billing import Billing
-from . import accounting, hub, hub_database, idp, modules, network, services, tls
+from . import (accounting, hub, hub_database, idp, modules, network, prometheus, services,
+               tls)
 from .demo import Demo, DemoFileError, load
 from .system import (ETC_DIR, STATE_DIR, ClusterError, ensure_debs, read_pid, sh, stop_pid, wait_for,
                      write_if_changed)
@@ -30,6 +31,9 @@ __all__ = ["up", "down", "status", "ClusterError", "DemoFileError"]
 DEBIAN_PACKAGES = ["slurmctld", "slurmd", "slurmdbd", "slurm-client", "munge", "git",
                    "mariadb-server", "sudo", "iproute2", "util-linux",
                    "postgresql",  # the hub's database (aifactory.cluster.hub_database)
+                   # the operators' metrics and alerts (aifactory.cluster.prometheus);
+                   # htpasswd makes the hash of its password
+                   "prometheus", "apache2-utils",
                    # the demo's CA in the machine's trust store (aifactory.cluster.tls)
                    "ca-certificates",
                    # *.localhost resolves to the loopback: users' own origins in the demo
@@ -165,6 +169,7 @@ def _hub_env(demo: Demo, cert: tls.Pair) -> dict:
         "AIFACTORY_PROXY_TOKEN_FILE": str(hub.PROXY_TOKEN),
         "AIFACTORY_ALLOCATIONS_TOKEN_FILE": str(hub.SERVICE_TOKEN),
         "AIFACTORY_HUB_DB_PASSWORD_FILE": str(hub.DATABASE_PASSWORD),
+        "AIFACTORY_METRICS_TOKEN_FILE": str(hub.METRICS_TOKEN),
     }
 
 
@@ -326,6 +331,7 @@ def _start_the_hub(demo: Demo, cert: tls.Pair, config_version: str, code: str, l
                       site=HUB_CONFIG_DIR / "site.yaml", course_groups_from="")
     config = HUB_CONFIG_DIR / "jupyterhub_config.py"
     proxy_token, service_token = hub.secret(hub.PROXY_TOKEN), hub.secret(hub.SERVICE_TOKEN)
+    hub.secret(hub.METRICS_TOKEN)
     hub_database.start()
     hub_database.ensure_role_and_database(hub.secret(hub.DATABASE_PASSWORD))
     env = _hub_env(demo, cert)
@@ -334,6 +340,7 @@ def _start_the_hub(demo: Demo, cert: tls.Pair, config_version: str, code: str, l
     _stop_an_older_installs_hub(log)
     HUB_WORKDIR.mkdir(mode=0o700, parents=True, exist_ok=True)
     hub.make_certificates(config, HUB_WORKDIR, env, front)
+    prometheus.ensure_files(front, HUB_CONFIG_DIR, hub.HUB_API_PORT)  # the hub reads its token
     hub_database.move_from_sqlite(HUB_WORKDIR / "jupyterhub.sqlite",
                                   hub_database.url(hub.secret(hub.DATABASE_PASSWORD)), log)
     proxy_env = {"PATH": env["PATH"], "CONFIGPROXY_AUTH_TOKEN": proxy_token}
@@ -350,10 +357,12 @@ def _start_the_hub(demo: Demo, cert: tls.Pair, config_version: str, code: str, l
         # JupyterHub, a restored backup).
         sh(str(VENV / "bin/jupyterhub"), "upgrade-db", "-f", str(config), env=env, timeout=300)
     hub.ensure(services.HUB, [str(VENV / "bin/jupyterhub"), "-f", str(config)], env, HUB_WORKDIR,
-               files=(hub.PROXY_TOKEN, hub.SERVICE_TOKEN, hub.DATABASE_PASSWORD),
+               files=(hub.PROXY_TOKEN, hub.SERVICE_TOKEN, hub.DATABASE_PASSWORD,
+                      hub.METRICS_TOKEN),
                version=config_version, before_start=upgrade_db, log=log,
                restart_for="the proxy started anew" if proxy_restarted else "")
     wait_for(_hub_answers, "JupyterHub", timeout=60)
+    prometheus.start(log=log)
 
 
 LEGACY_PROXY_PID = HUB_WORKDIR / "jupyterhub-proxy.pid"  # the proxy an older hub started itself
@@ -380,7 +389,7 @@ def all_services() -> list[services.Service]:
     return ([services.MUNGE, services.MARIADB, services.SLURMDBD, services.SLURMCTLD]
             + [services.slurmd(n) for n in _node_names()]
             + [idp.IDP, hub_database.service(), services.PROXY, services.HUB,
-               services.ALLOCATIONS])
+               services.ALLOCATIONS, services.PROMETHEUS])
 
 
 def down(log=print) -> list[str]:

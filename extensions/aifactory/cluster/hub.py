@@ -25,6 +25,7 @@ SECRETS_DIR = STATE_DIR / "secrets"
 PROXY_TOKEN = SECRETS_DIR / "proxy-auth-token"  # the hub's key to the proxy's API
 SERVICE_TOKEN = SECRETS_DIR / "allocations-api-token"  # the service's token at the hub
 DATABASE_PASSWORD = SECRETS_DIR / "hub-database-password"  # the hub's at PostgreSQL
+METRICS_TOKEN = SECRETS_DIR / "metrics-token"  # Prometheus's, at the hub and the service
 SERVICE_CERT_NAME = "allocations-service"
 PROXY_API_PORT = 8001
 HUB_API_PORT = 8081
@@ -116,6 +117,7 @@ def service_environment(f: Front, token: str) -> dict[str, str]:
         "AIFACTORY_SITE": str(f.site),
         "AIFACTORY_PUBLIC_URL": f.public_url,
         "AIFACTORY_COURSE_GROUPS_FROM": f.course_groups_from,
+        "AIFACTORY_METRICS_TOKEN_FILE": str(METRICS_TOKEN),
     }
 
 
@@ -158,7 +160,7 @@ def fingerprint(argv: list[str], env: dict, files: list[Path], version: str = ""
 
 def ensure(service: services.Service, argv: list[str], env: dict, cwd: Path,
            files: tuple[Path, ...] = (), version: str = "", restart_for: str = "",
-           before_start=None, log=print) -> bool:
+           before_start=None, user: str | None = None, log=print) -> bool:
     """Start `service`, or restart it when what it runs with (its command, environment, the
     files it reads, the code's `version`) changed, or for the reason `restart_for`. True if
     it was (re)started."""
@@ -172,7 +174,7 @@ def ensure(service: services.Service, argv: list[str], env: dict, cwd: Path,
         service.stop()
     if before_start:
         before_start()
-    services.start_process(service, argv, env, cwd)
+    services.start_process(service, argv, env, cwd, user=user)
     stamp.write_text(want)
     os.chmod(stamp, 0o600)
     return True
@@ -186,7 +188,7 @@ def proxy_files(f: Front) -> list[Path]:
 
 def service_files(f: Front) -> list[Path]:
     cert = f.certs / SERVICE_CERT_NAME
-    return [cert / f"{SERVICE_CERT_NAME}.crt", f.certs / "services-ca_trust.crt"]
+    return [cert / f"{SERVICE_CERT_NAME}.crt", f.certs / "services-ca_trust.crt", METRICS_TOKEN]
 
 
 def wait_until_listening(service: services.Service, port: int, host: str) -> None:

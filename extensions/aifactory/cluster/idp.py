@@ -34,7 +34,7 @@ IDP_STATE = STATE_DIR / "idp"
 IDP_KEYS = IDP_STATE / "keys"
 IDP_HOST, HOST, PORT = "idp.localhost", "127.0.0.1", 8010
 ISSUER = f"https://{IDP_HOST}:{PORT}"
-ACCESS_TOKEN_SECONDS = 60  # short, so that the hub's refresh really uses the refresh token
+ACCESS_TOKEN_SECONDS = 20  # short, so that the hub's refresh really uses the refresh token
 # The demo's SRAM collaboration: entitlements urn:mace:surf.nl:sram:group:<org>:<co>:<group>.
 ENTITLEMENT_PREFIX = "urn:mace:surf.nl:sram:group:aifactory-demo:aifactory:"
 CLIENT_SHAPES = {"sram": "aifactory (SRAM-like)", "myaccessid": "aifactory (MyAccessID-like)"}

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -42,6 +43,8 @@ PROXY = Service("configurable-http-proxy", RUN_DIR / "proxy.pid",
 HUB = Service("jupyterhub", RUN_DIR / "jupyterhub.pid", "JupyterHub")
 ALLOCATIONS = Service("allocations", RUN_DIR / "allocations.pid",
                       "the allocations service: Slurm's answers for widgets and the CLI")
+PROMETHEUS = Service("prometheus", RUN_DIR / "prometheus.pid",
+                     "Prometheus: the operators' metrics and alerts (loopback, password)")
 
 
 def slurmd(node: str) -> Service:
@@ -127,10 +130,18 @@ def start_slurmd(node: str) -> None:
     wait_for(service.running, f"slurmd on {node}", timeout=30)
 
 
-def start_process(service: Service, argv: list[str], env: dict, cwd: Path) -> None:
-    """Start `argv` in the background with its own log (LOG_DIR/<name>.log) and pid file."""
+def start_process(service: Service, argv: list[str], env: dict, cwd: Path,
+                  user: str | None = None) -> None:
+    """Start `argv` in the background with its own log (LOG_DIR/<name>.log) and pid file,
+    as `user` (its own working folder) where one is named, else as root."""
     cwd.mkdir(parents=True, exist_ok=True)
     os.chmod(cwd, 0o700)
+    as_user = {}
+    if user is not None:
+        pw = pwd.getpwnam(user)
+        os.chown(cwd, pw.pw_uid, pw.pw_gid)
+        as_user = {"user": pw.pw_uid, "group": pw.pw_gid,
+                   "extra_groups": os.getgrouplist(user, pw.pw_gid)}
     # The logs name users, jobs and nodes: root and the adm group only.
     LOG_DIR.mkdir(mode=0o750, parents=True, exist_ok=True)
     os.chmod(LOG_DIR, 0o750)
@@ -140,7 +151,7 @@ def start_process(service: Service, argv: list[str], env: dict, cwd: Path) -> No
     os.chmod(path, 0o640)
     with log:
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=log, start_new_session=True)
+                                stderr=log, start_new_session=True, **as_user)
     service.pidfile.write_text(f"{proc.pid}\n")
 
 

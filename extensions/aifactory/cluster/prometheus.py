@@ -1,0 +1,147 @@
+"""Prometheus for the operators (bring-up, root; Prometheus itself runs as `prometheus`).
+
+Debian's `prometheus`, on the loopback only, behind a password (its web config's basic
+auth): people log in to this machine too, and the metrics name every project's budget. It
+scrapes the hub's /hub/metrics (over internal_ssl, with a certificate the services' CA
+signed) and the allocations service's /services/allocations/metrics, both with the metrics
+token that the hub gives its `prometheus` service the read:metrics scope for. It evaluates
+hub_config/prometheus/alerts.yml.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from . import services
+from . import hub
+from .hub import SECRETS_DIR, SERVICE_PORT, Front, ensure, secret
+from .system import ETC_DIR, STATE_DIR, ClusterError, sh, wait_for, write_if_changed
+
+USER = "prometheus"  # Debian's package makes it
+ETC = ETC_DIR / "prometheus"
+DATA = STATE_DIR / "prometheus"
+PORT = 9090
+URL = f"http://127.0.0.1:{PORT}"
+METRICS_TOKEN = ETC / "metrics-token"  # its copy of hub.METRICS_TOKEN, which it sends
+OPERATOR = "operator"  # the one login of Prometheus's web page and API
+OPERATOR_PASSWORD = SECRETS_DIR / "prometheus-operator-password"  # root's
+CERT_NAME = "prometheus"  # its client certificate at the hub's API (internal_ssl)
+SCRAPE_EVERY_S = 10
+
+
+def config(f: Front, hub_api_port: int, rules: Path) -> dict:
+    """prometheus.yml: the hub and the service, each with the metrics token."""
+    token = {"type": "Bearer", "credentials_file": str(METRICS_TOKEN)}
+    return {
+        "global": {"scrape_interval": f"{SCRAPE_EVERY_S}s",
+                   "evaluation_interval": f"{SCRAPE_EVERY_S}s"},
+        "rule_files": [str(rules)],
+        "scrape_configs": [
+            {"job_name": "jupyterhub", "scheme": "https", "metrics_path": "/hub/metrics",
+             "authorization": token,
+             "tls_config": {"ca_file": str(ETC / "hub-ca.crt"),
+                            "cert_file": str(ETC / f"{CERT_NAME}.crt"),
+                            "key_file": str(ETC / f"{CERT_NAME}.key")},
+             "static_configs": [{"targets": [f"{f.hub_ip}:{hub_api_port}"]}]},
+            {"job_name": "allocations", "metrics_path": "/services/allocations/metrics",
+             "authorization": token,
+             "static_configs": [{"targets": [f"{f.hub_ip}:{SERVICE_PORT}"]}]},
+        ],
+    }
+
+
+def command() -> list[str]:
+    return ["/usr/bin/prometheus", f"--config.file={ETC / 'prometheus.yml'}",
+            f"--web.config.file={ETC / 'web.yml'}", f"--storage.tsdb.path={DATA}",
+            "--storage.tsdb.retention.time=15d", f"--web.listen-address=127.0.0.1:{PORT}"]
+
+
+def _bcrypt(password: str) -> str:
+    """The hash Prometheus's basic auth checks (htpasswd reads the password on stdin)."""
+    out = sh("htpasswd", "-niB", "-C", "10", OPERATOR, input=password + "\n").stdout
+    return out.strip().split(":", 1)[1]
+
+
+def _certificate(certs: Path) -> None:
+    """Prometheus's client certificate at the hub's API, and the CA the hub's is signed by."""
+    from certipy import CertNotFoundError, Certipy
+    store = Certipy(store_dir=str(certs))
+    try:
+        store.store.get_record(CERT_NAME)
+    except CertNotFoundError:
+        store.create_signed_pair(CERT_NAME, "services-ca")
+    made = certs / CERT_NAME
+    for source, name, mode in ((made / f"{CERT_NAME}.crt", f"{CERT_NAME}.crt", 0o644),
+                               (made / f"{CERT_NAME}.key", f"{CERT_NAME}.key", 0o600),
+                               (certs / "services-ca_trust.crt", "hub-ca.crt", 0o644)):
+        write_if_changed(ETC / name, source.read_text(), mode, owner=USER)
+
+
+def files() -> tuple[Path, ...]:
+    return tuple(ETC / n for n in ("prometheus.yml", "web.yml", "alerts.yml", "metrics-token",
+                                   f"{CERT_NAME}.crt", "hub-ca.crt"))
+
+
+def ensure_files(f: Front, hub_config: Path, hub_api_port: int) -> None:
+    """Its configuration, the metrics token and the operator's password (before the hub
+    starts: the hub reads the token)."""
+    if shutil.which("htpasswd") is None:
+        raise ClusterError("htpasswd is missing (Debian package apache2-utils).")
+    ETC.mkdir(parents=True, exist_ok=True)
+    shutil.chown(ETC, "root", USER)
+    ETC.chmod(0o750)
+    token = secret(hub.METRICS_TOKEN)
+    write_if_changed(METRICS_TOKEN, token + "\n", 0o400, owner=USER)
+    password = secret(OPERATOR_PASSWORD)
+    web = ETC / "web.yml"
+    known = yaml.safe_load(web.read_text()) if web.exists() else None
+    hashed = ((known or {}).get("basic_auth_users") or {}).get(OPERATOR, "")
+    if not hashed or not _password_matches(password, hashed):
+        write_if_changed(web, yaml.safe_dump({"basic_auth_users": {
+            OPERATOR: _bcrypt(password)}}), 0o400, owner=USER)
+    write_if_changed(ETC / "alerts.yml", (hub_config / "prometheus/alerts.yml").read_text(),
+                     0o444, owner=USER)
+    _certificate(f.certs)
+    write_if_changed(ETC / "prometheus.yml", yaml.safe_dump(
+        config(f, hub_api_port, ETC / "alerts.yml"), sort_keys=False), 0o444, owner=USER)
+    checked = subprocess.run(["promtool", "check", "config", str(ETC / "prometheus.yml")],
+                             capture_output=True, text=True, timeout=60)
+    if checked.returncode != 0:
+        raise ClusterError("promtool finds the Prometheus configuration wrong: "
+                           + (checked.stdout + checked.stderr).strip().splitlines()[-1])
+
+
+def _password_matches(password: str, hashed: str) -> bool:
+    """htpasswd -v checks a password against a bcrypt hash it is given in a file."""
+    scratch = SECRETS_DIR / "prometheus-operator.htpasswd"
+    scratch.write_text(f"{OPERATOR}:{hashed}\n")
+    scratch.chmod(0o600)
+    try:
+        return sh("htpasswd", "-vi", str(scratch), OPERATOR, input=password + "\n",
+                  check=False).returncode == 0
+    finally:
+        scratch.unlink()
+
+
+def start(log=print) -> None:
+    DATA.mkdir(parents=True, exist_ok=True)
+    shutil.chown(DATA, USER, USER)
+    ensure(services.PROMETHEUS, command(), {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+           DATA, files(), user=USER, log=log)
+    wait_for(_ready, "Prometheus", timeout=60)
+
+
+def _ready() -> bool:
+    if not services.PROMETHEUS.running():
+        raise ClusterError("Prometheus stopped at its start; see /var/log/aifactory/"
+                           "prometheus.log")
+    import requests
+    try:
+        return requests.get(f"{URL}/-/ready", timeout=2,
+                            auth=(OPERATOR, OPERATOR_PASSWORD.read_text().strip())).ok
+    except requests.RequestException:
+        return False

@@ -1,0 +1,93 @@
+"""Prometheus on the live system: it reads the hub's and the service's metrics, and nobody
+else does (dave, with his own token, his own password guesses, on the same machine)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import requests
+from conftest import HUB, SERVICE, wait_until
+
+from aifactory.cluster import hub, prometheus, services
+
+SERVICE_DIRECT = f"http://10.77.0.1:{hub.SERVICE_PORT}/services/allocations/metrics"
+
+
+def operator() -> tuple[str, str]:
+    return prometheus.OPERATOR, prometheus.OPERATOR_PASSWORD.read_text().strip()
+
+
+def query(expr: str) -> list[dict]:
+    r = requests.get(f"{prometheus.URL}/api/v1/query", params={"query": expr}, auth=operator(),
+                     timeout=10)
+    r.raise_for_status()
+    return r.json()["data"]["result"]
+
+
+def firing(alert: str) -> list[dict]:
+    r = requests.get(f"{prometheus.URL}/api/v1/alerts", auth=operator(), timeout=10)
+    r.raise_for_status()
+    return [a for a in r.json()["data"]["alerts"]
+            if a["labels"]["alertname"] == alert and a["state"] == "firing"]
+
+
+def curl_as(user: str, *args: str) -> tuple[int, str]:
+    """An HTTP request made by `user` in a login-node terminal: (status, body)."""
+    out = subprocess.run(["runuser", "-u", user, "--", "curl", "-sS", "--max-time", "20",
+                          "-w", "\n%{http_code}", *args], capture_output=True, text=True,
+                         cwd="/tmp", timeout=60)
+    body, _, code = out.stdout.rpartition("\n")
+    return int(code or 0), body
+
+
+def test_prometheus_reads_the_hub_and_the_service_as_its_own_user(live_cluster):
+    wait_until(lambda: {t["labels"]["job"]: t["health"] for t in requests.get(
+        f"{prometheus.URL}/api/v1/targets", auth=operator(), timeout=10).json()["data"][
+        "activeTargets"]} == {"jupyterhub": "up", "allocations": "up"}, 60,
+        what="both targets to be scraped")
+    assert {r["metric"]["daemon"]: r["value"][1] for r in query("aifactory_slurm_up")} == {
+        "slurmctld": "1", "slurmdbd": "1"}
+    # JupyterHub's own metrics, and the service's budgets in the site's unit.
+    assert query('jupyterhub_total_users{job="jupyterhub"}')
+    climate = query('aifactory_budget_granted{account="proj-climate"}')
+    assert climate and float(climate[0]["value"][1]) > 0
+    assert query("aifactory_slurm_command_seconds_count")
+    owner = subprocess.run(["ps", "-o", "user=", "-p", str(services.PROMETHEUS.pid())],
+                           capture_output=True, text=True).stdout.strip()
+    assert owner == "prometheus"
+
+
+@pytest.fixture
+def daves_token(hub_client) -> str:
+    return hub_client("dave").token()
+
+
+def test_a_persons_token_password_or_shell_does_not_read_the_metrics(live_cluster, daves_token):
+    auth = f"Authorization: token {daves_token}"
+    bearer = f"Authorization: Bearer {daves_token}"
+    # The hub's metrics need read:metrics, which only Prometheus's token has.
+    code, _ = curl_as("dave", "-H", auth, f"{HUB}/hub/metrics")
+    assert code == 403
+    code, _ = curl_as("dave", f"{HUB}/hub/metrics")
+    assert code in (401, 403)
+    # The service's, through the proxy and straight at its port (where nodes reach it).
+    for url in (SERVICE + "metrics", SERVICE_DIRECT):
+        for header in (bearer, auth, "X-Nothing: 1"):
+            code, body = curl_as("dave", "-H", header, url)
+            assert code == 403 and "aifactory_budget" not in body, (url, header, code)
+    # Prometheus itself: the loopback is this machine's, where dave has a shell.
+    for creds in ([], ["-u", "operator:operator"], ["-u", f"dave:{daves_token}"]):
+        code, body = curl_as("dave", *creds, f"{prometheus.URL}/api/v1/query?query=up")
+        assert code == 401 and "success" not in body, creds
+    # Nor the files that hold the token and the password's hash.
+    for path in (prometheus.METRICS_TOKEN, prometheus.ETC / "web.yml", hub.METRICS_TOKEN,
+                 prometheus.OPERATOR_PASSWORD, prometheus.ETC / "prometheus.key"):
+        read = subprocess.run(["runuser", "-u", "dave", "--", "cat", str(path)],
+                              capture_output=True, text=True)
+        assert read.returncode != 0 and not read.stdout, path
+    # With the token, Prometheus's scrape works (what was refused was dave, not the URL).
+    token = hub.METRICS_TOKEN.read_text().strip()
+    r = requests.get(SERVICE + "metrics", headers={"Authorization": f"Bearer {token}"},
+                     timeout=10)
+    assert r.status_code == 200 and "aifactory_slurm_up" in r.text
