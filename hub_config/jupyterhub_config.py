@@ -194,3 +194,5 @@ c.Spawner.server_token_scopes = ["users:activity!user", "access:servers!server",
 c.Spawner.environment = {"AIFACTORY_ALLOCATIONS_URL": f"{allocations_url}/services/allocations/",
                          # GPUCluster reads its defaults from the site description.
                          "AIFACTORY_SITE": str(here / "site.yaml")}
+if os.environ.get("AIFACTORY_SLURM_BIN"):  # Slurm under a site's own prefix: kernels too
+    c.Spawner.environment["AIFACTORY_SLURM_BIN"] = os.environ["AIFACTORY_SLURM_BIN"]

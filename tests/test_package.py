@@ -19,7 +19,8 @@ LAYERS = {
     "bottom": ["aifactory.slurm", "aifactory.names", "aifactory.billing"],
     "description": ["aifactory.site_description", "aifactory.checked_yaml"],
     "rules": ["aifactory.availability", "aifactory.budget", "aifactory.report",
-              "aifactory.course_rules", "aifactory.spawner.status", "aifactory.spawner.request"],
+              "aifactory.course_rules", "aifactory.spawner.status", "aifactory.spawner.request",
+              "aifactory.site_check"],
     "cache": ["aifactory.snapshot"],
     "answers": ["aifactory.allocations", "aifactory.metrics"],
 }

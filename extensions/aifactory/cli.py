@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -102,6 +104,39 @@ def _environments(args) -> int:
     return 0
 
 
+def _readable_by_all(path: Path) -> bool:
+    """Every folder on the way searchable by others, and the file readable by them."""
+    try:
+        if not path.exists() or not path.resolve().stat().st_mode & stat.S_IROTH:
+            return False
+        return all(p.stat().st_mode & stat.S_IXOTH for p in path.resolve().parents)
+    except OSError:
+        return False
+
+
+def _site_check(args) -> int:
+    from . import site_check, slurm
+    from . import site_description as site_module
+    path = args.site or Path(os.environ.get("AIFACTORY_SITE",
+                                            "/etc/aifactory/hub_config/site.yaml"))
+    try:
+        site = site_module.load(path)
+    except (OSError, site_module.SiteError) as e:
+        print(f"aifactory: {e}", file=sys.stderr)
+        return 2
+    python = Path(site.dask["python"])
+    facts = site_check.SlurmFacts(
+        config=slurm.config(), partitions=slurm.partitions(), nodes=slurm.nodes(),
+        reservations=slurm.reservations(), hub_user=args.hub_user,
+        hub_admin_level=slurm.admin_level(args.hub_user), environment=str(python),
+        environment_readable=_readable_by_all(python))
+    findings = site_check.check(site, facts)
+    major, minor = slurm.version()
+    print(f"{path}, against Slurm {major}.{minor:02d}:")
+    print(site_check.report(findings))
+    return 0 if all(f.ok for f in findings) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aifactory", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -137,6 +172,15 @@ def main(argv: list[str] | None = None) -> int:
                                                 "are Jupyter kernels, and how to fix the others")
     env_p.add_argument("--json", action="store_true", help="the answer as JSON")
     env_p.set_defaults(func=_environments)
+    site_p = sub.add_parser("site", help="a site's own Slurm: what aifactory needs of it")
+    ssub = site_p.add_subparsers(dest="action", required=True)
+    check_p = ssub.add_parser("check", help="say what aifactory needs and does not find, with "
+                                            "the line to write; exit 0 only when all holds")
+    check_p.add_argument("--site", type=Path, help="the site description (default: "
+                         "$AIFACTORY_SITE, else /etc/aifactory/hub_config/site.yaml)")
+    check_p.add_argument("--hub-user", default="root", help="the account the hub and the "
+                         "allocations service run as (default: root)")
+    check_p.set_defaults(func=_site_check)
     args = parser.parse_args(argv)
 
     from .cluster.demo import DemoFileError

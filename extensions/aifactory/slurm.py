@@ -847,13 +847,35 @@ def coordinators() -> dict[str, list[str]]:
             for row in sacctmgr_list("account", "withcoord", fields=["Account", "Coordinators"])}
 
 
+def parse_config(text: str) -> dict[str, str]:
+    """`scontrol show config` as {key: value} (its "Key = value" lines; "(null)" is "")."""
+    found = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() and " " not in key.strip():
+            value = value.strip()
+            found[key.strip()] = "" if value == "(null)" else value
+    return found
+
+
+def config() -> dict[str, str]:
+    """slurmctld's running configuration."""
+    return parse_config(run(["scontrol", "show", "config"]))
+
+
 def usage_reset_period() -> str:
     """PriorityUsageResetPeriod: when budgets start again (QUARTERLY, MONTHLY, NONE, ...)."""
-    for line in run(["scontrol", "show", "config"]).splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == "PriorityUsageResetPeriod":
-            return value.strip().upper()
-    return "NONE"
+    return (config().get("PriorityUsageResetPeriod") or "NONE").upper()
+
+
+def admin_level(user: str) -> str:
+    """The user's AdminLevel in slurmdbd (None, Operator, Administrator); root is one."""
+    if user == "root":
+        return "Administrator"
+    if not names.SITE_USER_RE.match(user):
+        raise SlurmError(f"'{user[:40]}' is not a valid user name")
+    rows = sacctmgr_list("user", f"name={user}", fields=["AdminLevel"])
+    return rows[0]["adminlevel"] if rows else "None"
 
 
 @dataclass(frozen=True)

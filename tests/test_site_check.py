@@ -1,0 +1,130 @@
+"""`aifactory site check`: what a site's Slurm lacks, each named with the line to write.
+
+Recorded: tests/data/scontrol-show-config-22.05.txt is `scontrol show config` of the demo
+cluster on Debian 12's Slurm 22.05 (`./aif cluster up`, 2026-12-04); sinfo-22.05.json its
+nodes (see tests/data/recorded/SOURCES.md). The live tests run the command on each bed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from conftest import REPO, aifactory, wait_until
+
+from aifactory import site_check, slurm
+from aifactory import site_description as site_module
+
+DATA = Path(__file__).parent / "data"
+SITE = REPO / "hub_config" / "site.yaml"
+
+
+def demo_facts(**changes) -> site_check.SlurmFacts:
+    config = slurm.parse_config((DATA / "scontrol-show-config-22.05.txt").read_text())
+    nodes = slurm.parse_nodes_json((DATA / "sinfo-22.05.json").read_text())
+    facts = site_check.SlurmFacts(
+        config=config,
+        partitions={"gpu": slurm.Partition("gpu", "gpu[01-03]", 2880, 60),
+                    "cpu": slurm.Partition("cpu", "cpu01", 10080, 60)},
+        nodes=nodes,
+        reservations={r: slurm.Reservation(r, 0, None, "gpu03") for r in ("dl101", "ml202")},
+        hub_user="root", hub_admin_level="Administrator",
+        environment="/opt/aifactory/venv/bin/python", environment_readable=True)
+    return dataclasses.replace(facts, **changes)
+
+
+def missing(facts, site=None) -> list[site_check.Finding]:
+    return [f for f in site_check.check(site or site_module.load(SITE), facts) if not f.ok]
+
+
+def with_config(**settings) -> site_check.SlurmFacts:
+    facts = demo_facts()
+    return dataclasses.replace(facts, config={**facts.config, **settings})
+
+
+def test_the_demo_slurm_has_all_the_demo_site_needs():
+    findings = site_check.check(site_module.load(SITE), demo_facts())
+    assert len(findings) >= 15 and all(f.ok for f in findings), [f for f in findings if not f.ok]
+    assert site_check.report(findings).endswith(f"{len(findings)} of {len(findings)} hold.")
+
+
+@pytest.mark.parametrize("setting,value,fix", [
+    ("AccountingStorageType", "accounting_storage/none",
+     "slurm.conf: AccountingStorageType=accounting_storage/slurmdbd"),
+    ("AccountingStorageEnforce", "associations", "AccountingStorageEnforce=associations,limits"),
+    ("AccountingStorageTRES", "cpu,mem,energy,node,billing",
+     "AccountingStorageTRES=cpu,mem,energy,node,billing,gres/gpu,gres/gpu:h100"),
+    ("AccountingStorageTRES", "cpu,gres/gpu", "AccountingStorageTRES=cpu,gres/gpu,gres/gpu:h100"),
+    ("GresTypes", "", "slurm.conf: GresTypes=gpu"),
+    ("PrivateData", "", "PrivateData=accounts,jobs,reservations,usage,users"),
+    ("PrivateData", "jobs", "PrivateData=accounts,jobs,reservations,usage,users"),
+    ("PriorityType", "priority/basic", "PriorityType=priority/multifactor"),
+    ("PriorityUsageResetPeriod", "NONE", "PriorityUsageResetPeriod=QUARTERLY"),
+    ("PriorityDecayHalfLife", "7-00:00:00", "PriorityDecayHalfLife=0"),
+    ("JobSubmitPlugins", "", "JobSubmitPlugins=lua"),
+])
+def test_each_setting_taken_away_is_named_with_its_line(setting, value, fix):
+    [found] = missing(with_config(**{setting: value}))
+    assert fix in found.fix, found
+    assert found.what.endswith((".", ")")) and "\n" not in found.what
+
+
+def test_billing_units_need_no_gpu_tres_line_but_the_demo_says_it_is_accounted():
+    site = site_module.load(SITE)
+    units = dataclasses.replace(site, billing=dataclasses.replace(site.billing, tres="billing"))
+    assert not missing(with_config(), units)  # billing is always accounted by Slurm
+
+
+def test_partitions_gpus_reservations_and_the_hub_account_that_the_site_names():
+    facts = demo_facts()
+    no_gpu_partition = dataclasses.replace(facts, partitions={"cpu": facts.partitions["cpu"]})
+    [found] = missing(no_gpu_partition)
+    assert found.what.startswith("Partition gpu ") and "PartitionName=gpu" in found.fix
+    two_gpus = [dataclasses.replace(n, gres="gpu:h100:2") if n.gres else n for n in facts.nodes]
+    [found] = missing(dataclasses.replace(facts, nodes=two_gpus))
+    assert "no node with 4 h100 GPUs" in found.what and "h100 x2" in found.what
+    short = dict(facts.partitions, gpu=dataclasses.replace(facts.partitions["gpu"],
+                                                           max_time_min=600))
+    [found] = missing(dataclasses.replace(facts, partitions=short))
+    assert "2880 minutes on gpu" in found.what and "MaxTime is 600" in found.what
+    [found] = missing(dataclasses.replace(facts, reservations={"ml202": facts.reservations["ml202"]}))
+    assert "reservation dl101" in found.what and "ReservationName=dl101" in found.fix
+    found = missing(dataclasses.replace(facts, hub_user="jupyterhub", hub_admin_level="None"))
+    assert [f.fix for f in found][0] == "sacctmgr modify user jupyterhub set AdminLevel=Operator"
+    [found] = missing(dataclasses.replace(facts, environment_readable=False))
+    assert "/opt/aifactory/venv/bin/python" in found.what
+
+
+# --- live, on each bed ----------------------------------------------------------------------
+
+def test_site_check_passes_on_the_running_slurm_and_names_what_a_change_takes_away(
+        live_cluster):
+    ok = aifactory("site", "check", "--site", str(SITE))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.strip().endswith("hold.") and "MISSING" not in ok.stdout
+    assert f"against Slurm {slurm.version()[0]}." in ok.stdout
+    # An account without an admin level cannot be the hub's (PrivateData hides the rest).
+    dave = aifactory("site", "check", "--site", str(SITE), "--hub-user", "dave")
+    assert dave.returncode == 1
+    assert "write: sacctmgr modify user dave set AdminLevel=Operator" in dave.stdout
+    # The running Slurm without PrivateData (slurm.conf, read again by slurmctld).
+    conf = Path("/etc/slurm/slurm.conf")
+    kept = conf.read_text()
+    assert "PrivateData=" in kept
+    try:
+        conf.write_text("\n".join(l for l in kept.splitlines()
+                                  if not l.startswith("PrivateData=")) + "\n")
+        slurm.scontrol("reconfigure")
+        wait_until(lambda: "jobs" not in slurm.config().get("PrivateData", "").lower(), 30,
+                   what="slurmctld to read slurm.conf again")
+        open_data = aifactory("site", "check", "--site", str(SITE))
+        assert open_data.returncode == 1
+        [line] = [l for l in open_data.stdout.splitlines() if l.startswith("MISSING")]
+        assert "PrivateData" in line
+        assert "write: slurm.conf and slurmdbd.conf: PrivateData=accounts,jobs" in open_data.stdout
+    finally:
+        conf.write_text(kept)
+        slurm.scontrol("reconfigure")
+    wait_until(lambda: "jobs" in slurm.config().get("PrivateData", "").lower(), 30,
+               what="PrivateData back")
