@@ -160,8 +160,8 @@ c.JupyterHub.services = [{
     "oauth_no_confirm": True,
     "display": False,
 }]
-# Prometheus (aifactory.cluster.prometheus) reads /hub/metrics with this token alone
-# (authenticate_prometheus: no person's token may).
+# Prometheus (aifactory.cluster.prometheus) reads /hub/metrics with this token
+# (authenticate_prometheus: besides it, only admins, whose role has read:metrics).
 metrics_token_file = os.environ.get("AIFACTORY_METRICS_TOKEN_FILE")
 c.JupyterHub.authenticate_prometheus = True
 if metrics_token_file:

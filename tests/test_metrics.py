@@ -55,12 +55,19 @@ def recorded_parts(**answers) -> dict[str, Cached]:
     return parts
 
 
+PROFILES = {"h100-1", "h100-4", "cpu", "course-dl101"}
+
+
 def scrape(parts, commands=None) -> dict[str, list]:
-    text = metrics.exposition(metrics.families(parts, Billing(), commands or {}, now=NOW))
+    text = metrics.exposition(metrics.families(parts, Billing(), PROFILES, commands or {},
+                                               now=NOW))
     found = {}
     for family in text_string_to_metric_families(text.decode()):
         for s in family.samples:
             found.setdefault(s.name, []).append((s.labels, s.value))
+    for name, samples in found.items():  # Prometheus refuses a scrape with a series twice
+        labels = [tuple(sorted(l.items())) for l, _ in samples]
+        assert len(labels) == len(set(labels)), f"{name} has a label set twice"
     return found
 
 
@@ -77,14 +84,20 @@ def test_sessions_are_counted_by_state_profile_and_partition_with_the_longest_wa
               "22": dataclasses.replace(by_id["22"], comment="aifactory-session:h100-1"),
               "23": dataclasses.replace(by_id["23"], comment="aifactory-session:h100-1"),
               "99": dataclasses.replace(by_id["23"], job_id="99", submit_time=int(NOW) - 1200,
-                                        comment="aifactory-session:h100-1")}
+                                        comment="aifactory-session:h100-1"),
+              # Anyone can tag their own job: what is not a profile of the site is "other".
+              "98": dataclasses.replace(by_id["23"], job_id="98",
+                                        comment="aifactory-session:x" + "y" * 200),
+              "97": dataclasses.replace(by_id["23"], job_id="97", comment="aifactory-session:zz")}
     found = scrape(recorded_parts(queue=tagged))
     assert value(found, "aifactory_sessions", state="running", profile="h100-1") == 1
     assert value(found, "aifactory_sessions", state="pending", profile="h100-1",
                  partition="gpu") == 2
     assert value(found, "aifactory_session_longest_pending_seconds", profile="h100-1") == 1200
+    assert value(found, "aifactory_sessions", state="pending", profile="other") == 2
+    assert {l["profile"] for l, _ in found["aifactory_sessions"]} == {"h100-1", "other"}
     # Every pending job, session or not, by Slurm's reason.
-    assert value(found, "aifactory_jobs_pending", reason="AssocGrpGRESMinutes") == 2
+    assert value(found, "aifactory_jobs_pending", reason="AssocGrpGRESMinutes") == 4
 
 
 def test_budgets_are_in_the_sites_unit_with_what_is_left_of_each_grant():
@@ -106,8 +119,9 @@ def test_free_gpus_and_a_drained_node_with_its_reason():
                if n.name == "gpu02" else n for n in nodes]
     found = scrape(recorded_parts(nodes=drained))
     assert value(found, "aifactory_node_drained", node="gpu02") == 1
-    assert value(found, "aifactory_node_drained", node="gpu02", reason="fan failure") == 1
+    assert value(found, "aifactory_node_reason_info", node="gpu02", reason="fan failure") == 1
     assert value(found, "aifactory_node_drained", node="gpu01") == 0
+    assert "gpu01" not in {l["node"] for l, _ in found.get("aifactory_node_reason_info", [])}
     assert value(found, "aifactory_gpus", partition="gpu", gpu_type="h100", state="down") == 4
     assert value(found, "aifactory_gpus", partition="gpu", gpu_type="h100", state="total") == 12
 
@@ -115,12 +129,22 @@ def test_free_gpus_and_a_drained_node_with_its_reason():
 def test_an_unreachable_daemon_is_down_and_its_parts_failing():
     gone = slurm.SlurmUnreachable("squeue: scheduler unreachable (Unable to contact slurm "
                                   "controller)")
-    found = scrape(recorded_parts(queue=gone))
+    # slurmctld away: every part it serves fails, the database's parts still answer.
+    found = scrape(recorded_parts(queue=gone, nodes=gone, reservations=gone, shares=gone,
+                                  period=gone))
     assert value(found, "aifactory_slurm_up", daemon="slurmctld") == 0
     assert value(found, "aifactory_slurm_up", daemon="slurmdbd") == 1
     assert value(found, "aifactory_cache_failing", part="queue") == 1
     assert value(found, "aifactory_cache_age_seconds", part="queue") == float("inf")
-    assert value(found, "aifactory_cache_age_seconds", part="nodes") == 4
+    assert value(found, "aifactory_cache_age_seconds", part="members") == 4
+    # The daemon's latest try decides: an hourly part that failed once does not keep it down.
+    parts = recorded_parts(period=gone)
+    for part in parts.values():
+        part.tried = NOW - 30
+    parts["period"].tried, parts["queue"].tried = NOW - 600, NOW - 2
+    assert value(scrape(parts), "aifactory_slurm_up", daemon="slurmctld") == 1
+    parts["period"].tried = NOW - 1
+    assert value(scrape(parts), "aifactory_slurm_up", daemon="slurmctld") == 0
     # Slurm refusing is not Slurm being away.
     found = scrape(recorded_parts(queue=slurm.SlurmError("squeue: invalid user")))
     assert value(found, "aifactory_slurm_up", daemon="slurmctld") == 1
@@ -190,9 +214,9 @@ tests:
         values: '0.5x10'
       - series: 'aifactory_budget_remaining_ratio{{account="proj-climate"}}'
         values: '0.2 0.09x10'
-      - series: 'aifactory_node_drained{{node="gpu02",reason="fan failure"}}'
+      - series: 'aifactory_node_drained{{node="gpu02"}}'
         values: '0 1x10'
-      - series: 'aifactory_node_drained{{node="gpu01",reason=""}}'
+      - series: 'aifactory_node_drained{{node="gpu01"}}'
         values: '0x10'
       - series: 'up{{job="allocations"}}'
         values: '1 0x10'
@@ -217,9 +241,9 @@ tests:
       - eval_time: 7m
         alertname: NodeDrained
         exp_alerts:
-          - exp_labels: {{severity: warning, node: gpu02, reason: fan failure}}
+          - exp_labels: {{severity: warning, node: gpu02}}
             exp_annotations:
-              summary: "Node gpu02 is drained: fan failure"
+              summary: "Node gpu02 is drained (why: aifactory_node_reason_info)"
       - eval_time: 3m
         alertname: AllocationsServiceDown
         exp_alerts:

@@ -86,6 +86,14 @@ def test_a_persons_token_password_or_shell_does_not_read_the_metrics(live_cluste
         read = subprocess.run(["runuser", "-u", "dave", "--", "cat", str(path)],
                               capture_output=True, text=True)
         assert read.returncode != 0 and not read.stdout, path
+    listed = subprocess.run(["runuser", "-u", "dave", "--", "ls", str(prometheus.DATA)],
+                            capture_output=True, text=True)
+    assert listed.returncode != 0 and not listed.stdout  # its stored metrics
+    # Prometheus itself cannot change what it is told (its password, targets, rules).
+    for name in ("web.yml", "prometheus.yml", "alerts.yml"):
+        changed = subprocess.run(["runuser", "-u", "prometheus", "--", "sh", "-c",
+                                  f": >> {prometheus.ETC / name}"], capture_output=True)
+        assert changed.returncode != 0, name
     # With the token, Prometheus's scrape works (what was refused was dave, not the URL).
     token = hub.METRICS_TOKEN.read_text().strip()
     r = requests.get(SERVICE + "metrics", headers={"Authorization": f"Bearer {token}"},

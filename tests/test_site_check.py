@@ -70,6 +70,26 @@ def test_each_setting_taken_away_is_named_with_its_line(setting, value, fix):
     assert found.what.endswith((".", ")")) and "\n" not in found.what
 
 
+def test_what_slurm_prints_differently_is_read_as_it_means():
+    # priority/basic: Slurm prints no decay and no reset period; one cause, one finding.
+    facts = with_config(PriorityType="priority/basic")
+    config = {k: v for k, v in facts.config.items()
+              if k not in ("PriorityDecayHalfLife", "PriorityUsageResetPeriod")}
+    [found] = missing(dataclasses.replace(facts, config=config))
+    assert "PriorityType=priority/multifactor" in found.fix
+    # The plugin's full name, and GPU types in capitals (gres.conf's Type=A100).
+    assert not missing(with_config(JobSubmitPlugins="job_submit/lua"))
+    nodes = [dataclasses.replace(n, gres=n.gres.replace("h100", "H100")) for n in demo_facts().nodes]
+    upper = dataclasses.replace(with_config(AccountingStorageTRES="gres/gpu,gres/gpu:h100"),
+                                nodes=nodes)
+    assert [f.what for f in missing(upper)] == [
+        "Partition gpu has no node with 4 h100 GPUs (site.yaml partitions.gpu); Slurm says: "
+        "H100 x4."]
+    # NOW resets once, at slurmctld's start.
+    [found] = missing(with_config(PriorityUsageResetPeriod="NOW"))
+    assert "PriorityUsageResetPeriod=NOW" in found.what
+
+
 def test_billing_units_need_no_gpu_tres_line_but_the_demo_says_it_is_accounted():
     site = site_module.load(SITE)
     units = dataclasses.replace(site, billing=dataclasses.replace(site.billing, tres="billing"))

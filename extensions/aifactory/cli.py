@@ -105,11 +105,14 @@ def _environments(args) -> int:
 
 
 def _readable_by_all(path: Path) -> bool:
-    """Every folder on the way searchable by others, and the file readable by them."""
+    """Others may run it: every folder on the way (the venv's, and where its links lead)
+    searchable by them, and the program itself readable and executable."""
     try:
-        if not path.exists() or not path.resolve().stat().st_mode & stat.S_IROTH:
-            return False
-        return all(p.stat().st_mode & stat.S_IXOTH for p in path.resolve().parents)
+        target = path.resolve(strict=True)
+        folders = {*path.absolute().parents, *target.parents}
+        return (all(f.stat().st_mode & stat.S_IXOTH for f in folders)
+                and target.stat().st_mode & stat.S_IROTH and target.stat().st_mode & stat.S_IXOTH
+                ) != 0
     except OSError:
         return False
 

@@ -5,17 +5,18 @@ Slurm gateway's counts of the commands this process ran. The alert rules that re
 hub_config/prometheus/alerts.yml; the service serves them at /services/allocations/metrics to
 the holder of the metrics token only.
 
-- aifactory_slurm_up{daemon}: 0 when the last try of a part that daemon answers did not get
-  through (slurmctld: the queue, nodes, reservations, shares, period; slurmdbd: members,
+- aifactory_slurm_up{daemon}: 0 when the latest try of the parts that daemon answers did not
+  get through (slurmctld: the queue, nodes, reservations, shares, period; slurmdbd: members,
   coordinators, history).
 - aifactory_cache_age_seconds{part}, aifactory_cache_failing{part}: the cache's parts.
-- aifactory_sessions{state,profile,partition}: notebook sessions pending and running;
-  aifactory_session_longest_pending_seconds{profile,partition}.
+- aifactory_sessions{state,profile,partition}: notebook sessions pending and running (a tag
+  naming no profile of the site counts as "other"); aifactory_session_longest_pending_seconds.
 - aifactory_jobs_pending{reason}: every pending job, by Slurm's reason code.
 - aifactory_budget_{granted,used,held,remaining}{account,unit} in the site's unit, and
   aifactory_budget_remaining_ratio{account}: what is left of the grant (0..1).
 - aifactory_gpus{partition,gpu_type,state}: total, free (outside reservations), down.
-- aifactory_node_drained{node,reason}: 1 for a drained or draining node, else 0.
+- aifactory_node_drained{node}: 1 for a drained or draining node, else 0; its reason in
+  aifactory_node_reason_info{node,reason}.
 - aifactory_slurm_command_seconds{command} (a summary: _count, _sum) and
   aifactory_slurm_command_errors_total{command,kind}: kind is unreachable or refused.
 """
@@ -50,12 +51,13 @@ def _gauge(name: str, help_text: str, labels: list[str]) -> GaugeMetricFamily:
 def cache_families(parts: dict[str, Cached], now: float) -> list[Metric]:
     up = _gauge("aifactory_slurm_up", "1 while the Slurm daemon answered the last try of "
                 "each cached part it serves", ["daemon"])
-    daemons: dict[str, bool] = {}
+    latest: dict[str, Cached] = {}  # each daemon's part tried last says whether it answers
     for name, part in parts.items():
         daemon = daemon_of(name)
-        daemons[daemon] = daemons.get(daemon, True) and not part.unreachable
-    for daemon, answers in sorted(daemons.items()):
-        up.add_metric([daemon], 1 if answers else 0)
+        if daemon not in latest or part.tried > latest[daemon].tried:
+            latest[daemon] = part
+    for daemon, part in sorted(latest.items()):
+        up.add_metric([daemon], 0 if part.unreachable else 1)
     age = _gauge("aifactory_cache_age_seconds", "Age of each part of the cache (since the "
                  "start of the fetch that brought it; +Inf before the first answer)", ["part"])
     failing = _gauge("aifactory_cache_failing", "1 when the last refresh of a part failed",
@@ -66,7 +68,7 @@ def cache_families(parts: dict[str, Cached], now: float) -> list[Metric]:
     return [up, age, failing]
 
 
-def queue_families(snap: Snapshot, now: float) -> list[Metric]:
+def queue_families(snap: Snapshot, now: float, profiles: set[str]) -> list[Metric]:
     sessions = _gauge("aifactory_sessions", "Notebook sessions (Slurm jobs tagged as "
                       "sessions) by state, profile and partition",
                       ["state", "profile", "partition"])
@@ -82,7 +84,9 @@ def queue_families(snap: Snapshot, now: float) -> list[Metric]:
             reasons[job.reason] += 1
         if not job.comment.startswith(slurm.SESSION_TAG):
             continue
-        profile = job.comment[len(slurm.SESSION_TAG) + 1:] or "unknown"
+        # Anyone may tag a job of theirs so: a label holds only the site's own profiles.
+        profile = job.comment[len(slurm.SESSION_TAG) + 1:]
+        profile = profile if profile in profiles else "other"
         key = (profile, job.partition)
         if job.pending:
             counts[("pending", *key)] += 1
@@ -126,11 +130,16 @@ def node_families(snap: Snapshot) -> list[Metric]:
         for state in ("total", "free", "down"):
             gpus.add_metric([row.partition, row.gpu_type, state], getattr(row, state))
     drained = _gauge("aifactory_node_drained", "1 for a node an admin drained (or that is "
-                     "draining), with their reason", ["node", "reason"])
+                     "draining)", ["node"])
+    # The reason apart: a new reason is a new series, and must not restart the alert's clock.
+    reasons = _gauge("aifactory_node_reason_info", "Why an admin took a node out (Slurm's "
+                     "Reason), for each node that has one", ["node", "reason"])
     for node in snap.nodes:
         is_drained = bool(DRAINED & set(node.flags)) or node.state in DRAINED
-        drained.add_metric([node.name, node.reason if is_drained else ""], 1 if is_drained else 0)
-    return [gpus, drained]
+        drained.add_metric([node.name], 1 if is_drained else 0)
+        if node.reason:
+            reasons.add_metric([node.name, node.reason], 1)
+    return [gpus, drained, reasons]
 
 
 def command_families(commands: dict[str, slurm.CommandCount]) -> list[Metric]:
@@ -146,11 +155,12 @@ def command_families(commands: dict[str, slurm.CommandCount]) -> list[Metric]:
     return [seconds, errors]
 
 
-def families(parts: dict[str, Cached], billing: Billing,
+def families(parts: dict[str, Cached], billing: Billing, profiles: set[str],
              commands: dict[str, slurm.CommandCount], now: float | None = None) -> list[Metric]:
+    """Everything, from the cache's `parts`; `profiles`: the site's profile slugs."""
     now = now or time.time()
     snap = Snapshot.of(parts)
-    return [*cache_families(parts, now), *queue_families(snap, now),
+    return [*cache_families(parts, now), *queue_families(snap, now, profiles),
             *budget_families(snap, now, billing), *node_families(snap),
             *command_families(commands)]
 

@@ -295,8 +295,9 @@ class MetricsHandler(JsonErrors):
         if scheme.lower() != "bearer" or not hmac.compare_digest(sent.strip().encode(),
                                                                   token.encode()):
             raise web.HTTPError(403, "Metrics are for the site's Prometheus (its token) only.")
-        found = metrics.families(self.settings["cache"].parts, allocations.site_billing(),
-                                 dict(slurm.COMMANDS))
+        site = site_module.load_cached()
+        found = metrics.families(self.settings["cache"].parts, site.billing,
+                                 {p.slug for p in site.profiles}, slurm.command_counts())
         self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
         self.finish(metrics.exposition(found))

@@ -48,7 +48,7 @@ ALWAYS_ACCOUNTED = {"cpu", "mem", "energy", "node", "billing", "fs/disk", "vmem"
 def accounting(c: dict[str, str], site: Site, nodes: list[slurm.Node]) -> list[Finding]:
     listed = c.get("AccountingStorageTRES", "")
     tracked = _words(listed) | ALWAYS_ACCOUNTED  # gres/gpu only when listed
-    gpu_types = sorted({t for n in nodes for t in n.gpus() if t})
+    gpu_types = sorted({t.lower() for n in nodes for t in n.gpus() if t})
     needed = [site.billing.tres] + (["gres/gpu"] + [f"gres/gpu:{t}" for t in gpu_types]
                                     if any(n.gpus() for n in nodes) else [])
     lacking = [t for t in dict.fromkeys(needed) if t not in tracked]
@@ -136,20 +136,28 @@ def privacy_and_budgets(site: Site, facts: SlurmFacts) -> list[Finding]:
     private = _words(c.get("PrivateData", ""))
     period = (c.get("PriorityUsageResetPeriod") or "NONE").upper()
     decay = c.get("PriorityDecayHalfLife", "")
+    multifactor = c.get("PriorityType") == "priority/multifactor"
     found = [
         _finding({"jobs", "usage", "accounts"} <= private,
                  f"People see only their own jobs and usage (PrivateData={c.get('PrivateData')}).",
                  "Slurm shows everyone's jobs or usage to everyone (PrivateData="
                  f"{c.get('PrivateData') or 'not set'}).",
                  f"slurm.conf and slurmdbd.conf: PrivateData={RECOMMENDED_PRIVATE_DATA}"),
-        _finding(c.get("PriorityType") == "priority/multifactor",
+        _finding(multifactor,
                  "Usage is tracked per project (priority/multifactor).",
-                 "Slurm keeps no usage per project (sshare needs priority/multifactor).",
-                 "slurm.conf: PriorityType=priority/multifactor"),
-        _finding(period not in ("NONE", ""),
+                 "Slurm keeps no usage per project (sshare needs priority/multifactor; "
+                 "its reset period and decay are then settings too).",
+                 "slurm.conf: PriorityType=priority/multifactor, PriorityDecayHalfLife=0, "
+                 "PriorityUsageResetPeriod=QUARTERLY"),
+    ]
+    if not multifactor:  # Slurm prints neither setting then: one cause, one finding
+        return found + _course_rules(site, c)
+    found += [
+        # NOW resets once, when slurmctld starts; a budget needs a calendar period.
+        _finding(period in ("DAILY", "WEEKLY", "MONTHLY", "QUARTERLY", "YEARLY"),
                  f"Budgets start again each period (PriorityUsageResetPeriod={period}).",
-                 "Usage never resets (PriorityUsageResetPeriod=NONE): a budget would be "
-                 "spent once for ever.",
+                 f"Usage does not reset each period (PriorityUsageResetPeriod={period}): a "
+                 "budget would be spent once for ever.",
                  "slurm.conf: PriorityUsageResetPeriod=QUARTERLY (the site's budget period)"),
         _finding(decay in ("0", "00:00:00", "0-00:00:00"),
                  "Usage does not decay, so used = spent this period (PriorityDecayHalfLife=0).",
@@ -157,9 +165,15 @@ def privacy_and_budgets(site: Site, facts: SlurmFacts) -> list[Finding]:
                  "themselves and 'used' would not be what was spent.",
                  "slurm.conf: PriorityDecayHalfLife=0"),
     ]
+    return found + _course_rules(site, c)
+
+
+def _course_rules(site: Site, c: dict[str, str]) -> list[Finding]:
+    plugins = {w.removeprefix("job_submit/") for w in _words(c.get("JobSubmitPlugins", ""))}
+    found = []
     if site.courses:
         found.append(_finding(
-            "lua" in _words(c.get("JobSubmitPlugins", "")),
+            "lua" in plugins,
             "Course rules are enforced by Slurm (JobSubmitPlugins=lua).",
             "Slurm does not enforce course rules: a participant could use the course's "
             "account outside its reservation and size.",
@@ -188,7 +202,7 @@ def hub_account(site: Site, facts: SlurmFacts) -> list[Finding]:
         "nodes must mount it at the same path).",
         f"The shared environment {facts.environment} is missing or not readable by "
         "everyone here: sessions and Dask workers run it as each person.",
-        f"install it there, readable by all (chmod -R o+rX), or set site.yaml dask.python"))
+        "install it there, readable by all (chmod -R o+rX), or set site.yaml dask.python"))
     return found
 
 

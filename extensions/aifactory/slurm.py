@@ -366,6 +366,12 @@ def _counted(command: str):
                 setattr(count, outcome, getattr(count, outcome) + 1)
 
 
+def command_counts() -> dict[str, CommandCount]:
+    """A consistent copy of COMMANDS (calls and seconds from the same moment)."""
+    with _COMMANDS_LOCK:
+        return {name: CommandCount(**vars(count)) for name, count in COMMANDS.items()}
+
+
 def run(argv: list[str], *, input: str | None = None, user: str | None = None,
         env: dict | None = None, timeout: float = DEFAULT_TIMEOUT) -> str:
     """Run a Slurm command (argv list) and return its stdout."""

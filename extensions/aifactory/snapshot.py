@@ -35,6 +35,7 @@ class Cached(Generic[T]):
         self.as_of = 0.0  # time.time() at the start of the fetch of `last`
         self.error = ""  # the last try's error; "" when it answered
         self.unreachable = False  # that error: its daemon did not answer
+        self.tried = 0.0  # time.time() at the end of the last try, answered or not
         self._inflight: asyncio.Future | None = None
         self._inflight_started = 0.0
 
@@ -48,14 +49,16 @@ class Cached(Generic[T]):
             value = self._fetch()
         except slurm.SlurmError as e:
             self.error, self.unreachable = str(e), isinstance(e, slurm.SlurmUnreachable)
+            self.tried = time.time()
             raise
         except Exception as e:  # an answer we could not read is an error like any other
             log.exception("%s: an answer aifactory could not read", self.source or "Slurm")
             self.error = f"an answer aifactory could not read ({type(e).__name__})"
-            self.unreachable = False
+            self.unreachable, self.tried = False, time.time()
             raise slurm.SlurmError(self.error) from e
         # Stamped with the start of the fetch: anything older may be missing from it.
         self.last, self.as_of, self.error, self.unreachable = value, started, "", False
+        self.tried = time.time()
         return value
 
     async def get(self, max_age: float, newer_than: float = 0.0) -> T:

@@ -23,8 +23,8 @@ from ..billing import Billing
 from . import (accounting, hub, hub_database, idp, modules, network, prometheus, services,
                tls)
 from .demo import Demo, DemoFileError, load
-from .system import (ETC_DIR, STATE_DIR, ClusterError, ensure_debs, read_pid, sh, stop_pid, wait_for,
-                     write_if_changed)
+from .system import (ETC_DIR, STATE_DIR, ClusterError, ensure_debs, read_pid, secret, sh, stop_pid,
+                     wait_for, write_if_changed)
 
 __all__ = ["up", "down", "status", "ClusterError", "DemoFileError"]
 
@@ -127,11 +127,7 @@ def render_gres_conf(demo: Demo) -> str:
 
 
 def _db_password() -> str:
-    path = STATE_DIR / "db-password"
-    if not path.exists():
-        STATE_DIR.mkdir(parents=True, exist_ok=True)
-        write_if_changed(path, "".join(c for c in os.urandom(64).hex() if c.isalnum())[:32], 0o600)
-    return path.read_text().strip()
+    return secret(STATE_DIR / "db-password")
 
 
 def _tree_hash(*roots: Path) -> str:
@@ -333,7 +329,8 @@ def _start_the_hub(demo: Demo, cert: tls.Pair, config_version: str, code: str, l
     proxy_token, service_token = hub.secret(hub.PROXY_TOKEN), hub.secret(hub.SERVICE_TOKEN)
     hub.secret(hub.METRICS_TOKEN)
     hub_database.start()
-    hub_database.ensure_role_and_database(hub.secret(hub.DATABASE_PASSWORD))
+    db_password = hub.secret(hub.DATABASE_PASSWORD)
+    hub_database.ensure_role_and_database(db_password)
     env = _hub_env(demo, cert)
     # With an IdP its entitlements set the course groups; else the Unix groups.
     front = replace(front, course_groups_from="idp" if env["AIFACTORY_LOGIN"] == "oidc" else "unix")
@@ -342,7 +339,7 @@ def _start_the_hub(demo: Demo, cert: tls.Pair, config_version: str, code: str, l
     hub.make_certificates(config, HUB_WORKDIR, env, front)
     prometheus.ensure_files(front, HUB_CONFIG_DIR, hub.HUB_API_PORT)  # the hub reads its token
     hub_database.move_from_sqlite(HUB_WORKDIR / "jupyterhub.sqlite",
-                                  hub_database.url(hub.secret(hub.DATABASE_PASSWORD)), log)
+                                  hub_database.url(db_password), log)
     proxy_env = {"PATH": env["PATH"], "CONFIGPROXY_AUTH_TOKEN": proxy_token}
     proxy_restarted = hub.ensure(services.PROXY, hub.proxy_command(front), proxy_env,
                                  STATE_DIR / "proxy", hub.proxy_files(front), log=log)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 import socket
 import subprocess
 from dataclasses import dataclass
@@ -19,13 +18,14 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from . import services
-from .system import LOG_DIR, STATE_DIR, ClusterError, wait_for
+from .system import LOG_DIR, STATE_DIR, ClusterError, secret, wait_for  # noqa: F401 (hub.secret)
 
 SECRETS_DIR = STATE_DIR / "secrets"
 PROXY_TOKEN = SECRETS_DIR / "proxy-auth-token"  # the hub's key to the proxy's API
 SERVICE_TOKEN = SECRETS_DIR / "allocations-api-token"  # the service's token at the hub
 DATABASE_PASSWORD = SECRETS_DIR / "hub-database-password"  # the hub's at PostgreSQL
 METRICS_TOKEN = SECRETS_DIR / "metrics-token"  # Prometheus's, at the hub and the service
+STAMPS = STATE_DIR / "started-with"  # what each service was last started with
 SERVICE_CERT_NAME = "allocations-service"
 PROXY_API_PORT = 8001
 HUB_API_PORT = 8081
@@ -121,17 +121,6 @@ def service_environment(f: Front, token: str) -> dict[str, str]:
     }
 
 
-def secret(path: Path) -> str:
-    """A random token kept in `path` (root's), made on first use."""
-    SECRETS_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(SECRETS_DIR, 0o700)
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_hex(32))
-    return path.read_text().strip()
-
-
 def make_certificates(config: Path, workdir: Path, env: dict, f: Front) -> None:
     """The hub's CAs and the proxy's certificates (`jupyterhub --generate-certs`, which makes
     only what is missing, and makes all anew when the config finds their names outdated),
@@ -164,7 +153,10 @@ def ensure(service: services.Service, argv: list[str], env: dict, cwd: Path,
     """Start `service`, or restart it when what it runs with (its command, environment, the
     files it reads, the code's `version`) changed, or for the reason `restart_for`. True if
     it was (re)started."""
-    stamp = cwd / f".{service.name}.started-with"
+    # Root's own folder: a service's working folder may be its user's (a planted link).
+    STAMPS.mkdir(mode=0o700, parents=True, exist_ok=True)
+    stamp = STAMPS / service.name
+    (cwd / f".{service.name}.started-with").unlink(missing_ok=True)  # an older install's
     want = fingerprint(argv, env, list(files), version)
     if service.running():
         if not restart_for and stamp.exists() and stamp.read_text() == want:

@@ -23,7 +23,7 @@ import yaml
 from .demo import Demo
 from . import tls
 from .services import Service
-from .system import ETC_DIR, LOG_DIR, RUN_DIR, STATE_DIR, ClusterError, sh, wait_for, \
+from .system import ETC_DIR, LOG_DIR, RUN_DIR, STATE_DIR, ClusterError, secret, sh, wait_for, \
     write_if_changed
 
 IDP_USER = "aifactory-idp"
@@ -101,12 +101,7 @@ def people(demo: Demo, passwords: dict[str, str], old: dict[str, dict]) -> list[
 
 
 def _secret(name: str) -> str:
-    HUB_SECRETS.mkdir(parents=True, exist_ok=True)
-    os.chmod(HUB_SECRETS, 0o700)
-    path = HUB_SECRETS / name
-    if not path.exists():
-        write_if_changed(path, secrets.token_hex(32), 0o600)
-    return path.read_text().strip()
+    return secret(HUB_SECRETS / name)
 
 
 def hub_env(public_url: str) -> dict[str, str]:

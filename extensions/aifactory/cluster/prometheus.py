@@ -75,10 +75,17 @@ def _certificate(certs: Path) -> None:
     except CertNotFoundError:
         store.create_signed_pair(CERT_NAME, "services-ca")
     made = certs / CERT_NAME
-    for source, name, mode in ((made / f"{CERT_NAME}.crt", f"{CERT_NAME}.crt", 0o644),
-                               (made / f"{CERT_NAME}.key", f"{CERT_NAME}.key", 0o600),
-                               (certs / "services-ca_trust.crt", "hub-ca.crt", 0o644)):
-        write_if_changed(ETC / name, source.read_text(), mode, owner=USER)
+    for source, name in ((made / f"{CERT_NAME}.crt", f"{CERT_NAME}.crt"),
+                         (made / f"{CERT_NAME}.key", f"{CERT_NAME}.key"),
+                         (certs / "services-ca_trust.crt", "hub-ca.crt")):
+        _install(ETC / name, source.read_text())
+
+
+def _install(path: Path, text: str) -> None:
+    """A file Prometheus reads and cannot change: root's, its group's to read (0440)."""
+    write_if_changed(path, text, 0o400)
+    shutil.chown(path, "root", USER)
+    path.chmod(0o440)
 
 
 def files() -> tuple[Path, ...]:
@@ -94,20 +101,18 @@ def ensure_files(f: Front, hub_config: Path, hub_api_port: int) -> None:
     ETC.mkdir(parents=True, exist_ok=True)
     shutil.chown(ETC, "root", USER)
     ETC.chmod(0o750)
-    token = secret(hub.METRICS_TOKEN)
-    write_if_changed(METRICS_TOKEN, token + "\n", 0o400, owner=USER)
+    _install(METRICS_TOKEN, secret(hub.METRICS_TOKEN) + "\n")
     password = secret(OPERATOR_PASSWORD)
     web = ETC / "web.yml"
     known = yaml.safe_load(web.read_text()) if web.exists() else None
     hashed = ((known or {}).get("basic_auth_users") or {}).get(OPERATOR, "")
     if not hashed or not _password_matches(password, hashed):
-        write_if_changed(web, yaml.safe_dump({"basic_auth_users": {
-            OPERATOR: _bcrypt(password)}}), 0o400, owner=USER)
-    write_if_changed(ETC / "alerts.yml", (hub_config / "prometheus/alerts.yml").read_text(),
-                     0o444, owner=USER)
+        hashed = _bcrypt(password)
+    _install(web, yaml.safe_dump({"basic_auth_users": {OPERATOR: hashed}}))
+    _install(ETC / "alerts.yml", (hub_config / "prometheus/alerts.yml").read_text())
     _certificate(f.certs)
-    write_if_changed(ETC / "prometheus.yml", yaml.safe_dump(
-        config(f, hub_api_port, ETC / "alerts.yml"), sort_keys=False), 0o444, owner=USER)
+    _install(ETC / "prometheus.yml", yaml.safe_dump(
+        config(f, hub_api_port, ETC / "alerts.yml"), sort_keys=False))
     checked = subprocess.run(["promtool", "check", "config", str(ETC / "prometheus.yml")],
                              capture_output=True, text=True, timeout=60)
     if checked.returncode != 0:
@@ -118,8 +123,8 @@ def ensure_files(f: Front, hub_config: Path, hub_api_port: int) -> None:
 def _password_matches(password: str, hashed: str) -> bool:
     """htpasswd -v checks a password against a bcrypt hash it is given in a file."""
     scratch = SECRETS_DIR / "prometheus-operator.htpasswd"
-    scratch.write_text(f"{OPERATOR}:{hashed}\n")
-    scratch.chmod(0o600)
+    scratch.unlink(missing_ok=True)
+    write_if_changed(scratch, f"{OPERATOR}:{hashed}\n", 0o600)
     try:
         return sh("htpasswd", "-vi", str(scratch), OPERATOR, input=password + "\n",
                   check=False).returncode == 0
@@ -128,8 +133,13 @@ def _password_matches(password: str, hashed: str) -> bool:
 
 
 def start(log=print) -> None:
-    DATA.mkdir(parents=True, exist_ok=True)
+    if Path("/run/systemd/system").is_dir():
+        # Debian's package starts its own unit (every address, no password) where systemd
+        # runs; this one replaces it.
+        sh("systemctl", "disable", "--now", "prometheus.service", check=False)
+    DATA.mkdir(mode=0o700, parents=True, exist_ok=True)
     shutil.chown(DATA, USER, USER)
+    DATA.chmod(0o700)  # every metric, every project's budget
     ensure(services.PROMETHEUS, command(), {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
            DATA, files(), user=USER, log=log)
     wait_for(_ready, "Prometheus", timeout=60)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -33,6 +34,15 @@ def sh(*argv: str, input: str | None = None, check: bool = True, timeout: float 
         last = (proc.stderr.strip() or proc.stdout.strip() or f"exit {proc.returncode}")
         raise ClusterError(f"{' '.join(argv[:3])} failed: {last.splitlines()[-1]}")
     return proc
+
+
+def secret(path: Path) -> str:
+    """A random token kept in `path` (0600, root's), made on first use with its folder
+    (0700) if that is missing; letters and digits only, so it goes into any config file."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not path.exists():
+        write_if_changed(path, secrets.token_hex(32), 0o600)
+    return path.read_text().strip()
 
 
 def write_if_changed(path: Path, text: str, mode: int = 0o644, owner: str | None = None) -> bool:
