@@ -148,3 +148,13 @@ def test_site_check_passes_on_the_running_slurm_and_names_what_a_change_takes_aw
         slurm.scontrol("reconfigure")
     wait_until(lambda: "jobs" in slurm.config().get("PrivateData", "").lower(), 30,
                what="PrivateData back")
+
+
+def test_the_24_11_testbeds_recorded_config_is_read_and_its_gaps_named():
+    """Our 24.11 test bed (tests/data/recorded/24.11-testbed/config-cli.txt) ran without
+    PrivateData and without job_submit.lua."""
+    config = slurm.parse_config((DATA / "recorded/24.11-testbed/config-cli.txt").read_text())
+    assert config["PrivateData"] == "none" and config["JobSubmitPlugins"] == ""
+    found = missing(dataclasses.replace(demo_facts(), config=config))
+    assert [f.fix.split(":")[0] for f in found] == ["slurm.conf and slurmdbd.conf", "slurm.conf"]
+    assert "PrivateData=accounts" in found[0].fix and "JobSubmitPlugins=lua" in found[1].fix

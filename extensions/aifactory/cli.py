@@ -140,6 +140,27 @@ def _site_check(args) -> int:
     return 0 if all(f.ok for f in findings) else 1
 
 
+def _site_init(args) -> int:
+    from . import site_description as site_module
+    from . import site_init, slurm
+    if args.out.exists():
+        print(f"aifactory: {args.out} exists; site init writes only a new file.", file=sys.stderr)
+        return 2
+    try:
+        text = site_init.describe(slurm.partitions(), slurm.nodes(), python=args.python,
+                                  cluster=slurm.config().get("ClusterName", ""))
+    except ValueError as e:
+        print(f"aifactory: {e}", file=sys.stderr)
+        return 2
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "x") as f:
+        f.write(text)
+    site = site_module.load(args.out)  # as the hub reads it at its start
+    print(f"wrote {args.out}: {len(site.partitions)} partitions, {len(site.profiles)} profiles, "
+          f"budgets in {site.billing.unit}. Next: aifactory site check --site {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aifactory", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -184,6 +205,13 @@ def main(argv: list[str] | None = None) -> int:
     check_p.add_argument("--hub-user", default="root", help="the account the hub and the "
                          "allocations service run as (default: root)")
     check_p.set_defaults(func=_site_check)
+    init_p = ssub.add_parser("init", help="write a first site.yaml from what Slurm says "
+                                          "(partitions, GPU types, billing, a profile each)")
+    init_p.add_argument("--out", type=Path, required=True, help="the file to write (never "
+                        "overwritten)")
+    init_p.add_argument("--python", default=sys.executable, help="the shared environment's "
+                        "Python, readable on every node (default: this one)")
+    init_p.set_defaults(func=_site_init)
     args = parser.parse_args(argv)
 
     from .cluster.demo import DemoFileError

@@ -233,6 +233,8 @@ class Node:
     reason: str = ""  # why an admin took it out, e.g. "disk failure"
     reason_time: int | None = None  # since when
     reason_user: str = ""
+    cpus: int = 0
+    memory_mb: int = 0  # RealMemory
 
     def gpus(self, used: bool = False) -> dict[str, int]:
         """GPUs by type on this node (all, or in use)."""
@@ -615,7 +617,8 @@ def _node_from_json(n: dict) -> Node:
                 gres=_text(n.get("gres")), gres_used=_text(n.get("gres_used")),
                 reason=_text(n.get("reason")),
                 reason_time=timestamp(n.get("reason_changed_at")),
-                reason_user=_text(n.get("reason_set_by_user")))
+                reason_user=_text(n.get("reason_set_by_user")),
+                cpus=count(n.get("cpus")), memory_mb=count(n.get("real_memory")))
 
 
 def parse_nodes_json(text: str) -> list[Node]:
