@@ -114,14 +114,26 @@ def test_partitions_gpus_reservations_and_the_hub_account_that_the_site_names():
     assert [f.fix for f in found][0] == "sacctmgr modify user jupyterhub set AdminLevel=Operator"
     [found] = missing(dataclasses.replace(facts, environment_readable=False))
     assert "/opt/aifactory/venv/bin/python" in found.what
+    # The allocations service's own account: its admin level and its one sudo rule.
+    sudo = ("User aifactory-allocations may run the following commands on vm:\n"
+            "    (%aifactory-users, !root) NOPASSWD: /usr/bin/scancel ^[0-9]{1,12}$")
+    service = dataclasses.replace(facts, service_user="aifactory-allocations",
+                                  service_admin_level="Operator", service_sudo=sudo)
+    assert not missing(service)
+    found = missing(dataclasses.replace(service, service_admin_level="None", service_sudo=""))
+    assert [f.fix.split(";")[0] for f in found][0] == (
+        "sacctmgr add user aifactory-allocations account=root MaxSubmitJobs=0")
+    assert found[1].fix.startswith("/etc/sudoers.d/aifactory: aifactory-allocations ALL")
 
 
 # --- live, on each bed ----------------------------------------------------------------------
 
 def test_site_check_passes_on_the_running_slurm_and_names_what_a_change_takes_away(
         live_cluster):
-    ok = aifactory("site", "check", "--site", str(SITE))
+    ok = aifactory("site", "check", "--site", str(SITE), "--service-user",
+                   "aifactory-allocations")
     assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "aifactory-allocations may cancel a person's job as them" in ok.stdout
     assert ok.stdout.strip().endswith("hold.") and "MISSING" not in ok.stdout
     assert f"against Slurm {slurm.version()[0]}." in ok.stdout
     # An account without an admin level cannot be the hub's (PrivateData hides the rest).

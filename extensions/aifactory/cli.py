@@ -117,6 +117,16 @@ def _readable_by_all(path: Path) -> bool:
         return False
 
 
+def _sudo_rules(user: str) -> str:
+    """What sudo lets `user` run (`sudo -l -U`, as root), "" where it cannot say."""
+    import subprocess
+    try:
+        return subprocess.run(["sudo", "-n", "-l", "-U", user], capture_output=True, text=True,
+                              timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
 def _site_check(args) -> int:
     from . import site_check, slurm
     from . import site_description as site_module
@@ -132,7 +142,9 @@ def _site_check(args) -> int:
         config=slurm.config(), partitions=slurm.partitions(), nodes=slurm.nodes(),
         reservations=slurm.reservations(), hub_user=args.hub_user,
         hub_admin_level=slurm.admin_level(args.hub_user), environment=str(python),
-        environment_readable=_readable_by_all(python))
+        environment_readable=_readable_by_all(python), service_user=args.service_user,
+        service_admin_level=slurm.admin_level(args.service_user) if args.service_user else "",
+        service_sudo=_sudo_rules(args.service_user) if args.service_user else "")
     findings = site_check.check(site, facts)
     major, minor = slurm.version()
     print(f"{path}, against Slurm {major}.{minor:02d}:")
@@ -204,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
                          "$AIFACTORY_SITE, else /etc/aifactory/hub_config/site.yaml)")
     check_p.add_argument("--hub-user", default="root", help="the account the hub and the "
                          "allocations service run as (default: root)")
+    check_p.add_argument("--service-user", default="", help="the allocations service's own "
+                         "account, if it has one (the demo's: aifactory-allocations)")
     check_p.set_defaults(func=_site_check)
     init_p = ssub.add_parser("init", help="write a first site.yaml from what Slurm says "
                                           "(partitions, GPU types, billing, a profile each)")

@@ -32,6 +32,9 @@ class SlurmFacts:
     hub_admin_level: str  # its AdminLevel in slurmdbd
     environment: str  # the shared environment's Python (site.yaml dask.python)
     environment_readable: bool  # by everyone, every folder on its way
+    service_user: str = ""  # the allocations service's own account ("" : not asked)
+    service_admin_level: str = ""
+    service_sudo: str = ""  # `sudo -l -U` of that account
 
 
 def _words(value: str) -> set[str]:
@@ -206,10 +209,34 @@ def hub_account(site: Site, facts: SlurmFacts) -> list[Finding]:
     return found
 
 
+def service_account(facts: SlurmFacts) -> list[Finding]:
+    if not facts.service_user:
+        return []
+    user, level = facts.service_user, facts.service_admin_level
+    cancels = "/scancel" in facts.service_sudo and "NOPASSWD" in facts.service_sudo
+    return [
+        _finding(level.lower() in ("operator", "administrator"),
+                 f"The allocations service's account {user} sees all jobs and usage "
+                 f"(AdminLevel {level}).",
+                 f"The allocations service's account {user} cannot see past PrivateData "
+                 f"(AdminLevel {level or 'none'}).",
+                 f"sacctmgr add user {user} account=root MaxSubmitJobs=0; "
+                 f"sacctmgr modify user {user} set AdminLevel=Operator"),
+        _finding(cancels,
+                 f"The allocations service's account {user} may cancel a person's job as them "
+                 "(sudo).",
+                 f"No sudo rule lets {user} cancel a person's job as them: cancelling from "
+                 "the widgets would fail.",
+                 f"/etc/sudoers.d/aifactory: {user} ALL = (%<users group>, !root) NOPASSWD: "
+                 "/usr/bin/scancel ^[0-9]{1,12}(_[0-9]{1,12})?$ (README, security model)"),
+    ]
+
+
 def check(site: Site, facts: SlurmFacts) -> list[Finding]:
     return [*accounting(facts.config, site, facts.nodes),
             *partitions(site, facts), *reservations(site, facts),
-            *privacy_and_budgets(site, facts), *hub_account(site, facts)]
+            *privacy_and_budgets(site, facts), *hub_account(site, facts),
+            *service_account(facts)]
 
 
 def report(findings: list[Finding]) -> str:

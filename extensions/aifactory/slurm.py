@@ -18,6 +18,7 @@ import math
 import os
 import pwd
 import re
+import shutil
 import subprocess
 import threading
 import time
@@ -303,6 +304,20 @@ class Partition:
 
 
 
+def _as_user(argv: list[str], user: str | None, env: dict | None) -> tuple[list[str], dict]:
+    """The command line and Popen arguments that run `argv` as `user`: directly where this
+    process is root, through sudo where it is a service's own account (whose sudo rules,
+    aifactory.cluster.unprivileged, say which commands as whom; sudo resets the environment,
+    so `env` does not reach the command then)."""
+    program = command_path(argv[0])
+    if user is None or os.geteuid() == 0:
+        return [program, *argv[1:]], _user_kwargs(user, env)
+    found = shutil.which(program)
+    if found is None:
+        raise FileNotFoundError(program)
+    return ["sudo", "-n", "-u", user, "--", found, *argv[1:]], {"env": env}
+
+
 def _user_kwargs(user: str | None, env: dict | None) -> dict:
     """Popen arguments that run a command as `user` (the caller is root), without a shell."""
     if user is None:
@@ -383,9 +398,9 @@ def run(argv: list[str], *, input: str | None = None, user: str | None = None,
 
 def _run(argv, *, input, user, env, timeout) -> str:
     try:
-        proc = subprocess.run([command_path(argv[0]), *argv[1:]], input=input,
-                              capture_output=True, text=True, timeout=timeout,
-                              **_user_kwargs(user, env))
+        command, kwargs = _as_user(argv, user, env)
+        proc = subprocess.run(command, input=input, capture_output=True, text=True,
+                              timeout=timeout, **kwargs)
     except FileNotFoundError:
         raise SlurmError(f"{argv[0]}: Slurm's command is not installed here "
                          f"(looked in {_bin_dir() or 'PATH'})") from None
@@ -403,9 +418,10 @@ async def run_async(argv: list[str], *, input: str | None = None, user: str | No
 
 async def _run_async(argv, *, input, user, env, timeout) -> str:
     try:
+        command, kwargs = _as_user(argv, user, env)
         proc = await asyncio.create_subprocess_exec(
-            command_path(argv[0]), *argv[1:], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, **_user_kwargs(user, env))
+            *command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            **kwargs)
     except FileNotFoundError:
         raise SlurmError(f"{argv[0]}: Slurm's command is not installed here "
                          f"(looked in {_bin_dir() or 'PATH'})") from None

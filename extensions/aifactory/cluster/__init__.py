@@ -21,7 +21,7 @@ from .. import site_description as site_module
 from .. import slurm
 from ..billing import Billing
 from . import (accounting, hub, hub_database, idp, modules, network, prometheus, services,
-               tls)
+               tls, unprivileged)
 from .demo import Demo, DemoFileError, load
 from .system import (ETC_DIR, STATE_DIR, ClusterError, ensure_debs, read_pid, secret, sh, stop_pid,
                      wait_for, write_if_changed)
@@ -287,6 +287,8 @@ def up(demo_file: Path | None = None, hub_config: Path | None = None, log=print)
     accounting.apply_unix_groups(demo)
     accounting.install_material(demo, site, hub_config.resolve().parent)
     accounting.apply_accounts(demo, site.billing)
+    # Our services' own accounts (no root): their Slurm admin level and sudo rules.
+    unprivileged.ensure(demo.login_group)
     for n in demo.nodes:
         services.start_slurmd(n.name)
     try:
@@ -324,7 +326,8 @@ def _start_the_hub(demo: Demo, cert: tls.Pair, config_version: str, code: str, l
     front = hub.Front(public_url=HUB_URL, http_port=HUB_HTTP_PORT,
                       hub_ip=demo.controller_address, tls_cert=cert.cert, tls_key=cert.key,
                       certs=HUB_WORKDIR / "internal-ssl", venv=VENV,
-                      site=HUB_CONFIG_DIR / "site.yaml", course_groups_from="")
+                      site=HUB_CONFIG_DIR / "site.yaml", service_dir=ETC_DIR / "allocations",
+                      course_groups_from="")
     config = HUB_CONFIG_DIR / "jupyterhub_config.py"
     proxy_token, service_token = hub.secret(hub.PROXY_TOKEN), hub.secret(hub.SERVICE_TOKEN)
     hub.secret(hub.METRICS_TOKEN)
@@ -345,8 +348,11 @@ def _start_the_hub(demo: Demo, cert: tls.Pair, config_version: str, code: str, l
                                  STATE_DIR / "proxy", hub.proxy_files(front), log=log)
     hub.wait_until_listening(services.PROXY, hub.PROXY_API_PORT, "127.0.0.1")
     service_env = hub.service_environment(front, service_token)
+    given = hub.service_files(front)
+    unprivileged.install_for(unprivileged.SERVICE_USER, front.service_dir, given)
     hub.ensure(services.ALLOCATIONS, hub.service_command(front), service_env,
-               STATE_DIR / "allocations", hub.service_files(front), version=code, log=log)
+               STATE_DIR / "allocations", tuple(front.service_dir / n for n in given),
+               version=code, user=unprivileged.SERVICE_USER, log=log)
     hub.wait_until_listening(services.ALLOCATIONS, hub.SERVICE_PORT, demo.controller_address)
 
     def upgrade_db() -> None:

@@ -42,6 +42,7 @@ class Front:
     certs: Path  # the hub's internal_ssl folder (its CAs and the certificates they signed)
     venv: Path
     site: Path  # the installed site.yaml
+    service_dir: Path  # what the allocations service reads: its certificate, the CA, a token
     course_groups_from: str  # "idp" or "unix"
 
     @property
@@ -93,7 +94,7 @@ def service_environment(f: Front, token: str) -> dict[str, str]:
     origin = f"https://allocations--service.{f.public_host}:{f.public_port}"
     prefix = "/services/allocations/"
     scopes = '["access:services", "access:services!service=allocations"]'
-    cert = f.certs / SERVICE_CERT_NAME
+    d = f.service_dir
     return {
         "PATH": f"{f.venv}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "LANG": "C.UTF-8",
@@ -111,13 +112,13 @@ def service_environment(f: Front, token: str) -> dict[str, str]:
         "JUPYTERHUB_OAUTH_SCOPES": scopes,
         "JUPYTERHUB_OAUTH_ACCESS_SCOPES": scopes,
         "JUPYTERHUB_COOKIE_HOST_PREFIX_ENABLED": "1" if f.public_url.startswith("https") else "0",
-        "JUPYTERHUB_SSL_KEYFILE": str(cert / f"{SERVICE_CERT_NAME}.key"),
-        "JUPYTERHUB_SSL_CERTFILE": str(cert / f"{SERVICE_CERT_NAME}.crt"),
-        "JUPYTERHUB_SSL_CLIENT_CA": str(f.certs / "services-ca_trust.crt"),
+        "JUPYTERHUB_SSL_KEYFILE": str(d / f"{SERVICE_CERT_NAME}.key"),
+        "JUPYTERHUB_SSL_CERTFILE": str(d / f"{SERVICE_CERT_NAME}.crt"),
+        "JUPYTERHUB_SSL_CLIENT_CA": str(d / "services-ca_trust.crt"),
         "AIFACTORY_SITE": str(f.site),
         "AIFACTORY_PUBLIC_URL": f.public_url,
         "AIFACTORY_COURSE_GROUPS_FROM": f.course_groups_from,
-        "AIFACTORY_METRICS_TOKEN_FILE": str(METRICS_TOKEN),
+        "AIFACTORY_METRICS_TOKEN_FILE": str(d / "metrics-token"),
     }
 
 
@@ -178,9 +179,13 @@ def proxy_files(f: Front) -> list[Path]:
             c / "proxy-api-ca_trust.crt", c / "proxy-client-ca_trust.crt"]
 
 
-def service_files(f: Front) -> list[Path]:
+def service_files(f: Front) -> dict[str, str]:
+    """What the service reads, as it is to be given to it (name in service_dir: text)."""
     cert = f.certs / SERVICE_CERT_NAME
-    return [cert / f"{SERVICE_CERT_NAME}.crt", f.certs / "services-ca_trust.crt", METRICS_TOKEN]
+    return {f"{SERVICE_CERT_NAME}.crt": (cert / f"{SERVICE_CERT_NAME}.crt").read_text(),
+            f"{SERVICE_CERT_NAME}.key": (cert / f"{SERVICE_CERT_NAME}.key").read_text(),
+            "services-ca_trust.crt": (f.certs / "services-ca_trust.crt").read_text(),
+            "metrics-token": METRICS_TOKEN.read_text()}
 
 
 def wait_until_listening(service: services.Service, port: int, host: str) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from . import services
-from . import hub
+from . import hub, unprivileged
 from .hub import SECRETS_DIR, SERVICE_PORT, Front, ensure, secret
 from .system import ETC_DIR, STATE_DIR, ClusterError, sh, wait_for, write_if_changed
 
@@ -82,10 +82,8 @@ def _certificate(certs: Path) -> None:
 
 
 def _install(path: Path, text: str) -> None:
-    """A file Prometheus reads and cannot change: root's, its group's to read (0440)."""
-    write_if_changed(path, text, 0o400)
-    shutil.chown(path, "root", USER)
-    path.chmod(0o440)
+    """A file Prometheus reads and cannot change."""
+    unprivileged.install_for(USER, path.parent, {path.name: text})
 
 
 def files() -> tuple[Path, ...]:
@@ -98,9 +96,6 @@ def ensure_files(f: Front, hub_config: Path, hub_api_port: int) -> None:
     starts: the hub reads the token)."""
     if shutil.which("htpasswd") is None:
         raise ClusterError("htpasswd is missing (Debian package apache2-utils).")
-    ETC.mkdir(parents=True, exist_ok=True)
-    shutil.chown(ETC, "root", USER)
-    ETC.chmod(0o750)
     _install(METRICS_TOKEN, secret(hub.METRICS_TOKEN) + "\n")
     password = secret(OPERATOR_PASSWORD)
     web = ETC / "web.yml"
