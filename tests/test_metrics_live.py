@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 import requests
-from conftest import HUB, SERVICE, wait_until
+from conftest import DEMO_CA, HUB, SERVICE, wait_until
 
 from aifactory.cluster import hub, prometheus, services
 
@@ -32,13 +32,35 @@ def firing(alert: str) -> list[dict]:
             if a["labels"]["alertname"] == alert and a["state"] == "firing"]
 
 
-def curl_as(user: str, *args: str) -> tuple[int, str]:
-    """An HTTP request made by `user` in a login-node terminal: (status, body)."""
-    out = subprocess.run(["runuser", "-u", user, "--", "curl", "-sS", "--max-time", "20",
-                          "-w", "\n%{http_code}", *args], capture_output=True, text=True,
+FETCH = """
+import base64, ssl, sys, urllib.error, urllib.request
+url, header, basic, ca = sys.argv[1:5]
+request = urllib.request.Request(url)
+if header:
+    name, _, value = header.partition(": ")
+    request.add_header(name, value)
+if basic:
+    request.add_header("Authorization", "Basic " + base64.b64encode(basic.encode()).decode())
+try:
+    with urllib.request.urlopen(request, timeout=20,
+                                context=ssl.create_default_context(cafile=ca)) as r:
+        code, body = r.status, r.read()
+except urllib.error.HTTPError as e:
+    code, body = e.code, e.read()
+sys.stdout.write(f"{code}\\n" + body.decode("utf-8", "replace"))
+"""
+
+
+def fetch_as(user: str, url: str, header: str = "", basic: str = "") -> tuple[int, str]:
+    """An HTTP request made by `user` in a login-node terminal (the system's CAs): (status,
+    body)."""
+    out = subprocess.run(["runuser", "-u", user, "--", "/opt/aifactory/venv/bin/python", "-I",
+                          "-c", FETCH, url, header, basic, str(DEMO_CA)], capture_output=True,
+                         text=True,
                          cwd="/tmp", timeout=60)
-    body, _, code = out.stdout.rpartition("\n")
-    return int(code or 0), body
+    assert out.returncode == 0, out.stderr
+    code, _, body = out.stdout.partition("\n")
+    return int(code), body
 
 
 def test_prometheus_reads_the_hub_and_the_service_as_its_own_user(live_cluster):
@@ -66,20 +88,20 @@ def daves_token(hub_client) -> str:
 def test_a_persons_token_password_or_shell_does_not_read_the_metrics(live_cluster, daves_token):
     auth = f"Authorization: token {daves_token}"
     bearer = f"Authorization: Bearer {daves_token}"
-    # The hub's metrics need read:metrics, which only Prometheus's token has.
-    code, _ = curl_as("dave", "-H", auth, f"{HUB}/hub/metrics")
+    # The hub's metrics need read:metrics, which only Prometheus's token (and admins) have.
+    code, _ = fetch_as("dave", f"{HUB}/hub/metrics", auth)
     assert code == 403
-    code, _ = curl_as("dave", f"{HUB}/hub/metrics")
+    code, _ = fetch_as("dave", f"{HUB}/hub/metrics")
     assert code in (401, 403)
     # The service's, through the proxy and straight at its port (where nodes reach it).
     for url in (SERVICE + "metrics", SERVICE_DIRECT):
         for header in (bearer, auth, "X-Nothing: 1"):
-            code, body = curl_as("dave", "-H", header, url)
+            code, body = fetch_as("dave", url, header)
             assert code == 403 and "aifactory_budget" not in body, (url, header, code)
     # Prometheus itself: the loopback is this machine's, where dave has a shell.
-    for creds in ([], ["-u", "operator:operator"], ["-u", f"dave:{daves_token}"]):
-        code, body = curl_as("dave", *creds, f"{prometheus.URL}/api/v1/query?query=up")
-        assert code == 401 and "success" not in body, creds
+    for basic in ("", "operator:operator", f"dave:{daves_token}"):
+        code, body = fetch_as("dave", f"{prometheus.URL}/api/v1/query?query=up", basic=basic)
+        assert code == 401 and "success" not in body, basic
     # Nor the files that hold the token and the password's hash.
     for path in (prometheus.METRICS_TOKEN, prometheus.ETC / "web.yml", hub.METRICS_TOKEN,
                  prometheus.OPERATOR_PASSWORD, prometheus.ETC / "prometheus.key"):
