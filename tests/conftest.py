@@ -204,6 +204,16 @@ def passwords(live_cluster) -> dict[str, str]:
     return json.loads(PASSWORDS.read_text())
 
 
+def alerts_firing(alert: str) -> list[dict]:
+    """The live Prometheus's firing alerts of this name (as its operator)."""
+    from aifactory.cluster import prometheus
+    r = requests.get(f"{prometheus.URL}/api/v1/alerts", timeout=10, auth=(
+        prometheus.OPERATOR, prometheus.OPERATOR_PASSWORD.read_text().strip()))
+    r.raise_for_status()
+    return [a for a in r.json()["data"]["alerts"]
+            if a["labels"]["alertname"] == alert and a["state"] == "firing"]
+
+
 def wait_until(check, timeout: float, interval: float = 0.5, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while True:

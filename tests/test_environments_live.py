@@ -57,11 +57,14 @@ def run_in_new_notebook(page, card: str, code: str) -> str:
     page.wait_for_selector(".jp-Notebook .jp-Cell .cm-content >> visible=true", timeout=60_000)
     page.wait_for_selector("text=| Idle", timeout=90_000)
     page.click(".jp-Notebook .jp-Cell .cm-content >> visible=true")
-    page.keyboard.insert_text(code)
+    # The cell's last line marks its end: what it printed before may come in several parts.
+    page.keyboard.insert_text(code + "\nprint('END-OF-CELL')")
     page.keyboard.press("Shift+Enter")
-    output = page.wait_for_selector(".jp-OutputArea-output:has-text('ENV') >> visible=true",
-                                    timeout=90_000)
-    return output.text_content()
+    page.wait_for_selector(".jp-OutputArea-output:has-text('END-OF-CELL') >> visible=true",
+                           timeout=90_000)
+    printed = "".join(o.text_content() for o in page.query_selector_all(
+        ".jp-OutputArea [data-mime-type='application/vnd.jupyter.stdout'] >> visible=true"))
+    return printed.replace("END-OF-CELL", "").strip() + "\n"
 
 
 def test_each_site_environment_runs_its_own_packages(page, passwords, hub_client):

@@ -2,8 +2,7 @@
 
 import time
 
-from conftest import HUB, notebook_jobs, wait_until
-from test_metrics_live import firing
+from conftest import HUB, alerts_firing, notebook_jobs, wait_until
 
 from aifactory import slurm
 from aifactory.cluster import services
@@ -30,7 +29,7 @@ def test_session_survives_slurmctld_going_away_and_operators_are_alerted(hub_cli
         assert alice.server().get("ready"), "the hub dropped the session while Slurm was away"
         assert alice.http.get(f"{HUB}/user/alice/lab").status_code == 200
         # Prometheus: its rule waits 30 s, scrapes and evaluations come every 10 s.
-        alert = wait_until(lambda: firing("SlurmUnreachable"), 60,
+        alert = wait_until(lambda: alerts_firing("SlurmUnreachable"), 60,
                            what="the SlurmUnreachable alert to fire")
         assert [a["labels"]["daemon"] for a in alert] == ["slurmctld"]
     finally:
@@ -38,6 +37,6 @@ def test_session_survives_slurmctld_going_away_and_operators_are_alerted(hub_cli
     wait_until(lambda: (j := slurm.job(job.job_id)) and j.state == "RUNNING", 30,
                what="slurmctld to report the session's job again")
     assert alice.server().get("ready")
-    wait_until(lambda: not firing("SlurmUnreachable"), 60, what="the alert to end")
+    wait_until(lambda: not alerts_firing("SlurmUnreachable"), 60, what="the alert to end")
     alice.stop()
     wait_until(lambda: not notebook_jobs("alice"), 60, what="the job to be cancelled")

@@ -25,13 +25,6 @@ def query(expr: str) -> list[dict]:
     return r.json()["data"]["result"]
 
 
-def firing(alert: str) -> list[dict]:
-    r = requests.get(f"{prometheus.URL}/api/v1/alerts", auth=operator(), timeout=10)
-    r.raise_for_status()
-    return [a for a in r.json()["data"]["alerts"]
-            if a["labels"]["alertname"] == alert and a["state"] == "firing"]
-
-
 FETCH = """
 import base64, ssl, sys, urllib.error, urllib.request
 url, header, basic, ca = sys.argv[1:5]
