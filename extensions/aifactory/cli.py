@@ -110,9 +110,9 @@ def _readable_by_all(path: Path) -> bool:
     try:
         target = path.resolve(strict=True)
         folders = {*path.absolute().parents, *target.parents}
+        mode = target.stat().st_mode
         return (all(f.stat().st_mode & stat.S_IXOTH for f in folders)
-                and target.stat().st_mode & stat.S_IROTH and target.stat().st_mode & stat.S_IXOTH
-                ) != 0
+                and bool(mode & stat.S_IROTH) and bool(mode & stat.S_IXOTH))
     except OSError:
         return False
 

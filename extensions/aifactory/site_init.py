@@ -15,17 +15,14 @@ import yaml
 
 from . import names, slurm
 from .billing import job_billing, parse_weights
+from .site_description import format_minutes
 
 UNLIMITED_WALLTIME_MIN = 7 * 24 * 60  # what the form offers where Slurm sets no MaxTime
 SESSION_MIN = 4 * 60
 
 
 def walltime(minutes: float) -> str:
-    """Slurm's [D-]HH:MM:SS."""
-    minutes = int(minutes)
-    days, rest = divmod(minutes, 24 * 60)
-    text = f"{rest // 60:02d}:{rest % 60:02d}:00"
-    return f"{days}-{text}" if days else text
+    return format_minutes(int(minutes))
 
 
 @dataclass(frozen=True)

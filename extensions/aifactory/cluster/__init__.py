@@ -329,10 +329,10 @@ def _start_the_hub(demo: Demo, cert: tls.Pair, config_version: str, code: str, l
                       site=HUB_CONFIG_DIR / "site.yaml", service_dir=ETC_DIR / "allocations",
                       course_groups_from="")
     config = HUB_CONFIG_DIR / "jupyterhub_config.py"
-    proxy_token, service_token = hub.secret(hub.PROXY_TOKEN), hub.secret(hub.SERVICE_TOKEN)
-    hub.secret(hub.METRICS_TOKEN)
+    proxy_token, service_token = secret(hub.PROXY_TOKEN), secret(hub.SERVICE_TOKEN)
+    secret(hub.METRICS_TOKEN)
     hub_database.start()
-    db_password = hub.secret(hub.DATABASE_PASSWORD)
+    db_password = secret(hub.DATABASE_PASSWORD)
     hub_database.ensure_role_and_database(db_password)
     env = _hub_env(demo, cert)
     # With an IdP its entitlements set the course groups; else the Unix groups.

@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from . import services
-from .system import LOG_DIR, STATE_DIR, ClusterError, secret, wait_for  # noqa: F401 (hub.secret)
+from .system import LOG_DIR, STATE_DIR, ClusterError, wait_for
 
 SECRETS_DIR = STATE_DIR / "secrets"
 PROXY_TOKEN = SECRETS_DIR / "proxy-auth-token"  # the hub's key to the proxy's API

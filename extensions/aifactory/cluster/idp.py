@@ -23,8 +23,8 @@ import yaml
 from .demo import Demo
 from . import tls
 from .services import Service
-from .system import ETC_DIR, LOG_DIR, RUN_DIR, STATE_DIR, ClusterError, secret, sh, wait_for, \
-    write_if_changed
+from .system import ETC_DIR, LOG_DIR, RUN_DIR, STATE_DIR, ClusterError, ensure_system_user, secret, \
+    sh, wait_for, write_if_changed
 
 IDP_USER = "aifactory-idp"
 INSTALL_DIR = Path("/opt/aifactory/idp")
@@ -122,11 +122,7 @@ def _write_for_idp(path: Path, text: str) -> bool:
 
 
 def ensure_user() -> None:
-    try:
-        pwd.getpwnam(IDP_USER)
-    except KeyError:
-        sh("useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
-           "--shell", "/usr/sbin/nologin", IDP_USER)
+    ensure_system_user(IDP_USER)
 
 
 def _install(hub_config: Path) -> bool:

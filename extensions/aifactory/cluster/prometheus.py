@@ -18,8 +18,8 @@ import yaml
 
 from . import services
 from . import hub, unprivileged
-from .hub import SECRETS_DIR, SERVICE_PORT, Front, ensure, secret
-from .system import ETC_DIR, STATE_DIR, ClusterError, sh, wait_for, write_if_changed
+from .hub import SECRETS_DIR, SERVICE_PORT, Front, ensure
+from .system import ETC_DIR, STATE_DIR, ClusterError, secret, sh, wait_for, write_if_changed
 
 USER = "prometheus"  # Debian's package makes it
 ETC = ETC_DIR / "prometheus"

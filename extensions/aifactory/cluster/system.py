@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import secrets
 import shutil
 import signal
@@ -34,6 +35,15 @@ def sh(*argv: str, input: str | None = None, check: bool = True, timeout: float 
         last = (proc.stderr.strip() or proc.stdout.strip() or f"exit {proc.returncode}")
         raise ClusterError(f"{' '.join(argv[:3])} failed: {last.splitlines()[-1]}")
     return proc
+
+
+def ensure_system_user(name: str) -> None:
+    """A system account with no home and no login shell, made if missing."""
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        sh("useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
+           "--shell", "/usr/sbin/nologin", name)
 
 
 def secret(path: Path) -> str:

@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 
 from .. import slurm
-from .system import ClusterError, sh, write_if_changed
+from .system import ClusterError, ensure_system_user, write_if_changed
 
 SERVICE_USER = "aifactory-allocations"
 SUDOERS = Path("/etc/sudoers.d/aifactory")
@@ -38,14 +38,6 @@ def sudoers(people_group: str, scancel: str) -> str:
         f"Runas_Alias AIFACTORY_PEOPLE = %{people_group}, !root",
         f"{SERVICE_USER} ALL = (AIFACTORY_PEOPLE) NOPASSWD: {scancel} {JOB_ID}",
         ""])
-
-
-def ensure_user(name: str) -> None:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        sh("useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
-           "--shell", "/usr/sbin/nologin", name)
 
 
 def ensure_slurm_operator(name: str) -> None:
@@ -88,7 +80,7 @@ def install_sudoers(people_group: str) -> bool:
 
 
 def ensure(people_group: str) -> None:
-    ensure_user(SERVICE_USER)
+    ensure_system_user(SERVICE_USER)
     check_people_group(people_group)
     ensure_slurm_operator(SERVICE_USER)
     install_sudoers(people_group)
