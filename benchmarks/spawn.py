@@ -10,7 +10,12 @@ same users, partition and session size (1 CPU, 2 GB on the cpu partition):
 - "stock": batchspawner 1.3's SlurmSpawner as shipped (its own job script, sudo, one `squeue`
   per spawner every 0.5 s while starting); only the path to batchspawner-singleuser is set,
   because sudo resets PATH.
-- "ours": aifactory's SlurmSpawner with hub_config/site.yaml (the `cpu` profile, 1 CPU, 2 GB).
+- "ours": aifactory's SlurmSpawner with hub_config/site.yaml (the `cpu` profile, 1 CPU, 2 GB),
+  the hub as root with SQLite (how it ran before it had an account of its own).
+- "ours-svc": the same spawner as the demo hub runs it now: as `aifactory-hub`, submitting
+  through its sudo rule (`sudo -n -u <user> sbatch --parsable`), its database in PostgreSQL
+  (a scratch database `jupyterhub_bench`, dropped afterwards). The bench users join the users
+  group for this, since the sudo rule acts only as its members.
 
 Measured: the median time from the start request to a ready server for one user (several
 rounds), and for a burst of N users started at once the time until all are ready; slurmctld
@@ -42,9 +47,13 @@ import requests
 
 from aifactory import slurm
 
-REPO = Path(__file__).resolve().parents[1]
 VENV = Path(os.environ.get("AIFACTORY_VENV", "/opt/aifactory/venv"))
 HUB_IP = "10.77.0.1"
+HUB_ACCOUNT = "aifactory-hub"
+USERS_GROUP = "aifactory-users"
+BENCH_DB = "jupyterhub_bench"
+DB_PASSWORD = Path("/var/lib/aifactory/secrets/hub-database-password")
+SITE = Path("/etc/aifactory/hub_config/site.yaml")  # the installed copy: readable by the hub's account
 
 COMMON = """
 c = get_config()
@@ -77,7 +86,7 @@ c.SlurmSpawner.req_runtime = "01:00:00"
 
 OURS = """
 c.JupyterHub.spawner_class = "aifactory.spawner.SlurmSpawner"
-c.SlurmSpawner.site_path = "{repo}/hub_config/site.yaml"
+c.SlurmSpawner.site_path = "{site}"
 c.SlurmSpawner.venv = "{venv}"
 """
 OUR_OPTIONS = {"profile": "cpu", "cpus": 1, "memory_gb": 2, "walltime": "01:00:00"}
@@ -102,25 +111,50 @@ def ensure_users(count: int) -> list[str]:
             subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
         if name not in have:
             slurm.sacctmgr("add", "user", name, "Account=proj-climate")
+        subprocess.run(["usermod", "-aG", USERS_GROUP, name], check=True)  # until the end
     return names
 
 
+def psql_as_postgres(*argv: str) -> None:
+    subprocess.run(["runuser", "-u", "postgres", "--", *argv], check=True, cwd="/",
+                   capture_output=True)
+
+
+def bench_database() -> str:
+    """A fresh scratch database of the hub's PostgreSQL role; its URL."""
+    psql_as_postgres("dropdb", "--if-exists", BENCH_DB)
+    psql_as_postgres("createdb", "--owner=jupyterhub", BENCH_DB)
+    password = DB_PASSWORD.read_text().strip()
+    return f"postgresql+psycopg://jupyterhub:{password}@127.0.0.1:5432/{BENCH_DB}"
+
+
 class BenchHub:
-    def __init__(self, name: str, port: int, spawner_config: str, options: dict | None):
+    def __init__(self, name: str, port: int, spawner_config: str, options: dict | None,
+                 account: str | None = None, db_url: str = ""):
         self.name, self.port, self.options = name, port, options
         self.workdir = Path(tempfile.mkdtemp(prefix=f"aif-bench-{name}-"))
         self.token = secrets.token_hex(16)
         config = COMMON.format(port=port, hub_ip=HUB_IP, hub_port=port + 81,
                                proxy_api=port + 1, workdir=self.workdir, token=self.token)
-        config += spawner_config.format(venv=VENV, repo=REPO)
+        config += spawner_config.format(venv=VENV, site=SITE)
+        if db_url:
+            config += f"c.JupyterHub.db_url = {db_url!r}\n"
         (self.workdir / "jupyterhub_config.py").write_text(config)
+        as_account = {}
+        if account:
+            pw = pwd.getpwnam(account)
+            for path in (self.workdir, self.workdir / "jupyterhub_config.py"):
+                os.chown(path, pw.pw_uid, pw.pw_gid)
+            as_account = {"user": pw.pw_uid, "group": pw.pw_gid,
+                          "extra_groups": os.getgrouplist(account, pw.pw_gid)}
         self.api = f"http://127.0.0.1:{port}/hub/api"
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"token {self.token}"
         env = dict(os.environ, PATH=f"{VENV}/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
         self.log = open(self.workdir / "hub.log", "wb")
         self.proc = subprocess.Popen([f"{VENV}/bin/jupyterhub", "-f", "jupyterhub_config.py"],
-                                     cwd=self.workdir, env=env, stdout=self.log, stderr=self.log)
+                                     cwd=self.workdir, env=env, stdout=self.log, stderr=self.log,
+                                     **as_account)
         self._wait(lambda: self._get("/") is not None, 60, "the hub to answer")
 
     def _get(self, path):
@@ -207,9 +241,15 @@ def measure_queued(hub: BenchHub, users: list[str], seconds: float) -> tuple[int
     return ready, rpcs
 
 
+def hub_makers(stock: str, options: dict) -> dict:
+    return {"stock": lambda: BenchHub("stock", 8300, stock, None),
+            "ours": lambda: BenchHub("ours", 8400, OURS, options),
+            "ours-svc": lambda: BenchHub("ours-svc", 8700, OURS, options, account=HUB_ACCOUNT,
+                                         db_url=bench_database())}
+
+
 def queued(users: list[str], seconds: float) -> None:
-    hubs = {"stock": lambda: BenchHub("stock", 8300, STOCK_GPU, None),
-            "ours": lambda: BenchHub("ours", 8400, OURS, OUR_GPU_OPTIONS)}
+    hubs = hub_makers(STOCK_GPU, OUR_GPU_OPTIONS)
     result = {}
     for name, make in hubs.items():  # one hub at a time: both compete for the same 8 GPUs
         hub = make()
@@ -217,15 +257,27 @@ def queued(users: list[str], seconds: float) -> None:
             result[name] = measure_queued(hub, users, seconds)
         finally:
             hub.close()
+    drop_bench_database()
     print(f"\nqueued: {len(users)} users ask for one H100 each at once; watched {seconds:.0f} s")
     for name, (ready, rpcs) in result.items():
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(rpcs.items()) if v)
-        print(f"  {name:6} running sessions {ready:3d}, waiting {len(users) - ready:3d}; "
+        print(f"  {name:8} running sessions {ready:3d}, waiting {len(users) - ready:3d}; "
               f"slurmctld RPCs {sum(rpcs.values()):6d}; job-info RPCs {job_info(rpcs)}\n"
-              f"         ({kinds})")
-    stock_info, ours_info = job_info(result["stock"][1]), job_info(result["ours"][1])
-    print(f"  job-info RPCs ours / stock: {ours_info / max(stock_info, 1):.3f}; all RPCs ours / "
-          f"stock: {sum(result['ours'][1].values()) / max(sum(result['stock'][1].values()), 1):.3f}")
+              f"           ({kinds})")
+    stock_info, stock_all = job_info(result["stock"][1]), sum(result["stock"][1].values())
+    for name in ("ours", "ours-svc"):
+        print(f"  {name} / stock: job-info RPCs {job_info(result[name][1]) / max(stock_info, 1):.3f}, "
+              f"all RPCs {sum(result[name][1].values()) / max(stock_all, 1):.3f}")
+
+
+def drop_bench_database() -> None:
+    psql_as_postgres("dropdb", "--if-exists", BENCH_DB)
+
+
+def leave_users_group(names: list[str]) -> None:
+    """Only for the bench: afterwards the demo's users group is the demo's people again."""
+    for name in names:
+        subprocess.run(["gpasswd", "-d", name, USERS_GROUP], capture_output=True)
 
 
 def main() -> None:
@@ -238,37 +290,47 @@ def main() -> None:
     parser.add_argument("--only-queued", action="store_true")
     args = parser.parse_args()
     users = ensure_users(max(args.burst, args.queued, 1))
+    try:
+        run(args, users)
+    finally:
+        leave_users_group(users)
+
+
+def run(args, users: list[str]) -> None:
     if args.queued:
         queued(users[:args.queued], args.queued_seconds)
     if args.only_queued:
         return
-    hubs = {"stock": BenchHub("stock", 8300, STOCK, None),
-            "ours": BenchHub("ours", 8400, OURS, OUR_OPTIONS)}
+    hubs = {name: make() for name, make in hub_makers(STOCK, OUR_OPTIONS).items()}
     try:
         single = {name: [] for name in hubs}
         for i in range(args.rounds):
-            # Alternate who goes first, so neither always follows the other's clean-up.
-            for name in (("stock", "ours") if i % 2 == 0 else ("ours", "stock")):
+            # Rotate who goes first, so none always follows another's clean-up.
+            order = list(hubs)[i % len(hubs):] + list(hubs)[:i % len(hubs)]
+            for name in order:
                 single[name].append(measure(hubs[name], users[:1])[0])
         burst = {name: measure(hub, users[:args.burst]) for name, hub in hubs.items()}
     finally:
         for hub in hubs.values():
             hub.close()
+        drop_bench_database()
 
     print(f"\nsingle user, {args.rounds} rounds: start request -> server ready (s)")
     for name, times in single.items():
-        print(f"  {name:6} median {statistics.median(times):6.2f}  min {min(times):6.2f}  "
+        print(f"  {name:8} median {statistics.median(times):6.2f}  min {min(times):6.2f}  "
               f"max {max(times):6.2f}")
-    ratio = statistics.median(single["ours"]) / statistics.median(single["stock"])
-    print(f"  ours / stock median: {ratio:.2f}")
+    for name in ("ours", "ours-svc"):
+        ratio = statistics.median(single[name]) / statistics.median(single["stock"])
+        print(f"  {name} / stock median: {ratio:.2f}")
     print(f"\nburst of {args.burst} users started at once")
     for name, (elapsed, rpcs) in burst.items():
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(rpcs.items()) if v)
-        print(f"  {name:6} all ready in {elapsed:6.1f} s; slurmctld RPCs {sum(rpcs.values()):6d}; "
-              f"job-info RPCs {job_info(rpcs)}\n         ({kinds})")
-    stock_info, ours_info = job_info(burst["stock"][1]), job_info(burst["ours"][1])
-    print(f"  job-info RPCs ours / stock: {ours_info / max(stock_info, 1):.3f}; "
-          f"time ours / stock: {burst['ours'][0] / burst['stock'][0]:.2f}")
+        print(f"  {name:8} all ready in {elapsed:6.1f} s; slurmctld RPCs {sum(rpcs.values()):6d}; "
+              f"job-info RPCs {job_info(rpcs)}\n           ({kinds})")
+    stock_info = job_info(burst["stock"][1])
+    for name in ("ours", "ours-svc"):
+        print(f"  {name} / stock: job-info RPCs {job_info(burst[name][1]) / max(stock_info, 1):.3f}, "
+              f"time {burst[name][0] / burst['stock'][0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -464,7 +464,10 @@ def listening_user(node: str, port: int) -> str | None:
     found = re.search(r"pid=(\d+)", out)
     if not found:
         return None
-    uid = os.stat(f"/proc/{found.group(1)}").st_uid
+    try:
+        uid = os.stat(f"/proc/{found.group(1)}").st_uid
+    except FileNotFoundError:  # alice's killed server, seen by ss as it went
+        return None
     return next((u for u in ("alice", ATTACKER) if os.stat(f"/home/{u}").st_uid == uid), "?")
 
 

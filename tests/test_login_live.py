@@ -230,6 +230,10 @@ LOGIN_SECRETS = [
     "/var/lib/aifactory/ca/ca.key",                 # the demo CA's key
     "/etc/aifactory/tls/hub.key", "/etc/aifactory/tls/idp.key",
     "/etc/aifactory/accounts-by-sub.yaml",
+    # The hub's and the proxy's copies (their accounts' groups only).
+    "/etc/aifactory/hub/crypt-key", "/etc/aifactory/hub/aifactory-sram.secret",
+    "/etc/aifactory/hub/hub-database-password", "/etc/aifactory/proxy/public.key",
+    "/var/lib/aifactory/hub/internal-ssl/notebooks-ca/notebooks-ca.key",
 ]
 
 

@@ -29,9 +29,15 @@ def demo_facts(**changes) -> site_check.SlurmFacts:
                     "cpu": slurm.Partition("cpu", "cpu01", 10080, 60)},
         nodes=nodes,
         reservations={r: slurm.Reservation(r, 0, None, "gpu03") for r in ("dl101", "ml202")},
-        hub_user="root", hub_admin_level="Administrator",
+        hub_user="aifactory-hub", hub_admin_level="Operator", hub_sudo=DEMO_HUB_SUDO,
         environment="/opt/aifactory/venv/bin/python", environment_readable=True)
     return dataclasses.replace(facts, **changes)
+
+
+# `sudo -l -U aifactory-hub` on the demo (Debian 12's sudo 1.9.13).
+DEMO_HUB_SUDO = ("User aifactory-hub may run the following commands on vm:\n"
+                 "    (%aifactory-users, !root) NOPASSWD: /usr/bin/sbatch --parsable, "
+                 "/usr/bin/scancel ^[0-9]{1,12}(_[0-9]{1,12})?$")
 
 
 def missing(facts, site=None) -> list[site_check.Finding]:
@@ -110,8 +116,25 @@ def test_partitions_gpus_reservations_and_the_hub_account_that_the_site_names():
     assert "2880 minutes on gpu" in found.what and "MaxTime is 600" in found.what
     [found] = missing(dataclasses.replace(facts, reservations={"ml202": facts.reservations["ml202"]}))
     assert "reservation dl101" in found.what and "ReservationName=dl101" in found.fix
-    found = missing(dataclasses.replace(facts, hub_user="jupyterhub", hub_admin_level="None"))
+    found = missing(dataclasses.replace(facts, hub_user="jupyterhub", hub_admin_level="None",
+                                        hub_sudo=""))
     assert [f.fix for f in found][0] == "sacctmgr modify user jupyterhub set AdminLevel=Operator"
+    # A hub that is not root submits through sudo: sbatch --parsable and scancel, as a person.
+    assert "submit a person's session as them" in found[1].what
+    assert found[1].fix.startswith("/etc/sudoers.d/aifactory: jupyterhub ALL = (%<users group>")
+    hub_sudo = ("User jupyterhub may run the following commands on vm:\n"
+                "    (%aifactory-users, !root) NOPASSWD: /usr/bin/sbatch --parsable, "
+                "/usr/bin/scancel ^[0-9]{1,12}$")
+    assert not missing(dataclasses.replace(facts, hub_user="jupyterhub",
+                                           hub_admin_level="Operator", hub_sudo=hub_sudo))
+    only_cancel = hub_sudo.replace("/usr/bin/sbatch --parsable, ", "")
+    [found] = missing(dataclasses.replace(facts, hub_user="jupyterhub",
+                                          hub_admin_level="Operator", hub_sudo=only_cancel))
+    assert "sbatch --parsable" in found.what
+    everything = hub_sudo + "\n    (ALL) NOPASSWD: ALL"
+    [found] = missing(dataclasses.replace(facts, hub_user="jupyterhub",
+                                          hub_admin_level="Operator", hub_sudo=everything))
+    assert "could run anything as anyone" in found.what
     [found] = missing(dataclasses.replace(facts, environment_readable=False))
     assert "/opt/aifactory/venv/bin/python" in found.what
     # The allocations service's own account: its admin level and its one sudo rule.
@@ -130,10 +153,11 @@ def test_partitions_gpus_reservations_and_the_hub_account_that_the_site_names():
 
 def test_site_check_passes_on_the_running_slurm_and_names_what_a_change_takes_away(
         live_cluster):
-    ok = aifactory("site", "check", "--site", str(SITE), "--service-user",
-                   "aifactory-allocations")
+    ok = aifactory("site", "check", "--site", str(SITE), "--hub-user", "aifactory-hub",
+                   "--service-user", "aifactory-allocations")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "aifactory-allocations may cancel a person's job as them" in ok.stdout
+    assert "aifactory-hub may submit and cancel a person's session as them" in ok.stdout
     assert ok.stdout.strip().endswith("hold.") and "MISSING" not in ok.stdout
     assert f"against Slurm {slurm.version()[0]}." in ok.stdout
     # An account without an admin level cannot be the hub's (PrivateData hides the rest).

@@ -144,7 +144,8 @@ def _site_check(args) -> int:
         hub_admin_level=slurm.admin_level(args.hub_user), environment=str(python),
         environment_readable=_readable_by_all(python), service_user=args.service_user,
         service_admin_level=slurm.admin_level(args.service_user) if args.service_user else "",
-        service_sudo=_sudo_rules(args.service_user) if args.service_user else "")
+        service_sudo=_sudo_rules(args.service_user) if args.service_user else "",
+        hub_sudo=_sudo_rules(args.hub_user) if args.hub_user != "root" else "")
     findings = site_check.check(site, facts)
     major, minor = slurm.version()
     print(f"{path}, against Slurm {major}.{minor:02d}:")
@@ -170,6 +171,20 @@ def _site_init(args) -> int:
     site = site_module.load(args.out)  # as the hub reads it at its start
     print(f"wrote {args.out}: {len(site.partitions)} partitions, {len(site.profiles)} profiles, "
           f"budgets in {site.billing.unit}. Next: aifactory site check --site {args.out}")
+    return 0
+
+
+def _site_install(args) -> int:
+    from . import site_install
+    try:
+        changed = site_install.install(args.venv, cli_link=args.cli_link)
+    except (OSError, site_install.InstallError) as e:
+        print(f"aifactory: {e}", file=sys.stderr)
+        return 2
+    for line in changed:
+        print(f"  {line}")
+    print(f"{args.venv}: the sessions' settings are in place"
+          + (f" ({len(changed)} changed)." if changed else " (nothing to change)."))
     return 0
 
 
@@ -214,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
                                             "the line to write; exit 0 only when all holds")
     check_p.add_argument("--site", type=Path, help="the site description (default: "
                          "$AIFACTORY_SITE, else /etc/aifactory/hub_config/site.yaml)")
-    check_p.add_argument("--hub-user", default="root", help="the account the hub and the "
-                         "allocations service run as (default: root)")
+    check_p.add_argument("--hub-user", default="root", help="the account the hub runs as "
+                         "(the demo's: aifactory-hub; default: root)")
     check_p.add_argument("--service-user", default="", help="the allocations service's own "
                          "account, if it has one (the demo's: aifactory-allocations)")
     check_p.set_defaults(func=_site_check)
@@ -226,6 +241,14 @@ def main(argv: list[str] | None = None) -> int:
     init_p.add_argument("--python", default=sys.executable, help="the shared environment's "
                         "Python, readable on every node (default: this one)")
     init_p.set_defaults(func=_site_init)
+    install_p = ssub.add_parser("install", help="after pip install: the shared environment's "
+                                "Jupyter, Dask, JupyterLab and desktop settings that make a "
+                                "session an aifactory session (root; safe to run again)")
+    install_p.add_argument("--venv", type=Path, default=Path(sys.prefix), help="the shared "
+                           "environment (default: the one this command runs from)")
+    install_p.add_argument("--cli-link", type=Path, help="also link the aifactory command "
+                           "there, e.g. /usr/local/bin/aifactory")
+    install_p.set_defaults(func=_site_install)
     args = parser.parse_args(argv)
 
     from .cluster.demo import DemoFileError

@@ -7,6 +7,8 @@ what the site description and aifactory need holds, and where not, the line to w
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 
 from . import slurm
@@ -35,6 +37,7 @@ class SlurmFacts:
     service_user: str = ""  # the allocations service's own account ("" : not asked)
     service_admin_level: str = ""
     service_sudo: str = ""  # `sudo -l -U` of that account
+    hub_sudo: str = ""  # `sudo -l -U` of the hub's account
 
 
 def _words(value: str) -> set[str]:
@@ -194,11 +197,27 @@ def hub_account(site: Site, facts: SlurmFacts) -> list[Finding]:
         f"The hub's account {facts.hub_user} cannot see past PrivateData (AdminLevel "
         f"{facts.hub_admin_level}): the widgets' totals and the queue would be its own only.",
         f"sacctmgr modify user {facts.hub_user} set AdminLevel=Operator")]
-    found.append(_finding(
-        facts.hub_user == "root",
-        "The hub runs as root here: it runs sbatch and scancel as each person without sudo.",
-        f"The hub runs as {facts.hub_user}, not root: aifactory's spawner does not yet submit "
-        "through sudo.", "run the hub as root (aifactory's sudo rules are not written yet)"))
+    if facts.hub_user != "root":
+        rules = facts.hub_sudo
+        submits = "/sbatch --parsable" in rules and "/scancel" in rules and "NOPASSWD" in rules
+        too_much = "SETENV" in rules or re.search(r"(NOPASSWD:|,)\s*ALL\b|--parsable\s*\*", rules)
+        found.append(_finding(
+            not too_much,
+            f"The hub's account {facts.hub_user} may run nothing more through sudo than "
+            "aifactory's rules name.",
+            f"The hub's account {facts.hub_user} may run more through sudo than sbatch "
+            "--parsable and scancel JOBID (ALL, SETENV or a wildcard): whoever takes the hub "
+            "over could run anything as anyone.",
+            "/etc/sudoers.d/aifactory: only the rules of the README's security model"))
+        found.append(_finding(
+            submits,
+            f"The hub's account {facts.hub_user} may submit and cancel a person's session as "
+            "them (sudo).",
+            f"No sudo rule lets {facts.hub_user} submit a person's session as them "
+            "(sbatch --parsable) and cancel it (scancel JOBID): no session would start.",
+            f"/etc/sudoers.d/aifactory: {facts.hub_user} ALL = (%<users group>, !root) "
+            "NOPASSWD: /usr/bin/sbatch --parsable, /usr/bin/scancel ^[0-9]{1,12}(_[0-9]{1,12})?$ "
+            "(README, security model)"))
     found.append(_finding(
         facts.environment_readable,
         f"The shared environment {facts.environment} is readable by everyone here (the "

@@ -25,10 +25,20 @@ DEFAULT_PATH = Path(os.environ.get("AIFACTORY_SITE",
                                    + "/site.yaml"))
 
 
+def shared_python() -> str:
+    """The shared environment's Python: the one aifactory is installed in (its folder with
+    pyvenv.cfg, found from the package's real path, so also from a kernel of a person's own
+    environment that imports aifactory through the link), else AIFACTORY_VENV's."""
+    for folder in Path(__file__).resolve().parents:
+        if (folder / "pyvenv.cfg").exists():
+            return str(folder / "bin/python")
+    return os.path.join(os.environ.get("AIFACTORY_VENV", "/opt/aifactory/venv"), "bin/python")
+
+
 DASK_DEFAULTS = {
     "partition": "gpu", "gpu_type": "", "gpus_per_job": 1, "cpus_per_gpu": 8,
     "memory_gb_per_gpu": 60, "walltime": "01:00:00", "interface": "eth0",
-    "local_directory": "/tmp", "python": "/opt/aifactory/venv/bin/python",
+    "local_directory": "/tmp", "python": shared_python(),
 }
 
 

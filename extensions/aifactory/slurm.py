@@ -304,6 +304,17 @@ class Partition:
 
 
 
+# The variables a session's sbatch passes on to its job through sudo (the hub's sudoers
+# env_keep; each ends in * or is a whole name): the token and URLs JupyterHub gives the server,
+# aifactory's own, the language.
+SESSION_ENV_KEPT = ("JUPYTERHUB_*", "AIFACTORY_*", "LANG")
+
+
+def session_env_kept(name: str) -> bool:
+    return any(name.startswith(k[:-1]) if k.endswith("*") else name == k
+               for k in SESSION_ENV_KEPT)
+
+
 def _as_user(argv: list[str], user: str | None, env: dict | None) -> tuple[list[str], dict]:
     """The command line and Popen arguments that run `argv` as `user`: directly where this
     process is root, through sudo where it is a service's own account (whose sudo rules,

@@ -17,14 +17,15 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from .. import courses
 from .. import site_description as site_module
 from .. import slurm
 from ..billing import Billing
 from . import (accounting, hub, hub_database, idp, modules, network, prometheus, services,
                tls, unprivileged)
 from .demo import Demo, DemoFileError, load
-from .system import (ETC_DIR, STATE_DIR, ClusterError, ensure_debs, read_pid, secret, sh, stop_pid,
-                     wait_for, write_if_changed)
+from .system import (ETC_DIR, STATE_DIR, ClusterError, ensure_debs, hand_over, read_pid, secret,
+                     sh, stop_pid, wait_for, write_if_changed)
 
 __all__ = ["up", "down", "status", "ClusterError", "DemoFileError"]
 
@@ -51,6 +52,7 @@ HUB_HOST, HUB_PORT, HUB_HTTP_PORT = "hub.localhost", 8443, 8000  # http only red
 HUB_URL = f"https://{HUB_HOST}:{HUB_PORT}"  # users' servers: https://<user>.hub.localhost:8443
 HUB_CONFIG_DIR = ETC_DIR / "hub_config"
 HUB_WORKDIR = STATE_DIR / "hub"
+HUB_SECRETS = ETC_DIR / "hub"  # what the hub reads of root's (hub_secrets)
 
 
 def default_hub_config() -> Path:
@@ -162,11 +164,28 @@ def _hub_env(demo: Demo, cert: tls.Pair) -> dict:
         "AIFACTORY_VENV": str(VENV),
         "AIFACTORY_HUB_CONNECT_IP": demo.controller_address,
         "AIFACTORY_LOGIN_GROUP": demo.login_group,
-        "AIFACTORY_PROXY_TOKEN_FILE": str(hub.PROXY_TOKEN),
-        "AIFACTORY_ALLOCATIONS_TOKEN_FILE": str(hub.SERVICE_TOKEN),
-        "AIFACTORY_HUB_DB_PASSWORD_FILE": str(hub.DATABASE_PASSWORD),
-        "AIFACTORY_METRICS_TOKEN_FILE": str(hub.METRICS_TOKEN),
+        # Its secrets, given to it read-only in its own folder (hub_secrets).
+        "AIFACTORY_OIDC_SECRETS": str(HUB_SECRETS),
+        "AIFACTORY_OIDC_ACCOUNTS": str(HUB_SECRETS / idp.ACCOUNTS_FILE.name),
+        "AIFACTORY_PROXY_TOKEN_FILE": str(HUB_SECRETS / hub.PROXY_TOKEN.name),
+        "AIFACTORY_ALLOCATIONS_TOKEN_FILE": str(HUB_SECRETS / hub.SERVICE_TOKEN.name),
+        "AIFACTORY_HUB_DB_PASSWORD_FILE": str(HUB_SECRETS / hub.DATABASE_PASSWORD.name),
+        "AIFACTORY_METRICS_TOKEN_FILE": str(HUB_SECRETS / hub.METRICS_TOKEN.name),
+        **({"AIFACTORY_SLURM_BIN": slurm_bin} if (slurm_bin := os.environ.get(
+            "AIFACTORY_SLURM_BIN")) else {}),
     }
+
+
+def hub_secrets() -> dict[str, str]:
+    """What the hub reads of root's (name in HUB_SECRETS: text): the tokens it shares with the
+    proxy, the service and Prometheus, its database password, its OIDC client's secrets and
+    crypt key, the site's account provisioning."""
+    given = {p.name: p.read_text() for p in (hub.PROXY_TOKEN, hub.SERVICE_TOKEN,
+                                             hub.DATABASE_PASSWORD, hub.METRICS_TOKEN)}
+    given.update((p.name, p.read_text()) for p in sorted(idp.HUB_SECRETS.glob("*")))
+    if idp.ACCOUNTS_FILE.exists():
+        given[idp.ACCOUNTS_FILE.name] = idp.ACCOUNTS_FILE.read_text()
+    return given
 
 
 def _hub_answers() -> bool:
@@ -327,7 +346,9 @@ def _start_the_hub(demo: Demo, cert: tls.Pair, config_version: str, code: str, l
                       hub_ip=demo.controller_address, tls_cert=cert.cert, tls_key=cert.key,
                       certs=HUB_WORKDIR / "internal-ssl", venv=VENV,
                       site=HUB_CONFIG_DIR / "site.yaml", service_dir=ETC_DIR / "allocations",
-                      course_groups_from="")
+                      proxy_dir=ETC_DIR / "proxy", hub_dir=HUB_SECRETS, course_groups_from="",
+                      slurm_bin=os.environ.get("AIFACTORY_SLURM_BIN", ""))
+    hub_user = unprivileged.HUB_USER
     config = HUB_CONFIG_DIR / "jupyterhub_config.py"
     proxy_token, service_token = secret(hub.PROXY_TOKEN), secret(hub.SERVICE_TOKEN)
     secret(hub.METRICS_TOKEN)
@@ -338,17 +359,28 @@ def _start_the_hub(demo: Demo, cert: tls.Pair, config_version: str, code: str, l
     # With an IdP its entitlements set the course groups; else the Unix groups.
     front = replace(front, course_groups_from="idp" if env["AIFACTORY_LOGIN"] == "oidc" else "unix")
     _stop_an_older_installs_hub(log)
-    HUB_WORKDIR.mkdir(mode=0o700, parents=True, exist_ok=True)
-    hub.make_certificates(config, HUB_WORKDIR, env, front)
+    # An older install's SQLite state moves into PostgreSQL while root still owns it (later
+    # the file would be the hub's account's to plant).
+    sqlite_file = HUB_WORKDIR / "jupyterhub.sqlite"
+    if (sqlite_file.is_file() and not sqlite_file.is_symlink()
+            and sqlite_file.lstat().st_uid == 0):
+        hub_database.move_from_sqlite(sqlite_file, hub_database.url(db_password), log)
+    # The hub's own folders (its certificate store, its course material clones): what an
+    # install that ran it as root left there becomes its account's.
+    for folder in (HUB_WORKDIR, courses.GIT_CACHE):
+        hand_over(folder, hub_user)
+    unprivileged.install_for(hub_user, front.hub_dir, hub_secrets(), only=True)
+    hub.make_certificates(config, HUB_WORKDIR, env, front, hub_user)
     prometheus.ensure_files(front, HUB_CONFIG_DIR, hub.HUB_API_PORT)  # the hub reads its token
-    hub_database.move_from_sqlite(HUB_WORKDIR / "jupyterhub.sqlite",
-                                  hub_database.url(db_password), log)
     proxy_env = {"PATH": env["PATH"], "CONFIGPROXY_AUTH_TOKEN": proxy_token}
+    proxy_given = hub.proxy_files(front, hub_user)
+    unprivileged.install_for(unprivileged.PROXY_USER, front.proxy_dir, proxy_given, only=True)
     proxy_restarted = hub.ensure(services.PROXY, hub.proxy_command(front), proxy_env,
-                                 STATE_DIR / "proxy", hub.proxy_files(front), log=log)
+                                 STATE_DIR / "proxy", tuple(front.proxy_dir / n for n in proxy_given),
+                                 user=unprivileged.PROXY_USER, log=log)
     hub.wait_until_listening(services.PROXY, hub.PROXY_API_PORT, "127.0.0.1")
     service_env = hub.service_environment(front, service_token)
-    given = hub.service_files(front)
+    given = hub.service_files(front, hub_user)
     unprivileged.install_for(unprivileged.SERVICE_USER, front.service_dir, given)
     hub.ensure(services.ALLOCATIONS, hub.service_command(front), service_env,
                STATE_DIR / "allocations", tuple(front.service_dir / n for n in given),
@@ -358,11 +390,11 @@ def _start_the_hub(demo: Demo, cert: tls.Pair, config_version: str, code: str, l
     def upgrade_db() -> None:
         # A no-op on a current schema; the hub refuses to start on an older one (a new
         # JupyterHub, a restored backup).
-        sh(str(VENV / "bin/jupyterhub"), "upgrade-db", "-f", str(config), env=env, timeout=300)
+        sh(str(VENV / "bin/jupyterhub"), "upgrade-db", "-f", str(config), env=env, timeout=300,
+           user=hub_user, cwd=HUB_WORKDIR)
     hub.ensure(services.HUB, [str(VENV / "bin/jupyterhub"), "-f", str(config)], env, HUB_WORKDIR,
-               files=(hub.PROXY_TOKEN, hub.SERVICE_TOKEN, hub.DATABASE_PASSWORD,
-                      hub.METRICS_TOKEN),
-               version=config_version, before_start=upgrade_db, log=log,
+               files=tuple(sorted(front.hub_dir.glob("*"))),
+               version=config_version, before_start=upgrade_db, user=hub_user, log=log,
                restart_for="the proxy started anew" if proxy_restarted else "")
     wait_for(_hub_answers, "JupyterHub", timeout=60)
     prometheus.start(log=log)
@@ -372,8 +404,11 @@ LEGACY_PROXY_PID = HUB_WORKDIR / "jupyterhub-proxy.pid"  # the proxy an older hu
 
 
 def _stop_an_older_installs_hub(log=print) -> bool:
-    """Before the proxy ran apart, the hub started it and the service as its children."""
-    if not read_pid(LEGACY_PROXY_PID):
+    """Before the proxy ran apart, the hub started it and the service as its children. Its
+    pid file lies in what is now the hub's account's folder: only a root-written one counts
+    (else that account could have root stop any process)."""
+    if (LEGACY_PROXY_PID.is_symlink() or not LEGACY_PROXY_PID.is_file()
+            or LEGACY_PROXY_PID.lstat().st_uid != 0 or not read_pid(LEGACY_PROXY_PID)):
         return False
     log("the hub runs its proxy as its child (an older install): stopping both")
     services.HUB.stop()  # it stops its managed service

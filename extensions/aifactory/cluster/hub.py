@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from . import services
-from .system import LOG_DIR, STATE_DIR, ClusterError, wait_for
+from .system import LOG_DIR, STATE_DIR, ClusterError, as_account, read_as, sh, wait_for
 
 SECRETS_DIR = STATE_DIR / "secrets"
 PROXY_TOKEN = SECRETS_DIR / "proxy-auth-token"  # the hub's key to the proxy's API
@@ -43,7 +43,10 @@ class Front:
     venv: Path
     site: Path  # the installed site.yaml
     service_dir: Path  # what the allocations service reads: its certificate, the CA, a token
+    proxy_dir: Path  # what the proxy reads: its certificates and keys
+    hub_dir: Path  # the hub's secrets: its tokens, its database password, its OIDC client's
     course_groups_from: str  # "idp" or "unix"
+    slurm_bin: str = ""  # Slurm's commands under a site's own prefix (AIFACTORY_SLURM_BIN)
 
     @property
     def public_host(self) -> str:
@@ -62,26 +65,49 @@ class Front:
         return f"http://{self.hub_ip}:{SERVICE_PORT}"
 
 
+# The proxy's files (in its own folder) and where they come from: the browsers' certificate
+# (`tls_cert`, `tls_key`), or the hub's internal_ssl folder.
+PROXY_FILES = {"public.crt": "tls_cert", "public.key": "tls_key",
+               "proxy-api.key": "proxy-api/proxy-api.key",
+               "proxy-api.crt": "proxy-api/proxy-api.crt",
+               "proxy-api-ca_trust.crt": "proxy-api-ca_trust.crt",
+               "proxy-client.key": "proxy-client/proxy-client.key",
+               "proxy-client.crt": "proxy-client/proxy-client.crt",
+               "proxy-client-ca_trust.crt": "proxy-client-ca_trust.crt"}
+
+
 def proxy_command(f: Front) -> list[str]:
     """configurable-http-proxy as JupyterHub would start it under internal_ssl: https for
     browsers, host routing (users' subdomains), its API and its requests to sessions with
     the certificates the hub's CAs signed."""
-    c = f.certs
+    d = f.proxy_dir
     return ["configurable-http-proxy",
             "--ip", "127.0.0.1", "--port", str(f.public_port),
             "--redirect-port", str(f.http_port), "--redirect-to", str(f.public_port),
             "--api-ip", "127.0.0.1", "--api-port", str(PROXY_API_PORT),
             "--error-target", f"https://{f.hub_ip}:{HUB_API_PORT}/hub/error",
             "--log-level", "info", "--host-routing",
-            "--ssl-key", str(f.tls_key), "--ssl-cert", str(f.tls_cert),
-            "--api-ssl-key", str(c / "proxy-api/proxy-api.key"),
-            "--api-ssl-cert", str(c / "proxy-api/proxy-api.crt"),
-            "--api-ssl-ca", str(c / "proxy-api-ca_trust.crt"),
+            "--ssl-key", str(d / "public.key"), "--ssl-cert", str(d / "public.crt"),
+            "--api-ssl-key", str(d / "proxy-api.key"),
+            "--api-ssl-cert", str(d / "proxy-api.crt"),
+            "--api-ssl-ca", str(d / "proxy-api-ca_trust.crt"),
             "--api-ssl-request-cert", "--api-ssl-reject-unauthorized",
-            "--client-ssl-key", str(c / "proxy-client/proxy-client.key"),
-            "--client-ssl-cert", str(c / "proxy-client/proxy-client.crt"),
-            "--client-ssl-ca", str(c / "proxy-client-ca_trust.crt"),
+            "--client-ssl-key", str(d / "proxy-client.key"),
+            "--client-ssl-cert", str(d / "proxy-client.crt"),
+            "--client-ssl-ca", str(d / "proxy-client-ca_trust.crt"),
             "--client-ssl-request-cert", "--client-ssl-reject-unauthorized"]
+
+
+def proxy_files(f: Front, hub_user: str) -> dict[str, str]:
+    """What the proxy reads, as it is to be given to it (name in proxy_dir: text); the hub's
+    own files read with the hub's rights."""
+    given = {}
+    for name, source in PROXY_FILES.items():
+        if source in ("tls_cert", "tls_key"):
+            given[name] = Path(getattr(f, source)).read_text()
+        else:
+            given[name] = read_as(hub_user, f.certs / source)
+    return given
 
 
 def service_command(f: Front) -> list[str]:
@@ -119,25 +145,41 @@ def service_environment(f: Front, token: str) -> dict[str, str]:
         "AIFACTORY_PUBLIC_URL": f.public_url,
         "AIFACTORY_COURSE_GROUPS_FROM": f.course_groups_from,
         "AIFACTORY_METRICS_TOKEN_FILE": str(d / "metrics-token"),
+        **({"AIFACTORY_SLURM_BIN": f.slurm_bin} if f.slurm_bin else {}),
     }
 
 
-def make_certificates(config: Path, workdir: Path, env: dict, f: Front) -> None:
+# Run as the hub's account in its own certificate store: sign a pair if it is not there yet.
+_SIGN = """
+import sys
+from certipy import CertNotFoundError, Certipy
+store_dir, name, ca, *alt_names = sys.argv[1:]
+store = Certipy(store_dir=store_dir)
+try:
+    store.store.get_record(name)
+except CertNotFoundError:
+    store.create_signed_pair(name, ca, alt_names=alt_names or None)
+"""
+
+
+def make_certificates(config: Path, workdir: Path, env: dict, f: Front, hub_user: str) -> None:
     """The hub's CAs and the proxy's certificates (`jupyterhub --generate-certs`, which makes
     only what is missing, and makes all anew when the config finds their names outdated),
-    then the service's, signed by the services' CA."""
+    then the service's, signed by the services' CA; all as the hub's account, whose folder
+    it is."""
     made = subprocess.run([str(f.venv / "bin/jupyterhub"), "-f", str(config), "--generate-certs"],
-                          cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
+                          cwd=workdir, env=env, capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL, **as_account(hub_user))
     if made.returncode != 0:
         raise ClusterError("jupyterhub --generate-certs failed: "
                            + (made.stderr.strip().splitlines() or ["no output"])[-1])
-    from certipy import CertNotFoundError, Certipy  # the hub's own library for them
-    store = Certipy(store_dir=str(f.certs))
-    try:
-        store.store.get_record(SERVICE_CERT_NAME)
-    except CertNotFoundError:
-        store.create_signed_pair(SERVICE_CERT_NAME, "services-ca",
-                                 alt_names=[f"IP:{f.hub_ip}", "DNS:localhost"])
+    sign(f, hub_user, SERVICE_CERT_NAME, [f"IP:{f.hub_ip}", "DNS:localhost"])
+
+
+def sign(f: Front, hub_user: str, name: str, alt_names: list[str] = ()) -> None:
+    """A certificate `name` signed by the services' CA in the hub's store, if missing."""
+    sh(str(f.venv / "bin/python"), "-P", "-c", _SIGN, str(f.certs), name, "services-ca",
+       *alt_names, user=hub_user, cwd=Path("/"), timeout=120)
 
 
 def fingerprint(argv: list[str], env: dict, files: list[Path], version: str = "") -> str:
@@ -173,18 +215,12 @@ def ensure(service: services.Service, argv: list[str], env: dict, cwd: Path,
     return True
 
 
-def proxy_files(f: Front) -> list[Path]:
-    c = f.certs
-    return [f.tls_cert, f.tls_key, c / "proxy-api/proxy-api.crt", c / "proxy-client/proxy-client.crt",
-            c / "proxy-api-ca_trust.crt", c / "proxy-client-ca_trust.crt"]
-
-
-def service_files(f: Front) -> dict[str, str]:
+def service_files(f: Front, hub_user: str) -> dict[str, str]:
     """What the service reads, as it is to be given to it (name in service_dir: text)."""
     cert = f.certs / SERVICE_CERT_NAME
-    return {f"{SERVICE_CERT_NAME}.crt": (cert / f"{SERVICE_CERT_NAME}.crt").read_text(),
-            f"{SERVICE_CERT_NAME}.key": (cert / f"{SERVICE_CERT_NAME}.key").read_text(),
-            "services-ca_trust.crt": (f.certs / "services-ca_trust.crt").read_text(),
+    return {f"{SERVICE_CERT_NAME}.crt": read_as(hub_user, cert / f"{SERVICE_CERT_NAME}.crt"),
+            f"{SERVICE_CERT_NAME}.key": read_as(hub_user, cert / f"{SERVICE_CERT_NAME}.key"),
+            "services-ca_trust.crt": read_as(hub_user, f.certs / "services-ca_trust.crt"),
             "metrics-token": METRICS_TOKEN.read_text()}
 
 

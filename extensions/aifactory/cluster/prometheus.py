@@ -19,7 +19,8 @@ import yaml
 from . import services
 from . import hub, unprivileged
 from .hub import SECRETS_DIR, SERVICE_PORT, Front, ensure
-from .system import ETC_DIR, STATE_DIR, ClusterError, secret, sh, wait_for, write_if_changed
+from .system import (ETC_DIR, STATE_DIR, ClusterError, read_as, secret, sh, wait_for,
+                     write_if_changed)
 
 USER = "prometheus"  # Debian's package makes it
 ETC = ETC_DIR / "prometheus"
@@ -66,19 +67,15 @@ def _bcrypt(password: str) -> str:
     return out.strip().split(":", 1)[1]
 
 
-def _certificate(certs: Path) -> None:
-    """Prometheus's client certificate at the hub's API, and the CA the hub's is signed by."""
-    from certipy import CertNotFoundError, Certipy
-    store = Certipy(store_dir=str(certs))
-    try:
-        store.store.get_record(CERT_NAME)
-    except CertNotFoundError:
-        store.create_signed_pair(CERT_NAME, "services-ca")
-    made = certs / CERT_NAME
+def _certificate(f: Front) -> None:
+    """Prometheus's client certificate at the hub's API, and the CA the hub's is signed by
+    (made in the hub's store as the hub, read back with its rights)."""
+    hub.sign(f, unprivileged.HUB_USER, CERT_NAME)
+    made = f.certs / CERT_NAME
     for source, name in ((made / f"{CERT_NAME}.crt", f"{CERT_NAME}.crt"),
                          (made / f"{CERT_NAME}.key", f"{CERT_NAME}.key"),
-                         (certs / "services-ca_trust.crt", "hub-ca.crt")):
-        _install(ETC / name, source.read_text())
+                         (f.certs / "services-ca_trust.crt", "hub-ca.crt")):
+        _install(ETC / name, read_as(unprivileged.HUB_USER, source))
 
 
 def _install(path: Path, text: str) -> None:
@@ -105,7 +102,7 @@ def ensure_files(f: Front, hub_config: Path, hub_api_port: int) -> None:
         hashed = _bcrypt(password)
     _install(web, yaml.safe_dump({"basic_auth_users": {OPERATOR: hashed}}))
     _install(ETC / "alerts.yml", (hub_config / "prometheus/alerts.yml").read_text())
-    _certificate(f.certs)
+    _certificate(f)
     _install(ETC / "prometheus.yml", yaml.safe_dump(
         config(f, hub_api_port, ETC / "alerts.yml"), sort_keys=False))
     checked = subprocess.run(["promtool", "check", "config", str(ETC / "prometheus.yml")],

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import signal
 import subprocess
@@ -14,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import slurm
-from .system import LOG_DIR, RUN_DIR, ClusterError, read_pid, sh, stop_pid, wait_for
+from .system import LOG_DIR, RUN_DIR, ClusterError, as_account, read_pid, sh, stop_pid, wait_for
 
 
 @dataclass
@@ -136,12 +135,10 @@ def start_process(service: Service, argv: list[str], env: dict, cwd: Path,
     as `user` (its own working folder) where one is named, else as root."""
     cwd.mkdir(parents=True, exist_ok=True)
     os.chmod(cwd, 0o700)
-    as_user = {}
+    as_user = {"start_new_session": True}
     if user is not None:
-        pw = pwd.getpwnam(user)
-        os.chown(cwd, pw.pw_uid, pw.pw_gid)
-        as_user = {"user": pw.pw_uid, "group": pw.pw_gid,
-                   "extra_groups": os.getgrouplist(user, pw.pw_gid)}
+        as_user = as_account(user)  # a session of its own too
+        os.chown(cwd, as_user["user"], as_user["group"])
     # The logs name users, jobs and nodes: root and the adm group only.
     LOG_DIR.mkdir(mode=0o750, parents=True, exist_ok=True)
     os.chmod(LOG_DIR, 0o750)
@@ -151,7 +148,7 @@ def start_process(service: Service, argv: list[str], env: dict, cwd: Path,
     os.chmod(path, 0o640)
     with log:
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=log, start_new_session=True, **as_user)
+                                stderr=log, **as_user)
     service.pidfile.write_text(f"{proc.pid}\n")
 
 

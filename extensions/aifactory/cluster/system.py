@@ -22,11 +22,19 @@ class ClusterError(RuntimeError):
 
 
 def sh(*argv: str, input: str | None = None, check: bool = True, timeout: float = 600,
-       env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run a system command (argv, no shell). On failure: ClusterError with its last line."""
+       env: dict | None = None, user: str | None = None,
+       cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run a system command (argv, no shell), as root or as the system account `user`. On
+    failure: ClusterError with its last line."""
+    as_user = {}
+    if user:
+        as_user = as_account(user)
+        env = ACCOUNT_ENV if env is None else env
+        if input is None:
+            as_user["stdin"] = subprocess.DEVNULL
     try:
         proc = subprocess.run(list(argv), input=input, capture_output=True, text=True,
-                              timeout=timeout, env=env)
+                              timeout=timeout, env=env, cwd=cwd, **as_user)
     except FileNotFoundError:
         raise ClusterError(f"{argv[0]} is not installed.") from None
     except subprocess.TimeoutExpired:
@@ -44,6 +52,54 @@ def ensure_system_user(name: str) -> None:
     except KeyError:
         sh("useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
            "--shell", "/usr/sbin/nologin", name)
+
+
+ACCOUNT_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+READ_LIMIT = 1 << 20  # a certificate, a key, a token: never more
+
+
+def as_account(user: str) -> dict:
+    """Popen arguments that run a command as the system account `user` (the caller is root),
+    in a session of its own: a process of that account must not reach root's terminal
+    (TIOCSTI) or, through /proc, root's environment (the caller passes a small one)."""
+    pw = pwd.getpwnam(user)
+    return {"user": pw.pw_uid, "group": pw.pw_gid,
+            "extra_groups": os.getgrouplist(user, pw.pw_gid), "start_new_session": True}
+
+
+def read_as(user: str, path: Path) -> str:
+    """A file read with `user`'s rights, not root's: from a folder that account owns, root
+    must not follow a link it planted (to /etc/shadow, into another service's files), nor
+    hang on a pipe or fill its memory from /dev/zero."""
+    try:
+        got = subprocess.run(["head", "-c", str(READ_LIMIT + 1), "--", str(path)],
+                             capture_output=True, timeout=30, cwd="/", stdin=subprocess.DEVNULL,
+                             env=ACCOUNT_ENV, **as_account(user))
+        text = got.stdout.decode()
+    except subprocess.TimeoutExpired:
+        raise ClusterError(f"{path} did not read in 30 s as {user} (not a plain file?)") from None
+    except UnicodeDecodeError:
+        raise ClusterError(f"{path}, read as {user}, is not text.") from None
+    if got.returncode != 0:
+        raise ClusterError(f"{path} is not readable as {user}: {got.stderr.decode().strip()}")
+    if len(got.stdout) > READ_LIMIT:
+        raise ClusterError(f"{path}, read as {user}, is larger than a certificate can be.")
+    return text
+
+
+def hand_over(folder: Path, user: str) -> None:
+    """A folder root left (an older install's, from before `user` ran it) becomes `user`'s,
+    with all in it. Only while the folder itself is still root's: the account cannot write
+    inside it then, so it cannot have swapped anything in there for a link. Deepest first,
+    the folder last, so a stop half-way leaves it root's and this runs again."""
+    pw = pwd.getpwnam(user)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if folder.is_symlink() or folder.lstat().st_uid != 0:
+        return
+    for top, dirs, files in os.walk(folder, topdown=False):  # links are not followed
+        for name in dirs + files:
+            os.chown(Path(top, name), pw.pw_uid, pw.pw_gid, follow_symlinks=False)
+    os.chown(folder, pw.pw_uid, pw.pw_gid, follow_symlinks=False)
 
 
 def secret(path: Path) -> str:

@@ -2,8 +2,9 @@
 
 With `internal_ssl` the hub makes a certificate and key for each session. batchspawner leaves
 them on the hub's disk, where a server on a compute node cannot read them. The job script
-carries them instead: Slurm keeps a script where only root, SlurmUser and the job's own user
-can read it back (`scontrol write batch_script`), and the script writes them into the job's
+carries them instead: Slurm keeps a script where only root, SlurmUser, its operators (the
+hub's and the service's accounts) and the job's own user can read it back (`scontrol write
+batch_script`), and the script writes them into the job's
 private folder ($AIFACTORY_SCRATCH: 0700, removed when the job ends) before the server starts.
 """
 

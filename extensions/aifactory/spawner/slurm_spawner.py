@@ -278,7 +278,10 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             # modules put their own Python and packages first for the kernels (which inherit
             # the environment), not for the server.
             command[:1] = [f"{self.venv}/bin/python", "-E", f"{self.venv}/bin/{command[0]}"]
-        lines.append(f"export PATH={shlex.quote(self.venv)}/bin:$PATH")
+        # The same PATH whether sbatch ran through sudo (its secure_path) or not; sudo's own
+        # variables do not reach the session's programs.
+        lines += [f"export PATH={shlex.quote(self.venv)}/bin:/usr/local/bin:/usr/bin:/bin",
+                  'unset "${!SUDO_@}"']
         lines += [
             "umask 077",  # what the session writes is its user's alone
             # Dask spills into a folder of this job's own, not a predictable /tmp name.
@@ -326,12 +329,16 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
 
     async def submit_batch_script(self):
         env = self.get_env()
-        env["PATH"] = f"{self.venv}/bin:/usr/local/bin:/usr/bin:/bin"
         env["AIFACTORY_PROFILE"] = self.session_request.profile
-        env["SLURM_UMASK"] = "0077"  # sbatch passes it on: the job's log is the user's alone
         env["AIFACTORY_REPORT_PORT"] = "1"  # once it listens (aifactory.session)
         for name in certs.ENV.values():  # the job script writes them and sets these (certs.job_lines)
             env.pop(name, None)
+        # What sbatch hands to the job (--export=ALL): the session's own variables, the same
+        # ones whether the hub is root or runs sbatch through sudo (whose env_keep lets only
+        # these through); PATH is the script's. SLURM_UMASK makes the job's log the user's
+        # alone (through sudo, the sudoers umask does).
+        env = {k: v for k, v in env.items() if slurm.session_env_kept(k)}
+        env.update(PATH="/usr/sbin:/usr/bin:/sbin:/bin", SLURM_UMASK="0077")
         self.job_id = await slurm.submit_async(self.job_script(self.session_request),
                                                user=self.user.name, env=env)
         # slurmctld knows the job once sbatch has answered: a queue fetch begun after this

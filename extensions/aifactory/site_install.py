@@ -1,0 +1,142 @@
+"""`aifactory site install`: what a session needs of the shared environment besides the
+package itself (root, on the login node, once after each `pip install` of aifactory).
+
+pip installs code; these are the environment's own settings that make a session an aifactory
+session: the Jupyter server config that loads `aifactory.session` (without it a session never
+reports its port and its spawn waits until the timeout), the kernel spec manager, the Dask
+sidebar's GPU cluster, JupyterLab's settings, the desktop's X session, the `.pth` that gives
+every Python of the environment aifactory's fixes from its start, and the folder that lets
+kernels of people's own environments import aifactory alone. All at the environment's own
+paths (`--venv`, by default the one this command runs from), so a site's prefix is as good as
+the demo's `/opt/aifactory/venv`. Safe to run again.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+FILES = Path(__file__).resolve().parent / "site_files"
+# Where X's socket folders belong (root's, 1777), as systemd-tmpfiles makes them.
+X_FOLDERS = (Path("/tmp/.X11-unix"), Path("/tmp/.ICE-unix"))
+
+
+class InstallError(RuntimeError):
+    """One sentence for the operator; nothing after the failing step was written."""
+
+
+@dataclass(frozen=True)
+class Placed:
+    source: str  # a file of site_files/
+    target: str  # relative to the environment's prefix
+    mode: int = 0o644
+
+
+PLACED = (
+    Placed("jupyter_server_config.json", "etc/jupyter/jupyter_server_config.json"),
+    Placed("jupyter_server_config_desktop.json",
+           "etc/jupyter/jupyter_server_config.d/aifactory-desktop.json"),
+    Placed("dask.yaml", "etc/dask/aifactory.yaml"),
+    Placed("jupyterlab-overrides.json", "share/jupyter/lab/settings/overrides.json"),
+    Placed("desktop-xstartup", "bin/aifactory-desktop-session", 0o755),
+)
+# Written by older installs where they are no longer read.
+STALE = ("etc/jupyter/jupyter_server_config.d/aifactory.json",)
+
+
+def install(venv: Path, cli_link: Path | None = None, x_folders=X_FOLDERS) -> list[str]:
+    """Put everything in place under `venv`; returns what changed, one line each."""
+    venv = Path(venv).absolute()
+    if not (venv / "pyvenv.cfg").exists() and not (venv / "bin/python").exists():
+        raise InstallError(f"{venv} is not a Python environment (no pyvenv.cfg, no bin/python).")
+    _only_roots(venv)
+    changed = []
+    for placed in PLACED:
+        if _place(venv / placed.target, (FILES / placed.source).read_bytes(), placed.mode):
+            changed.append(placed.target)
+    for old in STALE:
+        if (venv / old).exists():
+            (venv / old).unlink()
+            changed.append(f"removed {old}")
+    purelib, package = _asked(venv)
+    if _place(purelib / "aifactory-start.pth", b"import aifactory.at_start\n", 0o644):
+        changed.append(str((purelib / "aifactory-start.pth").relative_to(venv)))
+    if _link(venv / "share/aifactory/pythonpath/aifactory", package):
+        changed.append("share/aifactory/pythonpath/aifactory")
+    if cli_link is not None and _link(Path(cli_link), venv / "bin/aifactory"):
+        changed.append(str(cli_link))
+    for folder in x_folders:
+        _x_folder(folder)
+    return changed
+
+
+def _only_roots(venv: Path) -> None:
+    """Root runs the environment's Python and writes into it: nobody else may be able to
+    change it (its folder or one above it), or that is root for them. A sticky folder (/tmp)
+    keeps others from replacing what is root's in it."""
+    if os.geteuid() != 0:
+        return  # then it writes only what this account may anyway
+    for folder in [venv, *venv.parents]:
+        st = folder.stat()
+        writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        if st.st_uid != 0 or (writable and not st.st_mode & stat.S_ISVTX):
+            raise InstallError(f"{folder} is not root's alone (owner uid {st.st_uid}, mode "
+                               f"{stat.S_IMODE(st.st_mode):o}): a shared environment that "
+                               "others can change would run their code as root here.")
+
+
+_ASK = ("import os, sysconfig, aifactory; print(sysconfig.get_paths()['purelib']); "
+        "print(os.path.dirname(os.path.realpath(aifactory.__file__)))")
+
+
+def _asked(venv: Path) -> tuple[Path, Path]:
+    """The environment's own site-packages and its aifactory package, as its Python says."""
+    asked = subprocess.run([str(venv / "bin/python"), "-P", "-c", _ASK], capture_output=True,
+                           text=True, cwd="/", timeout=120)
+    if asked.returncode != 0:
+        raise InstallError(f"{venv}/bin/python cannot import aifactory: install it there first "
+                           f"(pip install aifactory). {asked.stderr.strip()[-200:]}")
+    purelib, package = asked.stdout.split("\n")[:2]
+    return Path(purelib), Path(package)
+
+
+def _place(path: Path, content: bytes, mode: int) -> bool:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    same = path.is_file() and not path.is_symlink() and path.read_bytes() == content
+    if not same:
+        tmp = path.with_name(path.name + ".aifactory-new")
+        tmp.unlink(missing_ok=True)
+        tmp.write_bytes(content)
+        tmp.replace(path)
+    if stat.S_IMODE(path.stat().st_mode) != mode:
+        path.chmod(mode)
+        return True
+    return not same
+
+
+def _link(path: Path, target: Path) -> bool:
+    if path.is_symlink() and Path(os.readlink(path)) == target:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".aifactory-new")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target)
+    tmp.replace(path)
+    return True
+
+
+def _x_folder(folder: Path) -> None:
+    """Root's, 1777; never through a link a user planted first (chmod would make its target
+    1777): once it is root's own folder, /tmp's sticky bit keeps users from swapping it."""
+    try:
+        folder.mkdir()
+    except FileExistsError:
+        pass
+    st = folder.lstat()
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode) or st.st_uid != 0:
+        raise InstallError(f"{folder} is a link or not root's (someone made it first): remove "
+                           "it, then run again.")
+    folder.chmod(0o1777)
