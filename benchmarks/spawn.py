@@ -82,6 +82,9 @@ c.SlurmSpawner.req_partition = "cpu"
 c.SlurmSpawner.req_nprocs = "1"
 c.SlurmSpawner.req_memory = "2G"
 c.SlurmSpawner.req_runtime = "01:00:00"
+# The Jupyter packages as they come, as on a site without aifactory (aifactory.at_start)
+c.SlurmSpawner.req_prologue = "export AIFACTORY_LIBRARY_FIXES=off"
+c.SlurmSpawner.req_keepvars_extra = "AIFACTORY_LIBRARY_FIXES"  # past srun's --export list
 """
 
 OURS = """

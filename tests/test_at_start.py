@@ -94,6 +94,26 @@ def test_a_fix_that_fails_leaves_the_import_as_it_was(tmp_path):
     assert out.returncode == 0 and out.stdout.strip() == "1", out.stderr
 
 
+def test_a_fix_is_made_by_the_finder_the_start_installed(tmp_path):
+    (tmp_path / "aiftest_lib.py").write_text("VALUE = 1\n")
+    out = python(f"import sys; sys.path.insert(0, {str(tmp_path)!r})\n"
+                 "from aifactory import at_start\n"
+                 "def double(module): module.VALUE *= 2\n"
+                 "at_start.install({'aiftest_lib': double})\n"
+                 "import aiftest_lib; print(aiftest_lib.VALUE)", 30)
+    assert out.returncode == 0 and out.stdout.strip() == "2", out.stderr
+
+
+def test_a_stand_in_that_fails_leaves_the_module_its_own_code(tmp_path):
+    (tmp_path / "aiftest_lib.py").write_text("VALUE = 1\n")
+    out = python(f"import sys; sys.path.insert(0, {str(tmp_path)!r})\n"
+                 "from aifactory import at_start\n"
+                 "def broken(module): raise RuntimeError('a bug of ours')\n"
+                 "at_start.install({}, {'aiftest_lib': broken})\n"
+                 "import aiftest_lib; print(aiftest_lib.VALUE)", 30)
+    assert out.returncode == 0 and out.stdout.strip() == "1", out.stderr
+
+
 def test_the_kernel_launcher_runs_a_kernel_with_the_fixes_in_a_python_without_the_pth(tmp_path):
     """As in a person's own environment: no .pth of ours, aifactory alone on the path."""
     from jupyter_client import KernelManager
@@ -122,3 +142,27 @@ def test_the_kernel_launcher_runs_a_kernel_with_the_fixes_in_a_python_without_th
     finally:
         manager.shutdown_kernel(now=True)
     assert "".join(printed).split() == ["1", "True"], printed  # no .pth read, fixed
+
+
+IRI_CHECKS = ("import sys, jupyter_events.logger\n"  # what JupyterLab's server imports
+              "from jsonschema import Draft7Validator\n"
+              "print('rfc3987_syntax.syntax_helpers' in sys.modules)\n"
+              "check = Draft7Validator.FORMAT_CHECKER\n"
+              "print(check.conforms('http://ex.org/a b', 'iri'), check.conforms('http://ex.org/\\u00e4', 'iri'),"
+              " check.conforms('#x', 'iri-reference'), check.conforms('http://[', 'iri-reference'))\n"
+              "print('rfc3987_syntax.syntax_helpers' in sys.modules)\n")
+
+
+def test_the_iri_grammar_is_compiled_when_first_used_not_when_jupyter_events_is_imported():
+    """Compiling it took 1.3 s of every JupyterLab start here; the checks answer the same."""
+    fixed = python(IRI_CHECKS, 60)
+    assert fixed.stdout.split() == ["False", "False", "True", "True", "False", "True"], fixed.stderr
+    unfixed = python(IRI_CHECKS, 60, start_hook=False)
+    assert unfixed.stdout.split() == ["True", "False", "True", "True", "False", "True"], unfixed.stderr
+
+
+def test_the_fixes_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("AIFACTORY_LIBRARY_FIXES", "off")
+    out = python(IRI_CHECKS + "import distributed; print(distributed.Client.__del__.__module__)", 60)
+    assert out.stdout.split() == ["True", "False", "True", "True", "False", "True",
+                                  "distributed.client"], out.stderr

@@ -18,9 +18,19 @@ distributed takes half a second).
   None`). Here `__del__` hands the client to a thread of its own that closes it, so the
   collector never waits for the lock.
 - ssl: aifactory.ssl_fix (OpenSSL's per-thread error queue, python/cpython#148594).
+- rfc3987_syntax: on import it compiles its IRI grammar into Lark parsers, 1.3 s here, and
+  jsonschema imports it for the `iri` formats, which no Jupyter schema uses; so every
+  JupyterLab start (jupyter_events) and every `import nbformat` paid it
+  (jupyter-server/jupyter_server#1559). Its functions are given first, and the grammar is
+  compiled when one is first called.
+
+AIFACTORY_LIBRARY_FIXES=off leaves the libraries as they come: to tell whether a fault is
+theirs or ours, and for the stock baseline in benchmarks/spawn.py.
 """
 
+import importlib
 import importlib.machinery
+import os
 import sys
 
 
@@ -56,19 +66,43 @@ def _clear_openssl_errors(ssl) -> None:
     from . import ssl_fix  # noqa: F401  (it acts on import)
 
 
+def _iri_grammar_when_first_used(package) -> None:
+    """Instead of the package's code: the same functions, made by the real module (its
+    syntax_helpers) when first called."""
+    def real():
+        return importlib.import_module(package.__name__ + ".syntax_helpers")
+
+    def is_valid_syntax(term: str, value: str):
+        return real().is_valid_syntax(term, value)
+
+    def parse(term: str, value: str):
+        return real().parse(term, value)
+
+    def __getattr__(name: str):
+        if name.startswith("__"):  # the import system's questions: as of any package
+            raise AttributeError(name)
+        return getattr(real(), name)
+
+    package.is_valid_syntax, package.parse, package.__getattr__ = is_valid_syntax, parse, __getattr__
+
+
 FIXES = {"distributed.client": _close_dropped_clients_off_the_collector,
          "ssl": _clear_openssl_errors}
+# Run instead of a module's own code (a package keeps its path, so its submodules import).
+INSTEAD = {"rfc3987_syntax": _iri_grammar_when_first_used}
 SOURCE_LOADERS = (importlib.machinery.SourceFileLoader, importlib.machinery.SourcelessFileLoader)
 
 
 class AfterImport:
-    """A meta path finder that makes FIXES[name](module) right after `name` is first run."""
+    """A meta path finder that makes FIXES[name](module) right after `name` is first run,
+    and runs INSTEAD[name](module) in place of the module's own code."""
 
-    def __init__(self, fixes: dict):
+    def __init__(self, fixes: dict, instead: dict | None = None):
         self.pending = dict(fixes)
+        self.instead = dict(instead or {})
 
     def find_spec(self, name, path, target=None):
-        fix = self.pending.get(name)
+        fix = self.pending.get(name) or self.instead.get(name)
         if fix is None:
             return None
         try:
@@ -87,26 +121,39 @@ class AfterImport:
         # A file's loader is made for this one spec, so wrapping its exec_module touches
         # nothing else (frozen and built-in modules have shared loaders: left alone).
         if isinstance(spec.loader, SOURCE_LOADERS):
-            self.pending.pop(name)
             run = spec.loader.exec_module
+            if self.instead.pop(name, None) is not None:
+                def exec_module(module):
+                    try:
+                        fix(module)
+                    except Exception:  # the module's own code, rather than none
+                        run(module)
+            else:
+                self.pending.pop(name)
 
-            def exec_module(module):
-                run(module)
-                try:
-                    fix(module)
-                except Exception:  # the module as it comes, unfixed, rather than none
-                    pass
+                def exec_module(module):
+                    run(module)
+                    try:
+                        fix(module)
+                    except Exception:  # the module as it comes, unfixed, rather than none
+                        pass
             spec.loader.exec_module = exec_module
         return spec
 
 
-def install(fixes: dict = FIXES) -> None:
-    finder = AfterImport({k: v for k, v in fixes.items() if k not in sys.modules})
+def install(fixes: dict = FIXES, instead: dict = INSTEAD) -> None:
+    finder = AfterImport({k: v for k, v in fixes.items() if k not in sys.modules},
+                         {k: v for k, v in instead.items() if k not in sys.modules})
     for name, fix in fixes.items():
         if name in sys.modules:  # imported before us: fixed now
             fix(sys.modules[name])
-    if not any(isinstance(f, AfterImport) for f in sys.meta_path):
+    installed = next((f for f in sys.meta_path if isinstance(f, AfterImport)), None)
+    if installed is None:
         sys.meta_path.insert(0, finder)
+    else:  # one finder, whoever installs more
+        installed.pending.update(finder.pending)
+        installed.instead.update(finder.instead)
 
 
-install()
+if os.environ.get("AIFACTORY_LIBRARY_FIXES") != "off":
+    install()

@@ -29,7 +29,7 @@ from urllib.parse import urlparse
 import batchspawner
 from batchspawner.batchspawner import JobStatus
 from jupyterhub.user import User
-from traitlets import Float, Unicode, default
+from traitlets import Float, Unicode, default, observe
 
 from .. import course_rules, courses, dask_tls
 from .. import site_description as site_module
@@ -81,6 +81,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
     material_source = ""  # the course material's folder, for this start
     material_dest = ""    # ... copied to this folder of the home (the course's name)
     _submitted_at = 0.0
+    _port_known: asyncio.Event | None = None  # set once the server reports its port
     # The session's certificate and key (internal_ssl), brought into the job by its script
     _session_pems: dict[str, str] = {}
     # The TRESBillingWeights the last request was priced with (None: Slurm's could not be read)
@@ -418,6 +419,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             self.material_dest = course.name
         self.ip = self.traits()["ip"].default_value
         self.port = 0
+        self._port_known = asyncio.Event()
         if self.server:
             self.server.port = self.port
         self.job_end_time, self.last_end = 0, ""
@@ -438,10 +440,15 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             if not self.session_state.settled:
                 await asyncio.sleep(self.startup_poll_interval)
         self.ip = self.state_gethost()
-        while self.port == 0:
-            await asyncio.sleep(self.startup_poll_interval)
+        await self._port_known.wait()
         self.log.info("Notebook job %s running at %s:%s", self.job_id, self.ip, self.port)
         return self.ip, self.port
+
+    @observe("port")
+    def _port_reported(self, change):
+        """The port callback sets the port: the start goes on at that moment, not at a poll."""
+        if change.new and self._port_known is not None:
+            self._port_known.set()
 
     async def progress(self):
         sent = ""
