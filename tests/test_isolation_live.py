@@ -15,6 +15,7 @@ from conftest import (HUB, VENV_PYTHON, as_user, cli, driver, lines, notebook_jo
                       notebook_process, process_env, submit, tagged, wait_until)
 
 from aifactory import dask_tls, slurm
+from aifactory.cluster.unprivileged import SERVICE_USER
 from aifactory.dask import TLS_OFF_WORDS
 
 ATTACKER = "dave"
@@ -488,6 +489,19 @@ except (OSError, ssl.SSLError) as e:
 """
 
 
+def batch_shell(job_id: str) -> int:
+    """The pid of the job's batch script (bash running slurmd's copy, slurm_script)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            if proc.name.isdigit() and b"slurm_script" in cmdline and \
+                    process_env(int(proc.name)).get("SLURM_JOB_ID") == job_id:
+                return int(proc.name)
+        except OSError:
+            continue
+    raise AssertionError(f"no batch shell of job {job_id}")
+
+
 def test_alices_session_certificate_and_server_are_hers_and_the_proxys_alone(hub_client):
     alice, dave = hub_client("alice"), hub_client(ATTACKER)
     alice.start(profile="cpu")
@@ -502,13 +516,23 @@ def test_alices_session_certificate_and_server_are_hers_and_the_proxys_alone(hub
         refused = subprocess.run(["runuser", "-u", ATTACKER, "--", "cat", path],
                                  capture_output=True, text=True)
         assert refused.returncode != 0 and "BEGIN" not in refused.stdout
-    # The script that carried it: Slurm hands it to its owner only.
+    # The job's environment carried it, not its script (which Slurm's operators, the
+    # allocations service among them, can read back); its variables end in the job's shell.
     def script_as(user: str) -> subprocess.CompletedProcess:
         return subprocess.run(["runuser", "-u", user, "--", "scontrol", "write", "batch_script",
                                job.job_id, "-"], capture_output=True, text=True)
-    assert "BEGIN CERTIFICATE" in script_as("alice").stdout
+    own = script_as("alice")
+    assert "JUPYTERHUB_SSL_KEYFILE" in own.stdout and "BEGIN" not in own.stdout, own
+    operator = script_as(SERVICE_USER)
+    assert "JUPYTERHUB_SSL_KEYFILE" in operator.stdout and "BEGIN" not in operator.stdout
     refused = script_as(ATTACKER)  # scontrol says so, and exits 0 on 22.05
-    assert "BEGIN" not in refused.stdout and "failed" in refused.stderr, refused
+    assert "#!/bin/bash" not in refused.stdout and "failed" in refused.stderr, refused
+    assert not [k for k in env if k.startswith("AIFACTORY_SESSION_")], sorted(env)
+    job_shell = batch_shell(job.job_id)
+    assert "PRIVATE KEY-----" in process_env(job_shell).get("AIFACTORY_SESSION_KEY", "")
+    peek = subprocess.run(["runuser", "-u", ATTACKER, "--", "cat", f"/proc/{job_shell}/environ"],
+                          capture_output=True)
+    assert peek.returncode != 0 and b"BEGIN" not in peek.stdout
     # The hub keeps no copy of the session's key, and the CAs' keys are out of dave's reach.
     internal = Path("/var/lib/aifactory/hub/internal-ssl")
     assert not list(internal.glob("user-alice*/*.key"))

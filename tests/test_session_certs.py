@@ -1,5 +1,5 @@
-"""The session's certificate travels in its job script (aifactory.spawner.certs): pure rules,
-and the script's lines run by bash."""
+"""The session's certificate travels in its job's environment (aifactory.spawner.certs): pure
+rules, and the script's lines run by bash."""
 
 import os
 import stat
@@ -18,11 +18,13 @@ def test_the_scripts_lines_write_each_pem_privately_and_point_the_server_at_it(t
     scratch = tmp_path / "scratch"
     scratch.mkdir(mode=0o700)
     script = "\n".join(["umask 077", *certs.job_lines(PEMS),
-                        'env | grep ^JUPYTERHUB_SSL_ | sort']) + "\n"
+                        'env | grep -E "^(JUPYTERHUB_SSL_|AIFACTORY_SESSION_)" | sort']) + "\n"
+    assert "BEGIN" not in script  # the script, which Slurm's operators can read, holds no PEM
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True,
-                         env={"AIFACTORY_SCRATCH": str(scratch), "PATH": os.environ["PATH"]})
+                         env={"AIFACTORY_SCRATCH": str(scratch), "PATH": os.environ["PATH"],
+                              **certs.environment(PEMS)})
     env = dict(line.split("=", 1) for line in out.stdout.split())
-    assert set(env) == set(certs.ENV.values())
+    assert set(env) == set(certs.ENV.values())  # the carrying variables are gone
     for name, variable in certs.ENV.items():
         path = env[variable]
         assert path.startswith(str(scratch / "certs") + "/")
@@ -31,13 +33,18 @@ def test_the_scripts_lines_write_each_pem_privately_and_point_the_server_at_it(t
     assert stat.S_IMODE(os.stat(scratch / "certs").st_mode) == 0o700
 
 
+def test_the_carrying_variables_are_kept_by_the_hubs_sudo_rule():
+    from aifactory import slurm
+    assert all(slurm.session_env_kept(name) for name in certs.environment(PEMS))
+
+
 def test_no_certificate_no_lines():
-    assert certs.job_lines({}) == []
+    assert certs.job_lines({}) == [] and certs.environment({}) == {}
 
 
 @pytest.mark.parametrize("text", [
-    "not a pem", KEY + certs.END + "\nrm -rf ~\n", KEY.replace("MIIB", "MI'B"),
+    "not a pem", KEY + "\nrm -rf ~\n", KEY.replace("MIIB", "MI'B"),
     "-----BEGIN CERTIFICATE-----\n$(id)\n-----END CERTIFICATE-----\n"])
-def test_what_is_not_pem_never_reaches_the_script(text):
+def test_what_is_not_pem_never_reaches_the_job(text):
     with pytest.raises(ValueError, match="not PEM"):
-        certs.job_lines({"keyfile": text})
+        certs.environment({"keyfile": text})

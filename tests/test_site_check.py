@@ -69,6 +69,7 @@ def test_the_demo_slurm_has_all_the_demo_site_needs():
     ("PriorityUsageResetPeriod", "NONE", "PriorityUsageResetPeriod=QUARTERLY"),
     ("PriorityDecayHalfLife", "7-00:00:00", "PriorityDecayHalfLife=0"),
     ("JobSubmitPlugins", "", "JobSubmitPlugins=lua"),
+    ("AccountingStoreFlags", "job_comment,job_env", "AccountingStoreFlags without job_env"),
 ])
 def test_each_setting_taken_away_is_named_with_its_line(setting, value, fix):
     [found] = missing(with_config(**{setting: value}))

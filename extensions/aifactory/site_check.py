@@ -149,6 +149,14 @@ def privacy_and_budgets(site: Site, facts: SlurmFacts) -> list[Finding]:
                  "Slurm shows everyone's jobs or usage to everyone (PrivateData="
                  f"{c.get('PrivateData') or 'not set'}).",
                  f"slurm.conf and slurmdbd.conf: PrivateData={RECOMMENDED_PRIVATE_DATA}"),
+        # Each session's TLS key travels in its job's environment (aifactory.spawner.certs).
+        _finding("job_env" not in _words(c.get("AccountingStoreFlags", "")),
+                 "Jobs' environments stay out of the accounting database "
+                 "(AccountingStoreFlags has no job_env).",
+                 "Slurm keeps every job's environment in its accounting database "
+                 f"(AccountingStoreFlags={c.get('AccountingStoreFlags')}), where operators read "
+                 "it with sacct --env-vars; each session's TLS key is in its job's environment.",
+                 "slurm.conf: AccountingStoreFlags without job_env"),
         _finding(multifactor,
                  "Usage is tracked per project (priority/multifactor).",
                  "Slurm keeps no usage per project (sshare needs priority/multifactor; "

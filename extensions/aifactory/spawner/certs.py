@@ -1,11 +1,13 @@
-"""The session's certificate, brought into its job (runs in the hub, as it builds the script).
+"""The session's certificate, brought into its job (runs in the hub, as it submits the job).
 
 With `internal_ssl` the hub makes a certificate and key for each session. batchspawner leaves
-them on the hub's disk, where a server on a compute node cannot read them. The job script
-carries them instead: Slurm keeps a script where only root, SlurmUser, its operators (the
-hub's and the service's accounts) and the job's own user can read it back (`scontrol write
-batch_script`), and the script writes them into the job's
-private folder ($AIFACTORY_SCRATCH: 0700, removed when the job ends) before the server starts.
+them on the hub's disk, where a server on a compute node cannot read them. The job's
+environment carries them instead: sbatch hands it to slurmctld, which keeps it where only
+root and SlurmUser read it (no Slurm command shows a job's environment; the job script,
+which operators can read back with `scontrol write batch_script`, holds none of it). The
+script writes them into the job's private folder ($AIFACTORY_SCRATCH: 0700, removed when the
+job ends) with the shell's own printf, and unsets the variables before the server starts, so
+no program of the session inherits them.
 """
 
 from __future__ import annotations
@@ -15,22 +17,35 @@ import re
 # The variables the single-user server reads its certificate from (jupyterhub.singleuser).
 ENV = {"keyfile": "JUPYTERHUB_SSL_KEYFILE", "certfile": "JUPYTERHUB_SSL_CERTFILE",
        "cafile": "JUPYTERHUB_SSL_CLIENT_CA"}
+# ... and those that carry them into the job (AIFACTORY_*: the hub's sudo rule keeps them).
+CARRIED = {"keyfile": "AIFACTORY_SESSION_KEY", "certfile": "AIFACTORY_SESSION_CERT",
+           "cafile": "AIFACTORY_SESSION_CAS"}
 FILES = {"keyfile": "session.key", "certfile": "session.crt", "cafile": "trusted-cas.crt"}
-END = "AIFACTORY_PEM_END"
 _PEM = re.compile(r"\A(-----BEGIN [A-Z0-9 ]+-----\n[A-Za-z0-9+/=\n]+-----END [A-Z0-9 ]+-----\n)+\Z")
 
 
-def job_lines(pems: dict[str, str]) -> list[str]:
-    """Script lines (after the private folder exists, under umask 077) writing each PEM into
-    $AIFACTORY_SCRATCH/certs and pointing the server's variables at them; none without PEMs."""
-    if not pems:
-        return []
-    lines = ['mkdir -m 700 "$AIFACTORY_SCRATCH/certs" || exit 1']
+def environment(pems: dict[str, str]) -> dict[str, str]:
+    """The job's variables that carry each PEM (checked to be PEM, ending in a newline)."""
+    carried = {}
     for name, text in pems.items():
         text = text if text.endswith("\n") else text + "\n"
-        if not _PEM.match(text):  # made by the hub, never by a user: but a heredoc must close
+        if not _PEM.match(text):  # made by the hub, never by a user: checked all the same
             raise ValueError(f"the session's {name} is not PEM")
-        path = f'"$AIFACTORY_SCRATCH/certs/{FILES[name]}"'
-        lines += [f"cat > {path} <<'{END}'", *text.rstrip("\n").split("\n"), END,
+        carried[CARRIED[name]] = text
+    return carried
+
+
+def job_lines(names) -> list[str]:
+    """Script lines (after the private folder exists, under umask 077) writing each carried
+    PEM into $AIFACTORY_SCRATCH/certs, unsetting its variable and pointing the server's at
+    the file; none without PEMs."""
+    names = list(names)
+    if not names:
+        return []
+    lines = ['mkdir -m 700 "$AIFACTORY_SCRATCH/certs" || exit 1']
+    for name in names:
+        path, carried = f'"$AIFACTORY_SCRATCH/certs/{FILES[name]}"', CARRIED[name]
+        lines += [f'printf %s "${carried}" > {path} || exit 1',  # a builtin: in no argv
+                  f"unset {carried}",
                   f"export {ENV[name]}={path}"]
     return lines

@@ -82,7 +82,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
     material_dest = ""    # ... copied to this folder of the home (the course's name)
     _submitted_at = 0.0
     _port_known: asyncio.Event | None = None  # set once the server reports its port
-    # The session's certificate and key (internal_ssl), brought into the job by its script
+    # The session's certificate and key (internal_ssl), brought into the job in its environment
     _session_pems: dict[str, str] = {}
     # The TRESBillingWeights the last request was priced with (None: Slurm's could not be read)
     _partition_weights: str | None = ""
@@ -239,8 +239,8 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         return await super().create_certs()
 
     async def move_certs(self, paths):
-        """Read into the job script (aifactory.spawner.certs), which only the job's user can
-        read back from Slurm; the hub keeps no copy of the session's key."""
+        """Read into the job's environment (aifactory.spawner.certs), which no Slurm command
+        shows; the hub keeps no copy of the session's key."""
         self._session_pems = {name: Path(paths[name]).read_text()
                               for name in ("keyfile", "certfile", "cafile")}
         shutil.rmtree(Path(paths["keyfile"]).parent, ignore_errors=True)
@@ -291,7 +291,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             "if python -P -m aifactory.dask_tls; then",
             *(f"  export {k}={shlex.quote(v)}" for k, v in dask_tls.environment(home).items()),
             "fi",
-            *certs.job_lines(self._session_pems),
+            *certs.job_lines(self._session_pems),  # from the job's environment
         ]
         if self.material_source:
             # As the participant: their own edits are kept (aifactory.material).
@@ -340,6 +340,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         # alone (through sudo, the sudoers umask does).
         env = {k: v for k, v in env.items() if slurm.session_env_kept(k)}
         env.update(PATH="/usr/sbin:/usr/bin:/sbin:/bin", SLURM_UMASK="0077")
+        env.update(certs.environment(self._session_pems))
         self.job_id = await slurm.submit_async(self.job_script(self.session_request),
                                                user=self.user.name, env=env)
         # slurmctld knows the job once sbatch has answered: a queue fetch begun after this
