@@ -166,3 +166,37 @@ def test_the_fixes_can_be_turned_off(monkeypatch):
     out = python(IRI_CHECKS + "import distributed; print(distributed.Client.__del__.__module__)", 60)
     assert out.stdout.split() == ["True", "False", "True", "True", "False", "True",
                                   "distributed.client"], out.stderr
+
+
+PACKAGE_AS_IT_IS = ("import pickle, rfc3987_syntax\n"
+                    "print(rfc3987_syntax.syntax_helpers.__name__)\n"
+                    "names = {}\n"
+                    "exec('from rfc3987_syntax import *', names)\n"
+                    "print('is_valid_syntax_iri' in names, 'make_syntax_validator' in dir(rfc3987_syntax))\n"
+                    "print(pickle.loads(pickle.dumps(rfc3987_syntax.is_valid_syntax))('iri', 'http://x/'))\n")
+
+
+def test_the_package_answers_as_its_own_code_would():
+    """Its submodule, `import *`, dir() and pickling, with and without the stand-in."""
+    expected = ["rfc3987_syntax.syntax_helpers", "True", "True", "True"]
+    fixed = python(PACKAGE_AS_IT_IS, 60)
+    assert fixed.stdout.split() == expected, fixed.stderr
+    unfixed = python(PACKAGE_AS_IT_IS, 60, start_hook=False)
+    assert unfixed.stdout.split() == expected, unfixed.stderr
+
+
+def test_a_spec_only_looked_up_leaves_the_fix_for_the_import():
+    out = python("import importlib.util, sys\n"
+                 "importlib.util.find_spec('rfc3987_syntax')\n"
+                 "import rfc3987_syntax\n"
+                 "print('rfc3987_syntax.syntax_helpers' in sys.modules)", 30)
+    assert out.stdout.split() == ["False"], out.stderr
+
+
+def test_without_lark_the_iri_formats_go_unchecked_as_jsonschema_means():
+    code = ("import sys; sys.modules['lark'] = None\n"
+            "from jsonschema import Draft7Validator\n"
+            "print(Draft7Validator.FORMAT_CHECKER.conforms('http://ex.org/a b', 'iri'))")
+    for start_hook in (True, False):
+        out = python(code, 30, start_hook=start_hook)
+        assert out.stdout.split() == ["True"], (start_hook, out.stderr)

@@ -30,6 +30,7 @@ theirs or ours, and for the stock baseline in benchmarks/spawn.py.
 
 import importlib
 import importlib.machinery
+import importlib.util
 import os
 import sys
 
@@ -67,10 +68,17 @@ def _clear_openssl_errors(ssl) -> None:
 
 
 def _iri_grammar_when_first_used(package) -> None:
-    """Instead of the package's code: the same functions, made by the real module (its
-    syntax_helpers) when first called."""
+    """Instead of the package's code: the same names, from the real module (its
+    syntax_helpers, which compiles the grammar) once one of them is first used."""
+    if importlib.util.find_spec("lark") is None:
+        # Its own code then fails to import, as jsonschema expects (it checks no iri then).
+        raise ImportError("rfc3987_syntax needs lark")
+
     def real():
         return importlib.import_module(package.__name__ + ".syntax_helpers")
+
+    def public() -> list[str]:
+        return [n for n in vars(real()) if not n.startswith("_")]
 
     def is_valid_syntax(term: str, value: str):
         return real().is_valid_syntax(term, value)
@@ -79,11 +87,20 @@ def _iri_grammar_when_first_used(package) -> None:
         return real().parse(term, value)
 
     def __getattr__(name: str):
+        if name == "__all__":  # `import *` gives what the package's own code would give
+            return public()
         if name.startswith("__"):  # the import system's questions: as of any package
             raise AttributeError(name)
-        return getattr(real(), name)
+        helpers = real()  # it may be the submodule asked for, now set on the package
+        return vars(package)[name] if name in vars(package) else getattr(helpers, name)
 
-    package.is_valid_syntax, package.parse, package.__getattr__ = is_valid_syntax, parse, __getattr__
+    def __dir__():
+        return sorted(set(vars(package)) | set(public()))
+
+    for function in (is_valid_syntax, parse):  # found by pickle where the real ones are
+        function.__module__, function.__qualname__ = package.__name__, function.__name__
+        setattr(package, function.__name__, function)
+    package.__getattr__, package.__dir__ = __getattr__, __dir__
 
 
 FIXES = {"distributed.client": _close_dropped_clients_off_the_collector,
@@ -102,15 +119,14 @@ class AfterImport:
         self.instead = dict(instead or {})
 
     def find_spec(self, name, path, target=None):
-        fix = self.pending.get(name) or self.instead.get(name)
-        if fix is None:
+        if name not in self.pending and name not in self.instead:
             return None
         try:
-            return self._fixing(name, path, target, fix)
+            return self._fixing(name, path, target)
         except Exception:  # never an import that fails because of us: unfixed, as it was
             return None
 
-    def _fixing(self, name, path, target, fix):
+    def _fixing(self, name, path, target):
         for finder in sys.meta_path:
             if finder is not self and hasattr(finder, "find_spec"):
                 spec = finder.find_spec(name, path, target)
@@ -119,22 +135,22 @@ class AfterImport:
         else:
             return None
         # A file's loader is made for this one spec, so wrapping its exec_module touches
-        # nothing else (frozen and built-in modules have shared loaders: left alone).
+        # nothing else (frozen and built-in modules have shared loaders: left alone). Each
+        # is taken from its table when the module runs, not when a spec is only looked up.
         if isinstance(spec.loader, SOURCE_LOADERS):
             run = spec.loader.exec_module
-            if self.instead.pop(name, None) is not None:
-                def exec_module(module):
-                    try:
-                        fix(module)
-                    except Exception:  # the module's own code, rather than none
-                        run(module)
-            else:
-                self.pending.pop(name)
 
-                def exec_module(module):
-                    run(module)
+            def exec_module(module):
+                instead, after = self.instead.pop(name, None), self.pending.pop(name, None)
+                if instead is not None:
                     try:
-                        fix(module)
+                        return instead(module)
+                    except Exception:  # the module's own code, rather than none
+                        pass
+                run(module)
+                if after is not None:
+                    try:
+                        after(module)
                     except Exception:  # the module as it comes, unfixed, rather than none
                         pass
             spec.loader.exec_module = exec_module

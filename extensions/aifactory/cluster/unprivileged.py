@@ -41,7 +41,10 @@ def sudoers(people_group: str, sbatch: str, scancel: str) -> str:
         "visudo.",
         "# The hub submits each person's session as that person; the hub and the allocations",
         "# service cancel a person's job as that person (Slurm checks it is theirs).",
-        f'Defaults:{HUB_USER} {defaults}, umask=0077, env_keep = "{kept}"',
+        # Its environment carries the session's TLS key (aifactory.spawner.certs): into no
+        # sudo log (a JSON event log records it, an I/O log the script).
+        f'Defaults:{HUB_USER} {defaults}, umask=0077, env_keep = "{kept}", '
+        "!log_input, !log_output, log_format=sudo",
         f"Defaults:{SERVICE_USER} {defaults}",
         # People only: not root, and nobody who may become root through sudo themselves.
         f"Runas_Alias AIFACTORY_PEOPLE = %{people_group}, !root, !%sudo",

@@ -5,9 +5,10 @@ them on the hub's disk, where a server on a compute node cannot read them. The j
 environment carries them instead: sbatch hands it to slurmctld, which keeps it where only
 root and SlurmUser read it (no Slurm command shows a job's environment; the job script,
 which operators can read back with `scontrol write batch_script`, holds none of it). The
-script writes them into the job's private folder ($AIFACTORY_SCRATCH: 0700, removed when the
-job ends) with the shell's own printf, and unsets the variables before the server starts, so
-no program of the session inherits them.
+script stops exporting them at its first line, so no program of the session inherits them,
+and writes them into the job's private folder ($AIFACTORY_SCRATCH: 0700, removed when the job
+ends) with the shell's own printf before the server starts. Only the job's batch shell keeps
+them in its /proc/PID/environ, which only its user and root can read.
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ def environment(pems: dict[str, str]) -> dict[str, str]:
     return carried
 
 
+def unexport_lines(names) -> list[str]:
+    """The script's first line: the carrying variables stay the shell's own."""
+    names = list(names)
+    return [f"export -n {' '.join(CARRIED[name] for name in names)}"] if names else []
+
+
 def job_lines(names) -> list[str]:
     """Script lines (after the private folder exists, under umask 077) writing each carried
     PEM into $AIFACTORY_SCRATCH/certs, unsetting its variable and pointing the server's at
@@ -45,7 +52,8 @@ def job_lines(names) -> list[str]:
     lines = ['mkdir -m 700 "$AIFACTORY_SCRATCH/certs" || exit 1']
     for name in names:
         path, carried = f'"$AIFACTORY_SCRATCH/certs/{FILES[name]}"', CARRIED[name]
-        lines += [f'printf %s "${carried}" > {path} || exit 1',  # a builtin: in no argv
+        # printf is bash's own: the PEM is in no program's arguments.
+        lines += [f'printf %s "${{{carried}:?the hub sent no {name}}}" > {path} || exit 1',
                   f"unset {carried}",
                   f"export {ENV[name]}={path}"]
     return lines

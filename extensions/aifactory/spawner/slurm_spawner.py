@@ -281,7 +281,8 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
             command[:1] = [f"{self.venv}/bin/python", "-E", f"{self.venv}/bin/{command[0]}"]
         # The same PATH whether sbatch ran through sudo (its secure_path) or not; sudo's own
         # variables do not reach the session's programs.
-        lines += [f"export PATH={shlex.quote(self.venv)}/bin:/usr/local/bin:/usr/bin:/bin",
+        lines += [*certs.unexport_lines(self._session_pems),  # before any program starts
+                  f"export PATH={shlex.quote(self.venv)}/bin:/usr/local/bin:/usr/bin:/bin",
                   'unset "${!SUDO_@}"']
         lines += [
             "umask 077",  # what the session writes is its user's alone
