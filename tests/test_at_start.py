@@ -84,33 +84,30 @@ def test_with_the_fix_the_failed_client_is_closed_off_the_collector(where):
         out.stdout, out.stderr[-2000:])
 
 
-def test_a_fix_that_fails_leaves_the_import_as_it_was(tmp_path):
+def import_with(tmp_path, fix: str, install: str) -> subprocess.CompletedProcess:
+    """Import a module (VALUE = 1) after `fix` is defined and `install` has run."""
     (tmp_path / "aiftest_lib.py").write_text("VALUE = 1\n")
-    out = python(f"import sys; sys.path.insert(0, {str(tmp_path)!r})\n"
-                 "from aifactory import at_start\n"
-                 "def broken(module): raise RuntimeError('a bug of ours')\n"
-                 "at_start.install({'aiftest_lib': broken})\n"
-                 "import aiftest_lib; print(aiftest_lib.VALUE)", 30)
+    return python(f"import sys; sys.path.insert(0, {str(tmp_path)!r})\n"
+                  f"from aifactory import at_start\n{fix}\n{install}\n"
+                  "import aiftest_lib; print(aiftest_lib.VALUE)", 30)
+
+
+BROKEN = "def broken(module): raise RuntimeError('a bug of ours')"
+
+
+def test_a_fix_that_fails_leaves_the_import_as_it_was(tmp_path):
+    out = import_with(tmp_path, BROKEN, "at_start.install({'aiftest_lib': broken})")
     assert out.returncode == 0 and out.stdout.strip() == "1", out.stderr
 
 
 def test_a_fix_is_made_by_the_finder_the_start_installed(tmp_path):
-    (tmp_path / "aiftest_lib.py").write_text("VALUE = 1\n")
-    out = python(f"import sys; sys.path.insert(0, {str(tmp_path)!r})\n"
-                 "from aifactory import at_start\n"
-                 "def double(module): module.VALUE *= 2\n"
-                 "at_start.install({'aiftest_lib': double})\n"
-                 "import aiftest_lib; print(aiftest_lib.VALUE)", 30)
+    out = import_with(tmp_path, "def double(module): module.VALUE *= 2",
+                      "at_start.install({'aiftest_lib': double})")
     assert out.returncode == 0 and out.stdout.strip() == "2", out.stderr
 
 
 def test_a_stand_in_that_fails_leaves_the_module_its_own_code(tmp_path):
-    (tmp_path / "aiftest_lib.py").write_text("VALUE = 1\n")
-    out = python(f"import sys; sys.path.insert(0, {str(tmp_path)!r})\n"
-                 "from aifactory import at_start\n"
-                 "def broken(module): raise RuntimeError('a bug of ours')\n"
-                 "at_start.install({}, {'aiftest_lib': broken})\n"
-                 "import aiftest_lib; print(aiftest_lib.VALUE)", 30)
+    out = import_with(tmp_path, BROKEN, "at_start.install({}, {'aiftest_lib': broken})")
     assert out.returncode == 0 and out.stdout.strip() == "1", out.stderr
 
 
