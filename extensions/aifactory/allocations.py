@@ -211,6 +211,8 @@ def kind_of(comment: str) -> str:
         return "notebook session"
     if comment.startswith(slurm.DASK_TAG):
         return "Dask workers"
+    if comment.startswith(slurm.NOTEBOOK_TAG):
+        return "notebook job"
     return "batch job"
 
 
@@ -233,6 +235,7 @@ def job_row(job: slurm.Job, now: float) -> dict:
         "reservation": job.reservation or None,
         "gpu_h_so_far": _round(job.gpus * (now - job.start_time) / 3600)
         if running and job.start_time else 0.0,
+        "array_job_id": job.array_job_id or None, "array_task_id": job.array_task_id,
     }
 
 
@@ -248,6 +251,7 @@ def past_job_row(job: slurm.PastJob) -> dict:
         if job.elapsed_s and job.cpus else None,
         "walltime_used_percent": round(100 * job.elapsed_s / (job.time_limit_min * 60), 1)
         if job.time_limit_min and job.time_limit_min != slurm.UNLIMITED else None,
+        "array_job_id": job.array_job_id or None, "array_task_id": job.array_task_id,
     }
 
 

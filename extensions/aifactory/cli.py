@@ -188,6 +188,69 @@ def _site_install(args) -> int:
     return 0
 
 
+def _read_table(path: Path) -> list:
+    """Runs from a CSV file (a header of parameter names, a row per run) or a JSON list."""
+    import csv
+    from .spawner.request import RequestError
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise RequestError(f"The table {path} cannot be read ({e.strerror}).") from None
+    if path.suffix == ".json":
+        try:
+            return json.loads(text)
+        except ValueError as e:
+            raise RequestError(f"The table {path} is not JSON ({e}).") from None
+    return [dict(row) for row in csv.DictReader(text.splitlines())]
+
+
+def _notebook(args) -> int:
+    """notebook run|list|stop: notebooks as Slurm batch jobs and arrays."""
+    from . import report
+    from .notebook_jobs import jobs
+    from .site_description import ENVIRONMENT_OPTION
+    from .spawner.request import RequestError
+    try:
+        if args.action == "list":
+            answer = jobs.list_jobs()
+            print(json.dumps(answer, indent=2) if args.json else report.notebook_jobs_text(answer))
+            return 0
+        if args.action == "stop":
+            answer = jobs.stop(args.job)
+            print(json.dumps(answer) if args.json else
+                  f"notebook job {answer['id']} (Slurm job {answer['slurm_job_id']}) stopped")
+            return 0
+        fields = {k: v for k, v in (("profile", args.profile), ("gpus", args.gpus),
+                                    ("cpus", args.cpus), ("memory_gb", args.memory_gb),
+                                    ("walltime", args.time), ("account", args.account),
+                                    (f"option_{ENVIRONMENT_OPTION}", args.environment))
+                  if v is not None}
+        parameters = {}
+        for item in args.parameter or []:
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise RequestError(f"-p {item}: write NAME=VALUE.")
+            parameters[name] = value
+        rows = _read_table(args.table) if args.table else None
+        prepared = jobs.prepare(args.notebook, fields, parameters=parameters, rows=rows,
+                                parallel=args.at_once)
+        if args.preview:
+            answer = jobs.preview(prepared)
+            print(json.dumps(answer, indent=2) if args.json else
+                  f"{answer['cost_text']} (project {prepared.request.account}: "
+                  f"{prepared.billing.amount(answer['remaining'])} left)\n"
+                  f"{answer['start_text']}\n\n{answer['script']}")
+            return 0
+        answer = jobs.submit(prepared)
+        print(json.dumps(answer, indent=2) if args.json else
+              f"notebook job {answer['id']}: Slurm job {answer['slurm_job_id']}, "
+              f"{len(answer['rows'])} run(s); output in {answer['folder']}")
+        return 0
+    except RequestError as e:
+        print(f"aifactory: {e}", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aifactory", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -223,6 +286,31 @@ def main(argv: list[str] | None = None) -> int:
                                                 "are Jupyter kernels, and how to fix the others")
     env_p.add_argument("--json", action="store_true", help="the answer as JSON")
     env_p.set_defaults(func=_environments)
+    nb_p = sub.add_parser("notebook", help="run a notebook as a Slurm batch job or an array "
+                                           "(papermill), list and stop them")
+    nbsub = nb_p.add_subparsers(dest="action", required=True)
+    run_p = nbsub.add_parser("run", help="check, then submit (or --preview: cost, Slurm's start "
+                                         "estimate and the script; nothing is submitted)")
+    run_p.add_argument("notebook", help="the .ipynb (relative paths: from your home)")
+    run_p.add_argument("-p", "--parameter", action="append", metavar="NAME=VALUE",
+                       help="a value for a name of the notebook's parameters cell")
+    run_p.add_argument("--table", type=Path, help="a run per row (CSV with a header of "
+                       "parameter names, or a JSON list): one Slurm array")
+    run_p.add_argument("--at-once", help="at most this many runs of the table at once")
+    run_p.add_argument("--profile", help="a spawn profile (default: the site's default)")
+    run_p.add_argument("--gpus")
+    run_p.add_argument("--cpus")
+    run_p.add_argument("--memory-gb")
+    run_p.add_argument("--time", help="the time limit, e.g. 01:00:00")
+    run_p.add_argument("--account", help="the project to charge")
+    run_p.add_argument("--environment", help="a site software environment of the profile")
+    run_p.add_argument("--preview", action="store_true")
+    list_p = nbsub.add_parser("list", help="your notebook jobs and each run's state")
+    stop_p = nbsub.add_parser("stop", help="cancel a notebook job, pending or running")
+    stop_p.add_argument("job", help="its id (the folder's name) or Slurm job id")
+    for p in (run_p, list_p, stop_p):
+        p.add_argument("--json", action="store_true", help="the answer as JSON")
+        p.set_defaults(func=_notebook)
     site_p = sub.add_parser("site", help="a site's own Slurm: what aifactory needs of it")
     ssub = site_p.add_subparsers(dest="action", required=True)
     check_p = ssub.add_parser("check", help="say what aifactory needs and does not find, with "

@@ -128,6 +128,18 @@ class DirectClient:
         return {"job_id": job_id, "cancelled": True}
 
 
+def remaining(account: str, billing, client=None) -> float | None:
+    """What project `account` has left in the site's unit (None: no limit): from the
+    allocations service in a hub session, else from Slurm (one sshare)."""
+    client = client or default_client()
+    if isinstance(client, ServiceClient):
+        return client.budgets(account)["projects"][0]["remaining"]
+    budget = slurm.budgets(billing.tres).get(account)
+    if budget is None:
+        raise AllocationsError(f"Slurm has no project {account!r}")
+    return None if budget.remaining_min is None else budget.remaining_min / 60
+
+
 def default_client():
     """The service when this runs in a hub session, Slurm directly otherwise."""
     if os.environ.get("AIFACTORY_ALLOCATIONS_URL") and os.environ.get("JUPYTERHUB_API_TOKEN"):

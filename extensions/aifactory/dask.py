@@ -44,7 +44,7 @@ except ImportError as e:  # a kernel of the user's own environment (aifactory.ke
 
 from . import dask_tls, slurm, ssl_fix
 from . import site_description as site_module
-from .client import AllocationsError, ServiceClient, default_client
+from .client import AllocationsError, remaining
 from .availability import only_unusable_nodes
 from .report import unusable_words
 
@@ -275,13 +275,7 @@ class GPUCluster(SLURMCluster):
     def _remaining(self) -> float | None:
         """What the project has left in the site's unit: from the allocations service in a
         hub session, else from Slurm (one sshare, not the whole allocation view)."""
-        client = self._budget_client or default_client()
-        if isinstance(client, ServiceClient):
-            return client.budgets(self.account)["projects"][0]["remaining"]
-        budget = slurm.budgets(self.billing.tres).get(self.account)
-        if budget is None:
-            raise AllocationsError(f"Slurm has no project {self.account!r}")
-        return None if budget.remaining_min is None else budget.remaining_min / 60
+        return remaining(self.account, self.billing, self._budget_client)
 
     def scale(self, n=None, jobs=0, memory=None, cores=None, workers=None):
         """Scale to `jobs` jobs, or to `n` (= `workers`) GPU workers, after the budget check."""

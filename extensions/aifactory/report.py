@@ -129,6 +129,23 @@ def jobs_text(answer: dict) -> str:
     return "\n".join(lines)
 
 
+def notebook_jobs_text(answer: dict) -> str:
+    """`aifactory notebook list`: a line per job, and per run of an array."""
+    lines = [f"warning: {answer['warning']}"] if answer.get("warning") else []
+    for job in answer["jobs"]:
+        runs = job["runs"]
+        lines.append(f"{job['id']} | Slurm job {job['slurm_job_id']} | {job['state'].lower()} | "
+                     f"{len(runs)} run{'s' if len(runs) != 1 else ''} | {job['folder']}")
+        for run in runs:
+            detail = run.get("reason_text") or run.get("error") or ""
+            if run.get("stopped_in_cell"):
+                detail = f"stopped in cell {run['stopped_in_cell']}" + (f"; {detail}" if detail else "")
+            values = ", ".join(f"{k}={v!r}" for k, v in run["parameters"].items())
+            lines.append(f"  run {run['task']}: {run['state'].lower()}"
+                         + (f" ({values})" if values else "") + (f": {detail}" if detail else ""))
+    return "\n".join(lines) or "no notebook jobs"
+
+
 def gpus_text(answer: dict) -> str:
     lines = []
     for p in answer["partitions"]:

@@ -13,6 +13,8 @@
   jupyter-server-proxy issue 590). A port whose listener belongs to another user is refused;
   the hub's and Jupyter's cookies, the Authorization and the XSRF header are removed from
   what is forwarded even to the user's own ports.
+- **Notebook jobs** (`aifactory.notebook_jobs.handlers`): the person's notebooks as Slurm
+  batch jobs and arrays, under `aifactory/api/notebook-jobs`.
 - **Module names stay names.** jupyterlmod runs `$LMOD_CMD python show NAME` through a shell,
   NAME taken from the URL: each argument is quoted first (`_guard_lmod`).
 """
@@ -164,6 +166,8 @@ async def _report_port(serverapp) -> None:
 def _load_jupyter_server_extension(serverapp) -> None:
     _guard_proxy()
     _guard_lmod()
+    from .notebook_jobs import handlers  # notebooks as batch jobs, over the server's API
+    serverapp.web_app.add_handlers(".*$", handlers.routes(serverapp.base_url))
     # A session started in a site environment (its modules loaded by the job) opens new
     # notebooks with that environment's Python (aifactory.kernels).
     # Only the modules' Python is looked at here, not the user's environments (no scan of

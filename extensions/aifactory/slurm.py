@@ -192,6 +192,8 @@ class Job:
     flags: tuple[str, ...] = ()  # state flags: COMPLETING, CONFIGURING, REQUEUED, ...
     gpu_types: tuple[tuple[str, int], ...] = ()  # (("h100", 4),); "" for untyped GPUs
     billing: int = 0  # its billing TRES, allocated (running) or requested (pending)
+    array_job_id: str = ""  # an array task's (or a pending array's) array job; "" if none
+    array_task_id: int | None = None  # None: not a task, or the array's pending rest
 
     @property
     def pending(self) -> bool:
@@ -401,13 +403,16 @@ def command_counts() -> dict[str, CommandCount]:
 
 
 def run(argv: list[str], *, input: str | None = None, user: str | None = None,
-        env: dict | None = None, timeout: float = DEFAULT_TIMEOUT) -> str:
-    """Run a Slurm command (argv list) and return its stdout."""
+        env: dict | None = None, timeout: float = DEFAULT_TIMEOUT,
+        with_stderr: bool = False) -> str:
+    """Run a Slurm command (argv list) and return its stdout (and stderr after it, for the
+    commands that answer there: `sbatch --test-only`)."""
     with _counted(argv[0]):
-        return _run(argv, input=input, user=user, env=env, timeout=timeout)
+        return _run(argv, input=input, user=user, env=env, timeout=timeout,
+                    with_stderr=with_stderr)
 
 
-def _run(argv, *, input, user, env, timeout) -> str:
+def _run(argv, *, input, user, env, timeout, with_stderr=False) -> str:
     try:
         command, kwargs = _as_user(argv, user, env)
         proc = subprocess.run(command, input=input, capture_output=True, text=True,
@@ -417,7 +422,8 @@ def _run(argv, *, input, user, env, timeout) -> str:
                          f"(looked in {_bin_dir() or 'PATH'})") from None
     except subprocess.TimeoutExpired:
         raise SlurmUnreachable(f"{argv[0]}: scheduler unreachable (no answer in {timeout:.0f} s)")
-    return _check(argv, proc.returncode, proc.stdout, proc.stderr)
+    out = _check(argv, proc.returncode, proc.stdout, proc.stderr)
+    return out + proc.stderr if with_stderr else out
 
 
 async def run_async(argv: list[str], *, input: str | None = None, user: str | None = None,
@@ -570,7 +576,19 @@ def _job_from_json(j: dict) -> Job:
         comment=_text(comment.get("job")) if isinstance(comment, dict) else _text(comment),
         billing=tres_value(_text(j.get("tres_alloc_str")) or _text(j.get("tres_req_str")),
                            "billing") or 0,
+        array_job_id=_array_job_id(j.get("array_job_id")),
+        array_task_id=_array_task_id(j.get("array_task_id")),
     )
+
+
+def _array_job_id(value) -> str:
+    n = count(value)  # 0 (22.05) or not set (23.02+): not an array
+    return str(n) if n else ""
+
+
+def _array_task_id(value) -> int | None:
+    n = number(value)
+    return int(n) if n is not None and n != UNLIMITED else None
 
 
 def _load_json(text: str, command: str) -> dict:
@@ -934,6 +952,8 @@ class PastJob:
     comment: str = ""
     flags: tuple[str, ...] = ()
     billing: int = 0  # the job's billing TRES (what the site's weights make of it)
+    array_job_id: str = ""
+    array_task_id: int | None = None
 
     @property
     def alive(self) -> bool:
@@ -961,7 +981,9 @@ def past_job_from_json(j: dict) -> PastJob:
         elapsed_s=count(t.get("elapsed")), time_limit_min=number(t.get("limit")),
         cpu_time_s=count(total.get("seconds")) + count(total.get("microseconds")) / 1e6,
         nodes=_text(j.get("nodes")),
-        comment=_text(comment.get("job")) if isinstance(comment, dict) else _text(comment))
+        comment=_text(comment.get("job")) if isinstance(comment, dict) else _text(comment),
+        array_job_id=_array_job_id((j.get("array") or {}).get("job_id")),
+        array_task_id=_array_task_id((j.get("array") or {}).get("task_id")))
 
 
 def job_history(since: int) -> list[PastJob]:
@@ -1026,6 +1048,7 @@ def tres_value(tres: str, name: str) -> int | None:
 # "aifactory-dask:NOTEBOOK_JOB_ID:CLUSTER" for Dask workers started from a session.
 SESSION_TAG = "aifactory-session"
 DASK_TAG = "aifactory-dask"
+NOTEBOOK_TAG = "aifactory-notebook"  # + ":" + the notebook job's folder name
 
 # Pending reasons in plain words; the Slurm code is always shown beside them for support.
 PENDING_REASONS = {
@@ -1046,6 +1069,7 @@ PENDING_REASONS = {
     "InvalidAccount": "the account is not valid for you",
     "JobHeldAdmin": "held by an administrator",
     "JobHeldUser": "held (by you)",
+    "JobArrayTaskLimit": "its array already runs as many tasks at once as it may",
     "None": "about to be scheduled",
 }
 # Pending jobs with these reasons wait for nodes, so they come before later jobs.

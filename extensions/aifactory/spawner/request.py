@@ -9,6 +9,7 @@ sentence for the person who typed it.
 from __future__ import annotations
 
 import re
+import shlex
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
@@ -86,6 +87,42 @@ class SessionRequest:
                     f"{self.gpu_minutes / 60:g} GPU-hours")
         return (f"{self.rate(billing, weights)} {billing.unit}/h × {hours} = "
                 f"{billing.amount(self.cost(billing, weights))}")
+
+
+def sbatch_directives(request: SessionRequest) -> list[str]:
+    """The #SBATCH lines of what was asked (checked by `resolve`): partition, account, time,
+    CPUs, memory, GPUs, reservation, QOS. Sessions and notebook jobs share them."""
+    lines = [f"#SBATCH --partition={request.partition}",
+             f"#SBATCH --account={request.account}",
+             f"#SBATCH --time={request.walltime}",
+             f"#SBATCH --cpus-per-task={request.cpus}",
+             f"#SBATCH --mem={request.memory_gb}G"]
+    if request.gpus:
+        lines.append(f"#SBATCH --gres=gpu:{request.gpu_type}:{request.gpus}")
+    if request.reservation:
+        lines.append(f"#SBATCH --reservation={request.reservation}")
+    if request.qos:
+        lines.append(f"#SBATCH --qos={request.qos}")
+    return lines
+
+
+def environment_lines(site: Site, request: SessionRequest) -> list[str]:
+    """Lmod, in every job of a site with a module tree (the sidebar uses it), and the chosen
+    environment's modules loaded; a module that fails to load ends the job with Lmod's words
+    in its log."""
+    modules = site.modules
+    if not modules.path:
+        return []
+    lines = [f"export MODULEPATH={shlex.quote(':'.join(modules.path))}",
+             f"if [ -r {shlex.quote(modules.init)} ]; then . {shlex.quote(modules.init)}; fi"]
+    environment = site.environment(request.environment)
+    if environment is not None:
+        load = " ".join(shlex.quote(m) for m in environment.modules)
+        lines += [f"export AIFACTORY_ENVIRONMENT={shlex.quote(environment.name)}",
+                  f"export AIFACTORY_ENVIRONMENT_NAME={shlex.quote(environment.display_name)}",
+                  f"module load {load} || {{ echo 'aifactory: the modules of environment "
+                  f"{environment.name} did not load'; exit 1; }}"]
+    return lines
 
 
 def _normalize(raw: Mapping[str, Any], option_names: set[str]) -> dict[str, str]:

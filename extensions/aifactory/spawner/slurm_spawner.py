@@ -45,7 +45,7 @@ from .status import SUBMITTED, Status, session_status
 from ..report import clock, time_left
 from ..site_description import profile_name
 from .request import (RequestError, SessionRequest, check_budget, check_modules, check_nodes,
-                      resolve)
+                      environment_lines, resolve, sbatch_directives)
 
 
 class StartError(RuntimeError):
@@ -254,23 +254,13 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         lines = [
             "#!/bin/bash",
             f"#SBATCH --job-name=jupyterhub-{self.user.name}",
-            f"#SBATCH --partition={request.partition}",
-            f"#SBATCH --account={request.account}",
-            f"#SBATCH --time={request.walltime}",
-            f"#SBATCH --cpus-per-task={request.cpus}",
-            f"#SBATCH --mem={request.memory_gb}G",
+            *sbatch_directives(request),
             f"#SBATCH --chdir={home}",
             f"#SBATCH --output={home}/.jupyterhub-slurm-%j.log",
             f"#SBATCH --comment={slurm.SESSION_TAG}:{request.profile}",
             "#SBATCH --export=ALL",
             f"#SBATCH --signal=B:USR2@{int(self.end_warning_seconds)}",
         ]
-        if request.gpus:
-            lines.append(f"#SBATCH --gres=gpu:{request.gpu_type}:{request.gpus}")
-        if request.reservation:
-            lines.append(f"#SBATCH --reservation={request.reservation}")
-        if request.qos:
-            lines.append(f"#SBATCH --qos={request.qos}")
         # Not batchspawner-singleuser: the server binds a free port itself and reports it once
         # it holds it (aifactory.session), so no other process can take it first.
         command = [*self.cmd, *self.get_args(), "--ServerApp.port=0"]
@@ -312,22 +302,7 @@ class SlurmSpawner(batchspawner.SlurmSpawner):
         return "\n".join(lines) + "\n"
 
     def environment_lines(self, request: SessionRequest) -> list[str]:
-        """Lmod, in every session of a site with a module tree (the sidebar uses it), and the
-        chosen environment's modules loaded; a module that fails to load ends the job with
-        Lmod's words in its log."""
-        modules = self.site.modules
-        if not modules.path:
-            return []
-        lines = [f"export MODULEPATH={shlex.quote(':'.join(modules.path))}",
-                 f"if [ -r {shlex.quote(modules.init)} ]; then . {shlex.quote(modules.init)}; fi"]
-        environment = self.site.environment(request.environment)
-        if environment is not None:
-            load = " ".join(shlex.quote(m) for m in environment.modules)
-            lines += [f"export AIFACTORY_ENVIRONMENT={shlex.quote(environment.name)}",
-                      f"export AIFACTORY_ENVIRONMENT_NAME={shlex.quote(environment.display_name)}",
-                      f"module load {load} || {{ echo 'aifactory: the modules of environment "
-                      f"{environment.name} did not load'; exit 1; }}"]
-        return lines
+        return environment_lines(self.site, request)
 
     async def submit_batch_script(self):
         env = self.get_env()

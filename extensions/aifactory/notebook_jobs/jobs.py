@@ -1,0 +1,355 @@
+"""Notebook jobs, the person's side: runs as the person, in their session's server (the
+REST handlers) or a login node's terminal (`aifactory notebook`). Checks what is asked with
+the spawn form's own rules, shows the cost and Slurm's start estimate, submits, lists, stops.
+
+Slurm and the job's folder (`~/aifactory-jobs/<id>/`, the person's alone) are the record:
+`job.json` says what was asked, `run-N.json` what each run did, and Slurm's answers (the
+allocations service's shared cache in a hub session, one squeue and sacct otherwise) give the
+states. No command per job is run to list them.
+"""
+
+from __future__ import annotations
+
+import getpass
+import grp
+import json
+import os
+import pwd
+import re
+import secrets
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Mapping
+
+from .. import client as client_module
+from .. import site_description as site_module
+from .. import slurm
+from ..billing import Billing
+from ..spawner.request import (RequestError, SessionRequest, check_modules, environment_lines,
+                               resolve)
+from . import rules
+
+FOLDER = "aifactory-jobs"
+MAX_NOTEBOOK_BYTES = 20 * 1024 * 1024
+# What the job's environment keeps of the submitter's: not the session's token, its Slurm
+# job's variables or certificate (the job outlives the session).
+KEPT = ("HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "AIFACTORY_SLURM_BIN")
+
+
+@dataclass
+class Prepared:
+    """A checked notebook job, not yet submitted."""
+    user: str
+    home: Path
+    notebook: Path
+    nb: dict
+    request: SessionRequest
+    rows: list[dict]
+    parallel: int
+    billing: Billing
+    weights: str
+    remaining: float | None
+    site: site_module.Site = field(repr=False)
+
+    @property
+    def tasks(self) -> int:
+        return len(self.rows)
+
+    @property
+    def name(self) -> str:
+        return rules.job_name(self.notebook.stem)
+
+    def script(self, folder: str, job_id: str) -> str:
+        venv = str(Path(self.site.dask.get("python") or "/opt/aifactory/venv/bin/python")
+                   .parent.parent)
+        return rules.job_script(self.request, folder=folder, job_id=job_id, name=self.name,
+                                tasks=self.tasks, parallel=self.parallel, venv=venv,
+                                environment_lines=environment_lines(self.site, self.request))
+
+
+def job_environment() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k in KEPT}
+    env["PATH"] = "/usr/local/bin:/usr/bin:/bin"
+    return env
+
+
+def _unix_groups(user: str) -> set[str]:
+    pw = pwd.getpwnam(user)
+    return {grp.getgrgid(g).gr_name for g in os.getgrouplist(user, pw.pw_gid)}
+
+
+def read_notebook(path: str | Path, home: Path) -> tuple[Path, dict]:
+    """The notebook at `path` (relative paths: from the home, as JupyterLab names them)."""
+    if not isinstance(path, (str, Path)) or not str(path) or "\0" in str(path):
+        raise RequestError("Name the notebook to run.")
+    p = Path(path)
+    p = p if p.is_absolute() else home / p
+    if p.suffix != ".ipynb":
+        raise RequestError(f"{p.name} is not a notebook (.ipynb).")
+    try:
+        if p.stat().st_size > MAX_NOTEBOOK_BYTES:
+            raise RequestError(f"{p.name} is larger than {MAX_NOTEBOOK_BYTES >> 20} MB; clear "
+                               "its outputs first.")
+        nb = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise RequestError(f"There is no notebook {path}.") from None
+    except (OSError, ValueError) as e:
+        raise RequestError(f"{p.name} cannot be read as a notebook ({e}).") from None
+    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
+        raise RequestError(f"{p.name} is not a notebook.")
+    return p, nb
+
+
+def prepare(notebook: str | Path, fields: Mapping[str, Any], *,
+            parameters: Mapping | None = None, rows: list | None = None,
+            parallel: Any = None, user: str | None = None, client=None,
+            site: site_module.Site | None = None) -> Prepared:
+    """Check everything a notebook job asks for; RequestError with a sentence if not."""
+    user = user or getpass.getuser()
+    home = Path(pwd.getpwnam(user).pw_dir)
+    path, nb = read_notebook(notebook, home)
+    declared = rules.declared_parameters(nb)
+    if rows is not None and parameters:
+        raise RequestError("Give parameters or a table of runs, not both.")
+    site = site or site_module.load_cached()
+    if not isinstance(fields, Mapping):
+        raise RequestError("The job's settings must be names with values.")
+    try:
+        config = slurm.config()
+        checked_rows = (rules.check_rows(declared, rows, rules.max_tasks(config))
+                        if rows is not None else [rules.check_row(declared, parameters or {})])
+        access = slurm.user_associations(user)
+        reservations = slurm.reservations()
+        request = resolve(site, fields, user=user, accounts=access.accounts,
+                          default_account=access.default_account, reservations=reservations,
+                          qos=access.qos, groups=_unix_groups(user))
+        check_modules(site, request, os.path.exists)
+        billing = site.billing
+        weights = "" if billing.by_gpu else slurm.partitions()[request.partition].billing_weights
+        remaining = client_module.remaining(request.account, billing, client)
+    except slurm.SlurmUnreachable:
+        raise RequestError("The scheduler is unreachable right now; nothing was submitted. "
+                           "Please try again in a minute.") from None
+    except (slurm.SlurmError, client_module.AllocationsError, KeyError, IndexError) as e:
+        raise RequestError(f"Slurm did not give what the check needs ({e}); nothing was "
+                           "submitted.") from None
+    parallel = rules.check_parallel(parallel, len(checked_rows))
+    rules.check_budget(request, len(checked_rows), remaining, billing, weights)
+    return Prepared(user, home, path, nb, request, checked_rows, parallel, billing, weights,
+                    remaining, site)
+
+
+START_RE = re.compile(r"Job \d+ to start at (\S+) using (\d+) processors on nodes (\S+) "
+                      r"in partition (\S+)")
+
+
+def preview(prepared: Prepared) -> dict:
+    """What the job will cost, when Slurm would start it (`sbatch --test-only`: nothing is
+    queued) and the script that will run."""
+    job_id = "preview"
+    folder = str(prepared.home / FOLDER / "<this job>")
+    script = prepared.script(folder, job_id)
+    answer = {
+        "notebook": str(prepared.notebook), "runs": prepared.tasks,
+        "parallel": prepared.parallel or prepared.tasks,
+        "request": prepared.request.to_options(), "rows": prepared.rows,
+        "cost": rules.cost(prepared.request, prepared.tasks, prepared.billing, prepared.weights),
+        "unit": prepared.billing.unit,
+        "cost_text": rules.describe_cost(prepared.request, prepared.tasks, prepared.billing,
+                                         prepared.weights),
+        "remaining": prepared.remaining, "script": script, "start": None, "start_text": "",
+    }
+    try:  # the folder does not exist yet: Slurm's test checks the request, not the paths
+        out = slurm.run(["sbatch", "--test-only"], input=script.replace(folder, "/tmp"),
+                        env=job_environment(), with_stderr=True)
+    except slurm.SlurmError as e:
+        answer["start_text"] = f"Slurm gives no start estimate: {e}"
+        return answer
+    if found := START_RE.search(out):
+        when, _, nodes, partition = found.groups()
+        answer["start"] = {"time": when, "nodes": nodes, "partition": partition}
+        answer["start_text"] = f"Slurm would start it at {when.replace('T', ' ')} on {nodes}."
+    else:
+        answer["start_text"] = f"Slurm gives no start estimate: {out.strip()[:200]}"
+    return answer
+
+
+def new_job_id(prepared: Prepared) -> str:
+    stem = rules.job_name(prepared.notebook.stem)[3:][:30].strip("-") or "notebook"
+    return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def jobs_folder(home: Path) -> Path:
+    base = home / FOLDER
+    base.mkdir(mode=0o700, exist_ok=True)
+    if base.is_symlink() or not base.is_dir():
+        raise RequestError(f"{base} is not a folder; move it away to run notebook jobs.")
+    os.chmod(base, 0o700)
+    return base
+
+
+def submit(prepared: Prepared) -> dict:
+    """Make the job's folder (the notebook's copy, the rows), submit, and return its record."""
+    job_id = new_job_id(prepared)
+    folder = jobs_folder(prepared.home) / job_id
+    folder.mkdir(mode=0o700)
+    try:
+        input_name = prepared.notebook.name
+        shutil.copyfile(prepared.notebook, folder / input_name)
+        os.chmod(folder / input_name, 0o600)
+        kernel = prepared.nb.get("metadata", {}).get("kernelspec", {}).get("name", "")
+        record = {
+            "id": job_id, "notebook": input_name, "source": str(prepared.notebook),
+            "name": prepared.name, "rows": prepared.rows, "parallel": prepared.parallel,
+            "request": prepared.request.to_options(), "walltime": prepared.request.walltime,
+            "kernel": kernel if re.fullmatch(r"[A-Za-z0-9._-]{1,64}", kernel or "") else "",
+            "cost": rules.cost(prepared.request, prepared.tasks, prepared.billing,
+                               prepared.weights),
+            "unit": prepared.billing.unit, "created": time.time(), "slurm_job_id": None,
+        }
+        _write(folder / "job.json", record)
+        record["slurm_job_id"] = slurm.submit(prepared.script(str(folder), job_id), user=None,
+                                              env=job_environment())
+        _write(folder / "job.json", record)
+    except slurm.SlurmError as e:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise RequestError(f"Slurm refused the job: {e}") from None
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return {**record, "folder": str(folder), "state": "PENDING"}
+
+
+def _write(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1)
+    tmp.replace(path)
+
+
+# --- the list ---------------------------------------------------------------------------
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def records(home: Path) -> list[tuple[Path, dict]]:
+    """Every notebook job's folder and record, newest first."""
+    base = home / FOLDER
+    found = []
+    if base.is_dir() and not base.is_symlink():
+        for folder in base.iterdir():
+            if rules.JOB_ID_RE.match(folder.name) and (record := _read(folder / "job.json")):
+                found.append((folder, record))
+    return sorted(found, key=lambda f: -f[1].get("created", 0))
+
+
+def summary(folder: Path, record: dict, active: list[dict], recent: list[dict],
+            as_of: float = 0.0) -> dict:
+    """One notebook job as the list shows it: each run's state from its own record once it
+    has ended, from Slurm's rows while it is queued or running, from accounting otherwise.
+    `as_of`: when Slurm's answer was taken; a run it cannot know yet is pending."""
+    array = record.get("slurm_job_id")
+    tasks = len(record.get("rows") or [{}])
+
+    def mine(row):
+        return array and (row["job_id"] == array or row.get("array_job_id") == array)
+    live = [r for r in active if mine(r)]
+    ended = [r for r in recent if mine(r)]
+    runs = []
+    for task in range(tasks):
+        run = _read(folder / f"run-{task}.json") or {}
+        slurm_row = next((r for r in live if tasks == 1 or r.get("array_task_id") == task), None)
+        past = next((r for r in ended if tasks == 1 or r.get("array_task_id") == task), None)
+        if run.get("state") not in (None, "running"):
+            state = run["state"].upper()
+        elif slurm_row is not None:
+            state = slurm_row["state"]
+        elif past is not None:
+            state = past["state"]
+        elif any(r.get("array_task_id") is None for r in live):
+            state = "PENDING"  # the part of an array Slurm has not split into tasks yet
+        elif not run and as_of < record.get("created", 0):
+            state = "PENDING"  # submitted after the shared answer was taken
+        else:
+            state = "ENDED"  # gone from the queue; accounting's record comes within a minute
+        output = folder / rules.output_name(task, tasks)
+        runs.append({"task": task, "state": state, "parameters": (record.get("rows") or [{}])[task],
+                     "output": str(output) if output.exists() else None,
+                     "stopped_in_cell": run.get("stopped_in_cell"), "error": run.get("error"),
+                     "reason_text": slurm_row.get("reason_text") if slurm_row else None})
+    states = [r["state"] for r in runs]
+    return {"id": record["id"], "name": record.get("name"), "notebook": record.get("notebook"),
+            "slurm_job_id": array, "folder": str(folder), "created": record.get("created"),
+            "request": record.get("request"), "cost": record.get("cost"),
+            "unit": record.get("unit"), "runs": runs, "state": overall(states),
+            "active": bool(live)}
+
+
+def overall(states: list[str]) -> str:
+    """A job's state from its runs': running or pending while any is; completed when all
+    are; else the first of failed, timeout, cancelled, ended (what was not completed)."""
+    for state in ("RUNNING", "PENDING", "FAILED", "TIMEOUT", "CANCELLED", "ENDED"):
+        if state in states:
+            return state
+    return "COMPLETED" if states and all(s == "COMPLETED" for s in states) else (
+        states[0] if states else "ENDED")
+
+
+def list_jobs(user: str | None = None, client=None) -> dict:
+    """The person's notebook jobs with their runs' states (one answer of Slurm's for all)."""
+    user = user or getpass.getuser()
+    home = Path(pwd.getpwnam(user).pw_dir)
+    found = records(home)
+    answer, warnings = {"active": [], "recent": []}, []
+    if found:
+        try:
+            answer = (client or client_module.default_client()).jobs()
+            warnings = answer.get("warnings") or []
+        except (client_module.AllocationsError, slurm.SlurmError) as e:
+            warnings = [f"{e}: the states below are the jobs' own records"]
+    as_of = _epoch(answer.get("as_of"))
+    jobs = [summary(folder, record, answer.get("active", []), answer.get("recent", []), as_of)
+            for folder, record in found]
+    return {"user": user, "jobs": jobs, "warning": "; ".join(warnings) or None}
+
+
+def _epoch(iso: str | None) -> float:
+    try:
+        return datetime.fromisoformat(iso).timestamp() if iso else 0.0
+    except ValueError:
+        return 0.0
+
+
+def find(job: str, user: str | None = None) -> tuple[Path, dict]:
+    user = user or getpass.getuser()
+    home = Path(pwd.getpwnam(user).pw_dir)
+    for folder, record in records(home):
+        if job in (record["id"], record.get("slurm_job_id")):
+            return folder, record
+    raise RequestError(f"You have no notebook job {job}.")
+
+
+def stop(job: str, user: str | None = None) -> dict:
+    """Cancel a notebook job (all its runs), pending or running; as the person, so Slurm
+    checks it is theirs too."""
+    folder, record = find(job, user)
+    try:
+        slurm.cancel(record["slurm_job_id"])
+    except (slurm.SlurmError, ValueError) as e:
+        raise RequestError(f"Slurm did not stop job {record['slurm_job_id']}: {e}") from None
+    # Runs that never started leave no record of their own: this is it (a run starting
+    # meanwhile writes its own, and is stopped too).
+    for task in range(len(record.get("rows") or [{}])):
+        path = folder / f"run-{task}.json"
+        if not path.exists():
+            _write(path, {"task": task, "state": "cancelled", "ended": time.time(),
+                          "never_started": True})
+    return {"id": record["id"], "slurm_job_id": record["slurm_job_id"], "stopped": True}
