@@ -322,3 +322,14 @@ def test_the_service_calls_them_notebook_jobs(alice):
         what="the job in the service's answer")
     assert found["kind"] == "notebook job" and found["name"] == "nb-kind"
     api.call("DELETE", submitted["id"])
+
+
+def test_a_member_who_cannot_see_the_projects_totals_gets_a_note_not_a_refusal(live_cluster):
+    """bob on a login node: Slurm shows proj-climate's totals to its coordinator only, so
+    the budget cannot be checked here; the preview says so and Slurm still enforces it."""
+    path = write_notebook("bob", "member.ipynb")
+    preview = json.loads(cli("bob", "notebook", "run", path, "--profile", "cpu", "--preview",
+                             "--json"))
+    assert preview["remaining"] is None
+    assert "only to its coordinators" in preview["budget_note"], preview["budget_note"]
+    assert preview["start_text"].startswith("Slurm would start it at ")

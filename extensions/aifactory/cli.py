@@ -236,10 +236,10 @@ def _notebook(args) -> int:
                                 parallel=args.at_once)
         if args.preview:
             answer = jobs.preview(prepared)
+            left = (answer["budget_note"] or f"project {prepared.request.account}: "
+                    f"{prepared.billing.amount(answer['remaining'])} left")
             print(json.dumps(answer, indent=2) if args.json else
-                  f"{answer['cost_text']} (project {prepared.request.account}: "
-                  f"{prepared.billing.amount(answer['remaining'])} left)\n"
-                  f"{answer['start_text']}\n\n{answer['script']}")
+                  f"{answer['cost_text']} ({left})\n{answer['start_text']}\n\n{answer['script']}")
             return 0
         answer = jobs.submit(prepared)
         print(json.dumps(answer, indent=2) if args.json else

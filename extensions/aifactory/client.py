@@ -135,8 +135,8 @@ def remaining(account: str, billing, client=None) -> float | None:
     if isinstance(client, ServiceClient):
         return client.budgets(account)["projects"][0]["remaining"]
     budget = slurm.budgets(billing.tres).get(account)
-    if budget is None:
-        raise AllocationsError(f"Slurm has no project {account!r}")
+    if budget is None:  # not a project of Slurm's, or its totals are its coordinators' only
+        raise AllocationsError(allocations.private_totals(account))
     return None if budget.remaining_min is None else budget.remaining_min / 60
 
 

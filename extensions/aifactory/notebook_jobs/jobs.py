@@ -53,6 +53,7 @@ class Prepared:
     weights: str
     remaining: float | None
     site: site_module.Site = field(repr=False)
+    budget_note: str = ""  # why the budget could not be checked (Slurm still holds to it)
 
     @property
     def tasks(self) -> int:
@@ -129,7 +130,6 @@ def prepare(notebook: str | Path, fields: Mapping[str, Any], *,
         check_modules(site, request, os.path.exists)
         billing = site.billing
         weights = "" if billing.by_gpu else slurm.partitions()[request.partition].billing_weights
-        remaining = client_module.remaining(request.account, billing, client)
     except slurm.SlurmUnreachable:
         raise RequestError("The scheduler is unreachable right now; nothing was submitted. "
                            "Please try again in a minute.") from None
@@ -137,9 +137,15 @@ def prepare(notebook: str | Path, fields: Mapping[str, Any], *,
         raise RequestError(f"Slurm did not give what the check needs ({e}); nothing was "
                            "submitted.") from None
     parallel = rules.check_parallel(parallel, len(checked_rows))
+    remaining, note = None, ""
+    try:
+        remaining = client_module.remaining(request.account, billing, client)
+    except (client_module.AllocationsError, slurm.SlurmError, IndexError, KeyError) as e:
+        note = (f"The budget could not be checked ({e}); Slurm still holds the job to it "
+                "(it waits with the reason that the budget is used up).")
     rules.check_budget(request, len(checked_rows), remaining, billing, weights)
     return Prepared(user, home, path, nb, request, checked_rows, parallel, billing, weights,
-                    remaining, site)
+                    remaining, site, note)
 
 
 START_RE = re.compile(r"Job \d+ to start at (\S+) using (\d+) processors on nodes (\S+) "
@@ -160,7 +166,8 @@ def preview(prepared: Prepared) -> dict:
         "unit": prepared.billing.unit,
         "cost_text": rules.describe_cost(prepared.request, prepared.tasks, prepared.billing,
                                          prepared.weights),
-        "remaining": prepared.remaining, "script": script, "start": None, "start_text": "",
+        "remaining": prepared.remaining, "budget_note": prepared.budget_note or None,
+        "script": script, "start": None, "start_text": "",
     }
     try:  # the folder does not exist yet: Slurm's test checks the request, not the paths
         out = slurm.run(["sbatch", "--test-only"], input=script.replace(folder, "/tmp"),
