@@ -228,3 +228,79 @@ def test_folders_that_are_not_ours_are_not_listed(tmp_path):
     (tmp_path / jobs.FOLDER / "Bad Name").mkdir()
     (tmp_path / jobs.FOLDER / "no-record").mkdir()
     assert [r["id"] for _, r in jobs.records(tmp_path)] == ["ok-1"]
+
+
+def test_a_jobs_state_is_completed_only_when_every_run_is():
+    assert jobs.overall(["COMPLETED", "COMPLETED"]) == "COMPLETED"
+    assert jobs.overall(["COMPLETED", "OUT_OF_MEMORY"]) == "OUT_OF_MEMORY"
+    assert jobs.overall(["COMPLETED", "NODE_FAIL", "COMPLETED"]) == "NODE_FAIL"
+    assert jobs.overall(["FAILED", "PENDING"]) == "PENDING"
+    assert jobs.overall(["COMPLETED", "SUSPENDED"]) == "SUSPENDED"
+    assert jobs.overall(["TIMEOUT", "RUNNING", "PENDING"]) == "RUNNING"
+
+
+def test_a_time_limit_under_three_minutes_is_refused(site):
+    rules.check_time_limit(request_for(site, profile="cpu", walltime="00:03:00"))
+    with pytest.raises(RequestError, match="at least 00:03:00"):
+        rules.check_time_limit(request_for(site, profile="cpu", walltime="00:02:00"))
+
+
+@pytest.mark.parametrize("given", [{"epochs": 10 ** 400}, {"lr": 10 ** 400}, {"lr": [1]}])
+def test_numbers_out_of_range_are_refused_not_crashed(given):
+    with pytest.raises(RequestError, match="is (a whole number|a number)"):
+        rules.check_row(rules.declared_parameters(NB), given)
+
+
+@pytest.mark.parametrize("source", ["x = {[1]: 2}\ny = 1", "y = 1\nz = (" + "(" * 300 + ")" * 300 + ")"])
+def test_odd_parameters_cells_give_what_they_can_or_a_sentence(source):
+    try:
+        declared = rules.declared_parameters(notebook(source, "x"))
+    except RequestError:
+        return
+    assert "y" in declared
+
+
+@pytest.mark.parametrize("nb", [{"cells": [1]}, {"cells": [{"metadata": None}]},
+                                {"cells": "x"}, [], {"cells": [], "metadata": 3}])
+def test_what_is_not_a_notebook_is_refused(nb):
+    with pytest.raises(RequestError, match="is not a notebook"):
+        rules.check_notebook(nb, "x.ipynb")
+
+
+def test_marking_twice_keeps_one_mark():
+    nb = executed([("failed", True)])
+    nb["nbformat_minor"] = 5
+    rules.mark_stopped(rules.mark_stopped(nb, "timeout", "00:03:00"), "cancelled")
+    marks = [c for c in nb["cells"] if "aifactory-stopped" in c["metadata"].get("tags", [])]
+    assert len(marks) == 1 and "was cancelled" in marks[0]["source"]
+
+
+def test_the_script_ignores_slurms_early_warning_until_the_runner_takes_it(site):
+    script = rules.job_script(request_for(site, profile="cpu"), folder="/f", job_id="a-1",
+                              name="nb-a", tasks=1, parallel=0, venv="/v", environment_lines=[])
+    body = script.splitlines()
+    first = next(i for i, line in enumerate(body) if not line.startswith("#"))
+    assert body[first] == "trap '' USR1" and body[-1].startswith("exec ")
+
+
+def test_a_fifo_or_a_huge_file_is_not_read_as_a_notebook(tmp_path):
+    import os
+    fifo = tmp_path / "x.ipynb"
+    os.mkfifo(fifo)
+    with pytest.raises(RequestError, match="is not a file"):
+        jobs.read_notebook(fifo, tmp_path)
+    big = tmp_path / "big.ipynb"
+    big.write_bytes(b" " * (jobs.MAX_NOTEBOOK_BYTES + 1))
+    with pytest.raises(RequestError, match="larger than"):
+        jobs.read_notebook(big, tmp_path)
+
+
+def test_a_run_newer_than_slurms_answer_is_what_its_record_says(tmp_path):
+    folder = write_job(tmp_path, "new-1", "400", [{}, {}], {})
+    (folder / "run-0.json").write_text(json.dumps({"state": "running", "started": 50.0}))
+    (record,) = [r for _, r in jobs.records(tmp_path)]
+    record["created"] = 40.0
+    runs = jobs.summary(folder, record, [], [], as_of=30.0)["runs"]
+    assert [r["state"] for r in runs] == ["RUNNING", "PENDING"]
+    runs = jobs.summary(folder, record, [], [], as_of=60.0)["runs"]  # gone from the queue
+    assert [r["state"] for r in runs] == ["ENDED", "ENDED"]

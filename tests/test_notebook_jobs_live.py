@@ -62,8 +62,8 @@ class SessionAPI:
         assert r.status_code == 200, r.text
         return r.json()
 
-    def wait(self, job_id: str, done=lambda j: j["state"] in ("COMPLETED", "FAILED",
-                                                             "TIMEOUT", "CANCELLED"),
+    def wait(self, job_id: str, done=lambda j: not j["active"] and all(
+                 r["state"] not in ("PENDING", "RUNNING", "ENDED") for r in j["runs"]),
              timeout: float = 180) -> dict:
         return wait_until(lambda: j if done(j := self.job(job_id)) else None, timeout,
                           interval=1, what=f"notebook job {job_id}")
@@ -85,7 +85,7 @@ def slow_run(alice):
     _, api = alice
     path = write_notebook("alice", "slow.ipynb")
     r = api.call("POST", json={"notebook": path, "parameters": {"seconds": 600},
-                               "settings": {"profile": "cpu", "walltime": "00:02:00"}})
+                               "settings": {"profile": "cpu", "walltime": "00:03:00"}})
     assert r.status_code == 201, r.text
     return r.json()
 
@@ -169,11 +169,11 @@ def test_an_array_of_three_rows_gives_three_notebooks(alice, slow_run):
 
 def test_a_run_stopped_by_its_time_limit_returns_the_cells_it_reached(alice, slow_run):
     _, api = alice
-    job = api.wait(slow_run["id"], timeout=240)
+    job = api.wait(slow_run["id"], timeout=300)
     assert job["state"] == "TIMEOUT", job
     nb = json.loads((Path(job["folder"]) / "output.ipynb").read_text())
     said = "".join(nb["cells"][0]["source"])
-    assert said.startswith("**This run was stopped by its time limit (00:02:00) in cell [")
+    assert said.startswith("**This run was stopped by its time limit (00:03:00) in cell [")
     stopped = job["runs"][0]["stopped_in_cell"]
     assert f"in cell [{stopped}]" in said
     slow = next(c for c in nb["cells"] if c.get("execution_count") == stopped)
@@ -215,6 +215,9 @@ def test_stop_works_while_running_and_while_pending(alice):
     ({"parameters": {"learning_rate": 1}}, "declares no parameter 'learning_rate'; it declares "
                                            "tag, lr, seconds"),
     ({"parameters": {"seconds": "soon"}}, "parameter 'seconds' is a whole number"),
+    ({"parameters": {"seconds": 10 ** 400}}, "parameter 'seconds' is a whole number"),
+    ({"settings": {"profile": "cpu", "walltime": "00:02:00"}}, "a time limit of at least "
+                                                               "00:03:00"),
     ({"rows": [{"lr": 0.1}] * 10000}, "table of 10000 rows is over this cluster's limit of "
                                       "1001 runs"),
     ({"settings": {"profile": "course-dl101"}}, "There is no profile 'course-dl101'"),

@@ -30,15 +30,27 @@ BODY_KEYS = {"notebook", "settings", "parameters", "rows", "at_once"}
 class _Handler(APIHandler):
     def refuse(self, status: int, message: str) -> None:
         self.set_status(status)
-        self.finish(json.dumps({"error": message}))
+        # "message" as jupyter_server's own errors, "error" as the allocations service's
+        self.finish(json.dumps({"error": message, "message": message}))
 
     async def answer(self, status: int, work, *args, **kwargs) -> None:
-        """Run `work` off the event loop (Slurm's commands take their time) and answer."""
+        """Run `work` off the event loop (Slurm's commands take their time) and answer: a
+        refusal is 400 with its sentence (404 for a job that is not yours, 503 when Slurm
+        did not answer), anything else 500 with a sentence, its traceback in the log."""
         from ..spawner.request import RequestError
+        from .jobs import NotFound, Unreachable
         try:
             result = await asyncio.to_thread(work, *args, **kwargs)
+        except NotFound as e:
+            return self.refuse(404, str(e))
+        except Unreachable as e:
+            return self.refuse(503, str(e))
         except RequestError as e:
-            return self.refuse(404 if "You have no notebook job" in str(e) else 400, str(e))
+            return self.refuse(400, str(e))
+        except Exception:
+            self.log.exception("aifactory: a notebook-job request failed")
+            return self.refuse(500, "The notebook job could not be handled (the server's log "
+                                    "says why); nothing was submitted or changed.")
         self.set_status(status)
         self.finish(json.dumps(result))
 
@@ -46,7 +58,7 @@ class _Handler(APIHandler):
         from ..spawner.request import RequestError
         try:
             body = json.loads(self.request.body or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):
             raise RequestError("The request's body is not JSON.") from None
         if not isinstance(body, dict):
             raise RequestError("The request's body must be an object.")
@@ -99,13 +111,12 @@ class JobHandler(_Handler):
     @web.authenticated
     async def get(self, job: str):
         from . import jobs
-        from ..spawner.request import RequestError
 
         def one():
             wanted = jobs.find(job)[1]["id"]
             found = [j for j in jobs.list_jobs()["jobs"] if j["id"] == wanted]
             if not found:
-                raise RequestError(f"You have no notebook job {job}.")
+                raise jobs.NotFound(f"You have no notebook job {job}.")
             return found[0]
         await self.answer(200, one)
 

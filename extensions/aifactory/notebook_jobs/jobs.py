@@ -18,6 +18,8 @@ import pwd
 import re
 import secrets
 import shutil
+import stat
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -36,7 +38,16 @@ FOLDER = "aifactory-jobs"
 MAX_NOTEBOOK_BYTES = 20 * 1024 * 1024
 # What the job's environment keeps of the submitter's: not the session's token, its Slurm
 # job's variables or certificate (the job outlives the session).
-KEPT = ("HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "AIFACTORY_SLURM_BIN")
+KEPT = ("HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "AIFACTORY_SLURM_BIN", "SLURM_CONF")
+INPUT = "input.ipynb"  # the notebook's copy in the job's folder (never an output's name)
+
+
+class NotFound(RequestError):
+    """No such notebook job of this person's."""
+
+
+class Unreachable(RequestError):
+    """Slurm did not answer: try again."""
 
 
 @dataclass
@@ -73,7 +84,7 @@ class Prepared:
 
 def job_environment() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k in KEPT}
-    env["PATH"] = "/usr/local/bin:/usr/bin:/bin"
+    env.update(PATH="/usr/local/bin:/usr/bin:/bin", SLURM_UMASK="0077")  # its log: 0600
     return env
 
 
@@ -90,17 +101,22 @@ def read_notebook(path: str | Path, home: Path) -> tuple[Path, dict]:
     p = p if p.is_absolute() else home / p
     if p.suffix != ".ipynb":
         raise RequestError(f"{p.name} is not a notebook (.ipynb).")
-    try:
-        if p.stat().st_size > MAX_NOTEBOOK_BYTES:
+    try:  # a regular file, read no further than the limit (not a FIFO or /dev/zero)
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise RequestError(f"{p.name} is not a file.")
+            data = f.read(MAX_NOTEBOOK_BYTES + 1)
+        if len(data) > MAX_NOTEBOOK_BYTES:
             raise RequestError(f"{p.name} is larger than {MAX_NOTEBOOK_BYTES >> 20} MB; clear "
                                "its outputs first.")
-        nb = json.loads(p.read_text())
+        nb = json.loads(data)
     except FileNotFoundError:
         raise RequestError(f"There is no notebook {path}.") from None
-    except (OSError, ValueError) as e:
-        raise RequestError(f"{p.name} cannot be read as a notebook ({e}).") from None
-    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
-        raise RequestError(f"{p.name} is not a notebook.")
+    except (OSError, ValueError, RecursionError) as e:
+        raise RequestError(f"{p.name} cannot be read as a notebook "
+                           f"({getattr(e, 'strerror', None) or e}).") from None
+    rules.check_notebook(nb, p.name)
     return p, nb
 
 
@@ -127,12 +143,13 @@ def prepare(notebook: str | Path, fields: Mapping[str, Any], *,
         request = resolve(site, fields, user=user, accounts=access.accounts,
                           default_account=access.default_account, reservations=reservations,
                           qos=access.qos, groups=_unix_groups(user))
+        rules.check_time_limit(request)
         check_modules(site, request, os.path.exists)
         billing = site.billing
         weights = "" if billing.by_gpu else slurm.partitions()[request.partition].billing_weights
     except slurm.SlurmUnreachable:
-        raise RequestError("The scheduler is unreachable right now; nothing was submitted. "
-                           "Please try again in a minute.") from None
+        raise Unreachable("The scheduler is unreachable right now; nothing was submitted. "
+                          "Please try again in a minute.") from None
     except (slurm.SlurmError, client_module.AllocationsError, KeyError, IndexError) as e:
         raise RequestError(f"Slurm did not give what the check needs ({e}); nothing was "
                            "submitted.") from None
@@ -191,51 +208,63 @@ def new_job_id(prepared: Prepared) -> str:
 
 def jobs_folder(home: Path) -> Path:
     base = home / FOLDER
-    base.mkdir(mode=0o700, exist_ok=True)
-    if base.is_symlink() or not base.is_dir():
-        raise RequestError(f"{base} is not a folder; move it away to run notebook jobs.")
+    try:
+        base.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise RequestError(f"{base} cannot be made ({e.strerror}).") from None
+    st = os.lstat(base)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise RequestError(f"{base} is not a folder of yours; move it away to run notebook "
+                           "jobs.")
     os.chmod(base, 0o700)
     return base
 
 
 def submit(prepared: Prepared) -> dict:
-    """Make the job's folder (the notebook's copy, the rows), submit, and return its record."""
+    """Make the job's folder (the checked notebook, the rows), submit, and return its record.
+    Once Slurm has the job, the folder stays whatever happens: the job needs it."""
     job_id = new_job_id(prepared)
     folder = jobs_folder(prepared.home) / job_id
-    folder.mkdir(mode=0o700)
+    kernel = (prepared.nb.get("metadata") or {}).get("kernelspec") or {}
+    kernel = kernel.get("name", "") if isinstance(kernel, dict) else ""
+    record = {
+        "id": job_id, "notebook": INPUT, "source": str(prepared.notebook),
+        "name": prepared.name, "rows": prepared.rows, "parallel": prepared.parallel,
+        "request": prepared.request.to_options(), "walltime": prepared.request.walltime,
+        "kernel": kernel if re.fullmatch(r"[A-Za-z0-9._-]{1,64}", str(kernel)) else "",
+        "cost": rules.cost(prepared.request, prepared.tasks, prepared.billing, prepared.weights),
+        "unit": prepared.billing.unit, "created": time.time(), "slurm_job_id": None,
+    }
     try:
-        input_name = prepared.notebook.name
-        shutil.copyfile(prepared.notebook, folder / input_name)
-        os.chmod(folder / input_name, 0o600)
-        kernel = prepared.nb.get("metadata", {}).get("kernelspec", {}).get("name", "")
-        record = {
-            "id": job_id, "notebook": input_name, "source": str(prepared.notebook),
-            "name": prepared.name, "rows": prepared.rows, "parallel": prepared.parallel,
-            "request": prepared.request.to_options(), "walltime": prepared.request.walltime,
-            "kernel": kernel if re.fullmatch(r"[A-Za-z0-9._-]{1,64}", kernel or "") else "",
-            "cost": rules.cost(prepared.request, prepared.tasks, prepared.billing,
-                               prepared.weights),
-            "unit": prepared.billing.unit, "created": time.time(), "slurm_job_id": None,
-        }
+        folder.mkdir(mode=0o700)
+        # What was checked and priced, not the file again (it may have changed since).
+        _write(folder / INPUT, prepared.nb)
         _write(folder / "job.json", record)
+    except OSError as e:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise RequestError(f"The job's folder could not be written ({e.strerror}); nothing "
+                           "was submitted.") from None
+    try:
         record["slurm_job_id"] = slurm.submit(prepared.script(str(folder), job_id), user=None,
                                               env=job_environment())
-        _write(folder / "job.json", record)
     except slurm.SlurmError as e:
         shutil.rmtree(folder, ignore_errors=True)
         raise RequestError(f"Slurm refused the job: {e}") from None
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
+    try:
+        _write(folder / "job.json", record)
+    except OSError as e:  # the job runs without its id in the record; say so, keep it
+        raise RequestError(f"Slurm job {record['slurm_job_id']} was submitted, but its record "
+                           f"could not be written ({e.strerror}).") from None
     return {**record, "folder": str(folder), "state": "PENDING"}
 
 
 def _write(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".write-", suffix=".tmp")  # 0600
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=1)
-    tmp.replace(path)
+    os.replace(tmp, path)
 
 
 # --- the list ---------------------------------------------------------------------------
@@ -283,8 +312,9 @@ def summary(folder: Path, record: dict, active: list[dict], recent: list[dict],
             state = past["state"]
         elif any(r.get("array_task_id") is None for r in live):
             state = "PENDING"  # the part of an array Slurm has not split into tasks yet
-        elif not run and as_of < record.get("created", 0):
-            state = "PENDING"  # submitted after the shared answer was taken
+        elif as_of < (run.get("started") or record.get("created", 0)):
+            # submitted (or started) after the shared answer was taken
+            state = "RUNNING" if run else "PENDING"
         else:
             state = "ENDED"  # gone from the queue; accounting's record comes within a minute
         output = folder / rules.output_name(task, tasks)
@@ -300,14 +330,16 @@ def summary(folder: Path, record: dict, active: list[dict], recent: list[dict],
             "active": bool(live)}
 
 
+ALIVE = ("RUNNING", "SUSPENDED", "COMPLETING", "CONFIGURING", "REQUEUED", "PENDING")
+
+
 def overall(states: list[str]) -> str:
-    """A job's state from its runs': running or pending while any is; completed when all
-    are; else the first of failed, timeout, cancelled, ended (what was not completed)."""
-    for state in ("RUNNING", "PENDING", "FAILED", "TIMEOUT", "CANCELLED", "ENDED"):
+    """A job's state from its runs': the liveliest while any run is alive; completed only
+    when all are; else the first run's that was not (failed, timeout, out of memory, ...)."""
+    for state in ALIVE:
         if state in states:
             return state
-    return "COMPLETED" if states and all(s == "COMPLETED" for s in states) else (
-        states[0] if states else "ENDED")
+    return next((s for s in states if s != "COMPLETED"), "COMPLETED" if states else "ENDED")
 
 
 def list_jobs(user: str | None = None, client=None) -> dict:
@@ -341,22 +373,28 @@ def find(job: str, user: str | None = None) -> tuple[Path, dict]:
     for folder, record in records(home):
         if job in (record["id"], record.get("slurm_job_id")):
             return folder, record
-    raise RequestError(f"You have no notebook job {job}.")
+    raise NotFound(f"You have no notebook job {job}.")
 
 
-def stop(job: str, user: str | None = None) -> dict:
+def stop(job: str, user: str | None = None, client=None) -> dict:
     """Cancel a notebook job (all its runs), pending or running; as the person, so Slurm
     checks it is theirs too."""
     folder, record = find(job, user)
     try:
+        answer = (client or client_module.default_client()).jobs()
+    except (client_module.AllocationsError, slurm.SlurmError):
+        answer = {}
+    before = summary(folder, record, answer.get("active", []), [],
+                     _epoch(answer.get("as_of")))
+    try:
         slurm.cancel(record["slurm_job_id"])
     except (slurm.SlurmError, ValueError) as e:
         raise RequestError(f"Slurm did not stop job {record['slurm_job_id']}: {e}") from None
-    # Runs that never started leave no record of their own: this is it (a run starting
+    # Runs that were waiting leave no record of their own: this is theirs (one starting
     # meanwhile writes its own, and is stopped too).
-    for task in range(len(record.get("rows") or [{}])):
-        path = folder / f"run-{task}.json"
-        if not path.exists():
-            _write(path, {"task": task, "state": "cancelled", "ended": time.time(),
+    for run in before["runs"]:
+        path = folder / f"run-{run['task']}.json"
+        if run["state"] == "PENDING" and not path.exists():
+            _write(path, {"task": run["task"], "state": "cancelled", "ended": time.time(),
                           "never_started": True})
     return {"id": record["id"], "slurm_job_id": record["slurm_job_id"], "stopped": True}

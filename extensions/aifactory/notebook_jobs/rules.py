@@ -40,9 +40,19 @@ class Parameter:
 
 def parameters_cell(nb: Mapping) -> Mapping | None:
     for cell in nb.get("cells", []):
-        if cell.get("cell_type") == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+        tags = (cell.get("metadata") or {}).get("tags") or []
+        if cell.get("cell_type") == "code" and isinstance(tags, list) and "parameters" in tags:
             return cell
     return None
+
+
+def check_notebook(nb: Any, name: str) -> None:
+    """The shape every later step relies on: cells that are objects with object metadata."""
+    cells = nb.get("cells") if isinstance(nb, dict) else None
+    if (not isinstance(cells, list) or not isinstance(nb.get("metadata", {}), dict)
+            or not all(isinstance(c, dict) and isinstance(c.get("metadata", {}), dict)
+                       for c in cells)):
+        raise RequestError(f"{name} is not a notebook.")
 
 
 def declared_parameters(nb: Mapping) -> dict[str, Parameter]:
@@ -53,11 +63,13 @@ def declared_parameters(nb: Mapping) -> dict[str, Parameter]:
         return {}
     source = cell.get("source", "")
     source = "".join(source) if isinstance(source, list) else source
+    if not isinstance(source, str) or "\0" in source:
+        raise RequestError("The notebook's parameters cell cannot be read.")
     try:
         tree = ast.parse(source)
-    except SyntaxError as e:
+    except (SyntaxError, MemoryError, RecursionError) as e:
         raise RequestError(f"The notebook's parameters cell is not valid Python (line "
-                           f"{e.lineno}): {e.msg}.") from None
+                           f"{getattr(e, 'lineno', '?')}): {getattr(e, 'msg', e)}.") from None
     found = {}
     for node in tree.body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1:
@@ -70,7 +82,7 @@ def declared_parameters(nb: Mapping) -> dict[str, Parameter]:
             continue
         try:
             default = ast.literal_eval(value)
-        except ValueError:
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
             continue  # computed: not a parameter one can set from outside
         kind = type(default).__name__
         if kind in TYPE_WORDS:
@@ -97,18 +109,17 @@ def _convert(p: Parameter, value: Any, where: str) -> Any:
     if isinstance(value, bool):
         raise wrong
     if p.type == "int":
-        if isinstance(value, int):
+        if isinstance(value, int) and abs(value) < 2 ** 63:
             return value
         if isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]{1,18}\s*", value):
             return int(value)
         raise wrong
     # float: an int or float, or its text; never nan or inf
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise wrong from None
-    if not isinstance(value, (int, float)) or not math.isfinite(value):
+    try:
+        value = float(value) if isinstance(value, (str, int)) else value
+    except (ValueError, OverflowError):
+        raise wrong from None
+    if not isinstance(value, float) or not math.isfinite(value):
         raise wrong
     return float(value)
 
@@ -154,6 +165,18 @@ def max_tasks(config: Mapping[str, str]) -> int:
     return int(text) if text.isdigit() and int(text) > 0 else 1001
 
 
+MIN_MINUTES = 3
+
+
+def check_time_limit(request: SessionRequest) -> None:
+    """Slurm warns a run up to two minutes before its end (STOP_MARGIN_S, and its own minute
+    of resolution); a shorter job could be warned before it starts."""
+    if request.walltime_min < MIN_MINUTES:
+        raise RequestError(f"A notebook job needs a time limit of at least "
+                           f"00:{MIN_MINUTES:02d}:00, so that a run stopped by its limit has "
+                           "its last minute to save.")
+
+
 def check_parallel(value: Any, tasks: int) -> int:
     """How many of the array's runs may run at once (Slurm's %K); 0 or none: no limit."""
     if value in (None, "", 0, "0"):
@@ -194,6 +217,7 @@ def job_script(request: SessionRequest, *, folder: str, job_id: str, name: str, 
     if tasks > 1:
         lines.append(f"#SBATCH --array=0-{tasks - 1}" + (f"%{parallel}" if parallel else ""))
     lines += [
+        "trap '' USR1",  # until the runner takes it: Slurm may send it early
         f"export PATH={shlex.quote(venv)}/bin:/usr/local/bin:/usr/bin:/bin",
         "umask 077",
         *environment_lines,
@@ -284,7 +308,11 @@ def mark_stopped(nb: dict, how: str, limit: str = "") -> dict:
         label = f"[{count}]" if count else f"number {index + 1}"
         said = (f"**This run {text} in cell {label}**; that cell's output is what it had "
                 "printed by then, and the cells after it did not run.")
-    nb.setdefault("cells", []).insert(0, {
-        "cell_type": "markdown", "id": "aifactory-stopped",
-        "metadata": {"tags": ["aifactory-stopped"]}, "source": said})
+    cells = [c for c in nb.setdefault("cells", [])
+             if "aifactory-stopped" not in c.get("metadata", {}).get("tags", [])]
+    cells.insert(0, {"cell_type": "markdown", "metadata": {"tags": ["aifactory-stopped"]},
+                     "source": said})
+    if nb.get("nbformat_minor", 0) >= 5:
+        cells[0]["id"] = "aifactory-stopped"
+    nb["cells"] = cells
     return nb

@@ -23,34 +23,40 @@ from pathlib import Path
 from . import rules
 
 
-class Stopped(BaseException):
-    """Raised in the run when the kernel did not stop by itself in time; BaseException so
-    that no library swallows it."""
 
-
-GRACE_S = 20  # from the interrupt to stopping the run from outside
+GRACE_S = 20  # from the first interrupt to killing the kernel
 
 
 class Stop:
     """Slurm's USR1 (the time limit is near) or TERM (scancel): interrupt the kernel's cell
-    (SIGINT to this process's children: the kernel), so that papermill records the cell,
-    saves and shuts the kernel down; if the kernel does not stop within GRACE_S, stop the run
-    from here (the notebook is then what the last save had)."""
+    (SIGINT to this process's children: the kernel) every second, so that papermill records
+    the cell, saves and shuts the kernel down; a kernel still there after GRACE_S is killed,
+    and papermill saves what it has. Nothing is raised into the code that runs meanwhile
+    (a save being written stays whole)."""
 
     def __init__(self):
         self.how = ""
+        self.ticks = 0
 
     def __call__(self, signum, frame):
-        if signum == signal.SIGALRM:
-            raise Stopped()
-        if not self.how:
+        if signum != signal.SIGALRM and not self.how:
             self.how = "timeout" if signum == signal.SIGUSR1 else "cancelled"
-            signal.alarm(GRACE_S)
+        if not self.how:
+            return
+        self.ticks += 1
+        kill = signal.SIGKILL if self.ticks > GRACE_S else signal.SIGINT
         for pid in _children(os.getpid()):
             try:
-                os.kill(pid, signal.SIGINT)
+                os.kill(pid, kill)
             except OSError:
                 pass
+        signal.alarm(1)
+
+
+def _ignore_stops() -> None:
+    for signum in (signal.SIGUSR1, signal.SIGTERM, signal.SIGALRM):
+        signal.signal(signum, signal.SIG_IGN)
+    signal.alarm(0)
 
 
 def _children(parent: int) -> list[int]:
@@ -67,14 +73,13 @@ def _children(parent: int) -> list[int]:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".run-", suffix=".tmp")  # 0600
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=1)
-    tmp.replace(path)
+    os.replace(tmp, path)
 
 
-def run(folder: Path, task: int) -> int:
+def run(folder: Path, task: int, stop: "Stop") -> int:
     spec = json.loads((folder / "job.json").read_text())
     rows = spec["rows"]
     output = folder / rules.output_name(task, len(rows))
@@ -83,9 +88,6 @@ def run(folder: Path, task: int) -> int:
              "node": os.environ.get("SLURMD_NODENAME") or socket.gethostname(),
              "started": time.time(), "parameters": rows[task]}
     _write_json(record, state)
-    stop = Stop()
-    for signum in (signal.SIGUSR1, signal.SIGTERM, signal.SIGALRM):
-        signal.signal(signum, stop)
     failed = False
     km = None
     sockets = tempfile.mkdtemp(prefix="aifactory-kernel-")  # 0700: the kernel's sockets
@@ -105,16 +107,12 @@ def run(folder: Path, task: int) -> int:
             kernel_name=kernel, cwd=str(folder), progress_bar=False, log_output=True,
             request_save_on_cell_execute=True, autosave_cell_every=10, km=km)
         stop.how = ""  # it ended by itself (a cell that caught the interrupt went on)
-    except Stopped:
-        pass
     except Exception as e:  # papermill's error for a failing cell, or a kernel that died
         failed = True
         text = str(e).strip()
         state["error"] = f"{type(e).__name__}: {text.splitlines()[-1] if text else ''}"
     finally:
-        signal.alarm(0)
-        for signum in (signal.SIGUSR1, signal.SIGTERM):
-            signal.signal(signum, signal.SIG_IGN)
+        _ignore_stops()
         if km is not None and km.has_kernel:
             try:
                 from jupyter_core.utils import run_sync
@@ -126,7 +124,10 @@ def run(folder: Path, task: int) -> int:
     if stop.how:
         state.pop("error", None)  # the interrupt's, not the notebook's
     if how:
-        _mark(output, folder / spec["notebook"], how, spec.get("walltime", ""), state)
+        try:
+            _mark(output, folder / spec["notebook"], how, spec.get("walltime", ""), state)
+        except (OSError, ValueError) as e:
+            print(f"aifactory: the stopped run's notebook could not be marked: {e}", flush=True)
     state.update(state=how or "completed", ended=time.time())
     _write_json(record, state)
     print(f"aifactory: run {task} {state['state']}", flush=True)
@@ -156,7 +157,12 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m aifactory.notebook_jobs.runner FOLDER", file=sys.stderr)
         return 2
     task = int(os.environ.get("SLURM_ARRAY_TASK_ID") or 0)
-    return run(Path(argv[0]), task)
+    # From here a USR1 or TERM stops the run in order (the script ignores USR1 until now:
+    # Slurm may send it early, and its default would end the job with no record).
+    stop = Stop()
+    for signum in (signal.SIGUSR1, signal.SIGTERM, signal.SIGALRM):
+        signal.signal(signum, stop)
+    return run(Path(argv[0]), task, stop)
 
 
 if __name__ == "__main__":
