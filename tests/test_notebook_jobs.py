@@ -304,3 +304,18 @@ def test_a_run_newer_than_slurms_answer_is_what_its_record_says(tmp_path):
     assert [r["state"] for r in runs] == ["RUNNING", "PENDING"]
     runs = jobs.summary(folder, record, [], [], as_of=60.0)["runs"]  # gone from the queue
     assert [r["state"] for r in runs] == ["ENDED", "ENDED"]
+
+
+def test_a_run_that_started_after_slurms_answer_is_running_beside_waiting_ones(tmp_path):
+    folder = write_job(tmp_path, "arr-1", "500", [{}, {}, {}], {0: "completed"})
+    (folder / "run-1.json").write_text(json.dumps({"state": "running", "started": 50.0}))
+    (record,) = [r for _, r in jobs.records(tmp_path)]
+    active = [{"job_id": "500", "array_job_id": "500", "array_task_id": None,
+               "state": "PENDING"}]
+    runs = jobs.summary(folder, record, active, [], as_of=45.0)["runs"]
+    assert [r["state"] for r in runs] == ["COMPLETED", "RUNNING", "PENDING"]
+
+
+def test_cells_whose_tags_are_not_a_list_of_text_are_refused():
+    with pytest.raises(RequestError, match="is not a notebook"):
+        rules.check_notebook({"cells": [{"metadata": {"tags": None}}]}, "x.ipynb")

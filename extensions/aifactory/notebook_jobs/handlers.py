@@ -49,8 +49,8 @@ class _Handler(APIHandler):
             return self.refuse(400, str(e))
         except Exception:
             self.log.exception("aifactory: a notebook-job request failed")
-            return self.refuse(500, "The notebook job could not be handled (the server's log "
-                                    "says why); nothing was submitted or changed.")
+            return self.refuse(500, "The notebook job request failed on the server (its log "
+                                    "says why); see your jobs list for what it did.")
         self.set_status(status)
         self.finish(json.dumps(result))
 

@@ -225,20 +225,32 @@ def jobs_folder(home: Path) -> Path:
 def submit(prepared: Prepared) -> dict:
     """Make the job's folder (the checked notebook, the rows), submit, and return its record.
     Once Slurm has the job, the folder stays whatever happens: the job needs it."""
-    job_id = new_job_id(prepared)
-    folder = jobs_folder(prepared.home) / job_id
+    base = jobs_folder(prepared.home)
+    for _ in range(5):  # a new name, never another job's folder
+        job_id = new_job_id(prepared)
+        folder = base / job_id
+        try:
+            folder.mkdir(mode=0o700)
+            break
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise RequestError(f"The job's folder could not be made ({e.strerror}); nothing "
+                               "was submitted.") from None
+    else:
+        raise RequestError("No new name for the job's folder was found; nothing was submitted.")
     kernel = (prepared.nb.get("metadata") or {}).get("kernelspec") or {}
     kernel = kernel.get("name", "") if isinstance(kernel, dict) else ""
     record = {
         "id": job_id, "notebook": INPUT, "source": str(prepared.notebook),
         "name": prepared.name, "rows": prepared.rows, "parallel": prepared.parallel,
         "request": prepared.request.to_options(), "walltime": prepared.request.walltime,
-        "kernel": kernel if re.fullmatch(r"[A-Za-z0-9._-]{1,64}", str(kernel)) else "",
+        "kernel": kernel if isinstance(kernel, str)
+        and re.fullmatch(r"[A-Za-z0-9._-]{1,64}", kernel) else "",
         "cost": rules.cost(prepared.request, prepared.tasks, prepared.billing, prepared.weights),
         "unit": prepared.billing.unit, "created": time.time(), "slurm_job_id": None,
     }
     try:
-        folder.mkdir(mode=0o700)
         # What was checked and priced, not the file again (it may have changed since).
         _write(folder / INPUT, prepared.nb)
         _write(folder / "job.json", record)
@@ -249,6 +261,10 @@ def submit(prepared: Prepared) -> dict:
     try:
         record["slurm_job_id"] = slurm.submit(prepared.script(str(folder), job_id), user=None,
                                               env=job_environment())
+    except slurm.SlurmUnreachable:  # it may have the job: keep the folder it would need
+        raise Unreachable(f"Slurm did not answer in time, so the job may or may not have been "
+                          f"submitted; see `aifactory jobs` in a minute (its folder {folder} "
+                          "is kept).") from None
     except slurm.SlurmError as e:
         shutil.rmtree(folder, ignore_errors=True)
         raise RequestError(f"Slurm refused the job: {e}") from None
@@ -310,10 +326,12 @@ def summary(folder: Path, record: dict, active: list[dict], recent: list[dict],
             state = slurm_row["state"]
         elif past is not None:
             state = past["state"]
+        elif run and as_of < run.get("started", 0):
+            state = "RUNNING"  # started after the shared answer was taken
         elif any(r.get("array_task_id") is None for r in live):
             state = "PENDING"  # the part of an array Slurm has not split into tasks yet
         elif as_of < (run.get("started") or record.get("created", 0)):
-            # submitted (or started) after the shared answer was taken
+            # submitted after the shared answer was taken
             state = "RUNNING" if run else "PENDING"
         else:
             state = "ENDED"  # gone from the queue; accounting's record comes within a minute
@@ -388,6 +406,9 @@ def stop(job: str, user: str | None = None, client=None) -> dict:
                      _epoch(answer.get("as_of")))
     try:
         slurm.cancel(record["slurm_job_id"])
+    except slurm.SlurmUnreachable:
+        raise Unreachable(f"Slurm did not answer in time; job {record['slurm_job_id']} may not "
+                          "have stopped. Please try again.") from None
     except (slurm.SlurmError, ValueError) as e:
         raise RequestError(f"Slurm did not stop job {record['slurm_job_id']}: {e}") from None
     # Runs that were waiting leave no record of their own: this is theirs (one starting
@@ -395,6 +416,9 @@ def stop(job: str, user: str | None = None, client=None) -> dict:
     for run in before["runs"]:
         path = folder / f"run-{run['task']}.json"
         if run["state"] == "PENDING" and not path.exists():
-            _write(path, {"task": run["task"], "state": "cancelled", "ended": time.time(),
-                          "never_started": True})
+            try:
+                _write(path, {"task": run["task"], "state": "cancelled", "ended": time.time(),
+                              "never_started": True})
+            except OSError:
+                pass  # the list then takes accounting's word for it
     return {"id": record["id"], "slurm_job_id": record["slurm_job_id"], "stopped": True}

@@ -49,9 +49,12 @@ def parameters_cell(nb: Mapping) -> Mapping | None:
 def check_notebook(nb: Any, name: str) -> None:
     """The shape every later step relies on: cells that are objects with object metadata."""
     cells = nb.get("cells") if isinstance(nb, dict) else None
+    def good(cell) -> bool:
+        meta = cell.get("metadata", {}) if isinstance(cell, dict) else None
+        tags = meta.get("tags", []) if isinstance(meta, dict) else None
+        return isinstance(tags, list) and all(isinstance(t, str) for t in tags)
     if (not isinstance(cells, list) or not isinstance(nb.get("metadata", {}), dict)
-            or not all(isinstance(c, dict) and isinstance(c.get("metadata", {}), dict)
-                       for c in cells)):
+            or not all(good(c) for c in cells)):
         raise RequestError(f"{name} is not a notebook.")
 
 

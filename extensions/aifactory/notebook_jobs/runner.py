@@ -45,11 +45,16 @@ class Stop:
             return
         self.ticks += 1
         kill = signal.SIGKILL if self.ticks > GRACE_S else signal.SIGINT
+        # jupyter_client starts each kernel as a session leader: its whole process group
+        # (a wrapper's kernel, what the cell started) gets the signal.
         for pid in _children(os.getpid()):
             try:
-                os.kill(pid, kill)
+                os.killpg(pid, kill)
             except OSError:
-                pass
+                try:
+                    os.kill(pid, kill)
+                except OSError:
+                    pass
         signal.alarm(1)
 
 
@@ -106,6 +111,7 @@ def run(folder: Path, task: int, stop: "Stop") -> int:
             str(folder / spec["notebook"]), str(output), parameters=rows[task],
             kernel_name=kernel, cwd=str(folder), progress_bar=False, log_output=True,
             request_save_on_cell_execute=True, autosave_cell_every=10, km=km)
+        _ignore_stops()
         stop.how = ""  # it ended by itself (a cell that caught the interrupt went on)
     except Exception as e:  # papermill's error for a failing cell, or a kernel that died
         failed = True
@@ -126,7 +132,7 @@ def run(folder: Path, task: int, stop: "Stop") -> int:
     if how:
         try:
             _mark(output, folder / spec["notebook"], how, spec.get("walltime", ""), state)
-        except (OSError, ValueError) as e:
+        except Exception as e:  # the run's record below must still say how it ended
             print(f"aifactory: the stopped run's notebook could not be marked: {e}", flush=True)
     state.update(state=how or "completed", ended=time.time())
     _write_json(record, state)
