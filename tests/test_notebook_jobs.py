@@ -216,8 +216,12 @@ def test_an_arrays_runs_take_their_state_from_slurm_then_from_their_own_record(t
 def test_a_finished_job_takes_accountings_state_when_it_left_no_record(tmp_path):
     folder = write_job(tmp_path, "one-1", "200", [{}], {})
     (record,) = [r for _, r in jobs.records(tmp_path)]
-    recent = [{"job_id": "200", "array_job_id": None, "array_task_id": None, "state": "FAILED"}]
+    recent = [{"job_id": "200", "array_job_id": None, "array_task_id": None, "state": "FAILED",
+               "end_time": "2026-12-04T21:00:00+00:00"}]
     assert jobs.summary(folder, record, [], recent)["state"] == "FAILED"
+    # a job of the same id that ended before this one was made is another, older job
+    record["created"] = 1_900_000_000.0
+    assert jobs.summary(folder, record, [], recent, as_of=1_900_000_100.0)["state"] == "ENDED"
     folder2 = write_job(tmp_path, "one-2", "201", [{}], {0: "timeout"})
     record2 = next(r for _, r in jobs.records(tmp_path) if r["id"] == "one-2")
     assert jobs.summary(folder2, record2, [], [])["runs"][0]["state"] == "TIMEOUT"

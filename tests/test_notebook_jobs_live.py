@@ -18,8 +18,13 @@ import pytest
 import requests
 
 from aifactory import slurm
-from conftest import (SERVICE, HubClient, as_user, cli, sacct_record, user_url, wait_until)
+from conftest import SERVICE, HubClient, as_user, cli, user_url, wait_until
 
+# A login node's terminal: the site description where the install put it (not the checkout's
+# that the test run's own environment names).
+LOGIN_ENV = {"AIFACTORY_SITE": "/etc/aifactory/hub_config/site.yaml"}
+LOGIN = ["env", *(f"{k}={v}" for k, v in LOGIN_ENV.items())]
+AIFACTORY = "/opt/aifactory/venv/bin/aifactory"
 SLOW_CELL = "import time\nfor i in range(int(seconds)):\n    print('tick', i, flush=True)\n    time.sleep(1)"
 
 
@@ -137,7 +142,10 @@ def test_a_notebook_job_runs_with_its_parameter_on_its_gpu_and_comes_back(alice,
         assert not st.st_mode & (stat.S_IRWXG | stat.S_IRWXO), f"{p} is {oct(st.st_mode)}"
     # Slurm's record: tagged, on a GPU node, charged to her project; the cost shown before is
     # what Slurm charges a job that runs its whole time limit (GPUs × time limit)
-    record = wait_until(lambda: sacct_record(submitted["slurm_job_id"]), 60, what="sacct")
+    # this job's record (a job id of an earlier incarnation of the cluster may be there too)
+    record = wait_until(lambda: next((j for j in slurm.accounting_jobs(
+        job_ids=[submitted["slurm_job_id"]]) if j.name == "nb-train" and j.end_time
+        and j.end_time >= submitted["created"]), None), 60, what="sacct")
     assert record.account == "proj-climate" and record.gpus == 1 and record.user == "alice"
     assert record.nodes.startswith("gpu") and record.time_limit_min == 10, record
     charged_at_full_time = record.gpus * record.time_limit_min / 60
@@ -248,19 +256,19 @@ def test_bad_input_is_refused_with_a_sentence_and_nothing_submitted(alice, body,
 
 def test_the_cli_lists_and_runs_the_same_jobs(alice):
     _, api = alice
-    listed = json.loads(cli("alice", "notebook", "list", "--json"))
+    listed = json.loads(cli("alice", "notebook", "list", "--json", env=LOGIN_ENV))
     by_api = api.call("GET").json()
     assert [j["id"] for j in listed["jobs"]] == [j["id"] for j in by_api["jobs"]]
     assert [j["state"] for j in listed["jobs"]] == [j["state"] for j in by_api["jobs"]]
     path = write_notebook("alice", "cli.ipynb")
-    out = subprocess.run(["runuser", "-u", "alice", "--", "/opt/aifactory/venv/bin/aifactory",
+    out = subprocess.run(["runuser", "-u", "alice", "--", *LOGIN, AIFACTORY,
                           "notebook", "run", path, "-p", "tag=from-the-cli", "--profile", "cpu",
                           "--time", "00:05:00", "--json"], capture_output=True, text=True,
                          cwd="/tmp", timeout=120)
     assert out.returncode == 0, out.stderr
     job = api.wait(json.loads(out.stdout)["id"])
     assert "tag=from-the-cli" in outputs_of(Path(job["folder"]) / "output.ipynb")
-    bad = subprocess.run(["runuser", "-u", "alice", "--", "/opt/aifactory/venv/bin/aifactory",
+    bad = subprocess.run(["runuser", "-u", "alice", "--", *LOGIN, AIFACTORY,
                           "notebook", "run", path, "-p", "tag", "--profile", "cpu"],
                          capture_output=True, text=True, cwd="/tmp", timeout=60)
     assert bad.returncode == 1 and "-p tag: write NAME=VALUE." in bad.stderr
@@ -303,7 +311,7 @@ def test_dave_gets_nothing_of_alices_notebook_jobs(alice, passwords):
                                str(target)], capture_output=True, text=True, cwd="/tmp")
         assert read.returncode != 0 and "Permission denied" in read.stderr, target
     # dave's own CLI knows no such job, and his list is his own
-    theirs = subprocess.run(["runuser", "-u", "dave", "--", "/opt/aifactory/venv/bin/aifactory",
+    theirs = subprocess.run(["runuser", "-u", "dave", "--", *LOGIN, AIFACTORY,
                              "notebook", "stop", mine["id"]], capture_output=True, text=True,
                             cwd="/tmp")
     assert theirs.returncode == 1 and f"You have no notebook job {mine['id']}" in theirs.stderr
@@ -332,7 +340,7 @@ def test_a_member_who_cannot_see_the_projects_totals_gets_a_note_not_a_refusal(l
     the budget cannot be checked here; the preview says so and Slurm still enforces it."""
     path = write_notebook("bob", "member.ipynb")
     preview = json.loads(cli("bob", "notebook", "run", path, "--profile", "cpu", "--preview",
-                             "--json"))
+                             "--json", env=LOGIN_ENV))
     assert preview["remaining"] is None
     assert "only to its coordinators" in preview["budget_note"], preview["budget_note"]
     assert preview["start_text"].startswith("Slurm would start it at ")

@@ -131,7 +131,11 @@ def prepare(notebook: str | Path, fields: Mapping[str, Any], *,
     declared = rules.declared_parameters(nb)
     if rows is not None and parameters:
         raise RequestError("Give parameters or a table of runs, not both.")
-    site = site or site_module.load_cached()
+    try:
+        site = site or site_module.load_cached()
+    except (OSError, site_module.SiteError) as e:
+        raise RequestError(f"The site's description cannot be read here ({e}); nothing was "
+                           "submitted.") from None
     if not isinstance(fields, Mapping):
         raise RequestError("The job's settings must be names with values.")
     try:
@@ -314,7 +318,8 @@ def summary(folder: Path, record: dict, active: list[dict], recent: list[dict],
     def mine(row):
         return array and (row["job_id"] == array or row.get("array_job_id") == array)
     live = [r for r in active if mine(r)]
-    ended = [r for r in recent if mine(r)]
+    # not an older job of the same id (ids start again when a cluster loses its state)
+    ended = [r for r in recent if mine(r) and _epoch(r.get("end_time")) >= record.get("created", 0)]
     runs = []
     for task in range(tasks):
         run = _read(folder / f"run-{task}.json") or {}
