@@ -20,7 +20,8 @@ LAYERS = {
     "description": ["aifactory.site_description", "aifactory.checked_yaml"],
     "rules": ["aifactory.availability", "aifactory.budget", "aifactory.report",
               "aifactory.course_rules", "aifactory.spawner.status", "aifactory.spawner.request",
-              "aifactory.site_check", "aifactory.site_init", "aifactory.notebook_jobs.rules"],
+              "aifactory.site_check", "aifactory.site_init", "aifactory.notebook_jobs.rules",
+              "aifactory.lab.rules"],
     "cache": ["aifactory.snapshot"],
     "answers": ["aifactory.allocations", "aifactory.metrics"],
 }

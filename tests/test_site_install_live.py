@@ -84,7 +84,7 @@ def site_prefix(live_cluster):
 
 def test_site_install_writes_what_a_session_needs_at_the_sites_prefix(site_prefix):
     done = subprocess.run([str(site_prefix / "bin/aifactory"), "site", "install"],
-                          capture_output=True, text=True, cwd="/", timeout=120)
+                          capture_output=True, text=True, cwd="/", timeout=600)  # npm ci
     assert done.returncode == 0, done.stderr
     assert f"{site_prefix}: the sessions' settings are in place" in done.stdout
     config = site_prefix / "etc/jupyter/jupyter_server_config.json"
@@ -100,6 +100,11 @@ def test_site_install_writes_what_a_session_needs_at_the_sites_prefix(site_prefi
                             capture_output=True, text=True, cwd="/", timeout=120)
     plain = re.sub(r"\x1b\[[0-9;]*m", "", listed.stdout + listed.stderr)  # its colours
     assert re.search(r"aifactory\.session\s+enabled", plain), plain
+    # JupyterLab of that prefix has aifactory's extension, built at the install (prebuilt).
+    labs = subprocess.run([str(site_prefix / "bin/jupyter"), "labextension", "list"],
+                          capture_output=True, text=True, cwd="/", timeout=120)
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", labs.stdout + labs.stderr)
+    assert re.search(r"aifactory-jupyterlab v[\d.]+\s+enabled\s+OK", plain), plain
     # Run again: nothing changes.
     again = subprocess.run([str(site_prefix / "bin/aifactory"), "site", "install"],
                            capture_output=True, text=True, cwd="/", timeout=120)

@@ -15,6 +15,8 @@
   what is forwarded even to the user's own ports.
 - **Notebook jobs** (`aifactory.notebook_jobs.handlers`): the person's notebooks as Slurm
   batch jobs and arrays, under `aifactory/api/notebook-jobs`.
+- **The JupyterLab extension** (`aifactory.lab`): the session's clock, budget and jobs in
+  the status bar and a side panel, under `aifactory/api/session`.
 - **Module names stay names.** jupyterlmod runs `$LMOD_CMD python show NAME` through a shell,
   NAME taken from the URL: each argument is quoted first (`_guard_lmod`).
 """
@@ -168,6 +170,8 @@ def _load_jupyter_server_extension(serverapp) -> None:
     _guard_lmod()
     from .notebook_jobs import handlers  # notebooks as batch jobs, over the server's API
     serverapp.web_app.add_handlers(".*$", handlers.routes(serverapp.base_url))
+    from .lab import handlers as lab  # the JupyterLab extension's status, ending and stop
+    lab.setup(serverapp)
     # A session started in a site environment (its modules loaded by the job) opens new
     # notebooks with that environment's Python (aifactory.kernels).
     # Only the modules' Python is looked at here, not the user's environments (no scan of

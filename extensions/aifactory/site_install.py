@@ -4,7 +4,8 @@ package itself (root, on the login node, once after each `pip install` of aifact
 pip installs code; these are the environment's own settings that make a session an aifactory
 session: the Jupyter server config that loads `aifactory.session` (without it a session never
 reports its port and its spawn waits until the timeout), the kernel spec manager, the Dask
-sidebar's GPU cluster, JupyterLab's settings, the desktop's X session, the `.pth` that gives
+sidebar's GPU cluster, JupyterLab's settings and aifactory's JupyterLab extension (built here with npm from its
+lockfile, `aifactory.lab`), the desktop's X session, the `.pth` that gives
 every Python of the environment aifactory's fixes from its start, and the folder that lets
 kernels of people's own environments import aifactory alone. All at the environment's own
 paths (`--venv`, by default the one this command runs from), so a site's prefix is as good as
@@ -13,9 +14,12 @@ the demo's `/opt/aifactory/venv`. Safe to run again.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import stat
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +49,8 @@ PLACED = (
 )
 # Written by older installs where they are no longer read.
 STALE = ("etc/jupyter/jupyter_server_config.d/aifactory.json",)
+LAB_EXTENSION = "share/jupyter/labextensions/aifactory-jupyterlab"
+LAB_SOURCES = ("package.json", "package-lock.json", "src/index.js", "style/index.css")
 
 
 def install(venv: Path, cli_link: Path | None = None, x_folders=X_FOLDERS) -> list[str]:
@@ -61,7 +67,9 @@ def install(venv: Path, cli_link: Path | None = None, x_folders=X_FOLDERS) -> li
         if (venv / old).exists():
             (venv / old).unlink()
             changed.append(f"removed {old}")
-    purelib, package = _asked(venv)
+    purelib, package, jupyterlab = _asked(venv)
+    if _lab_extension(venv / LAB_EXTENSION, package / "lab", jupyterlab / "staging"):
+        changed.append(LAB_EXTENSION)
     if _place(purelib / "aifactory-start.pth", b"import aifactory.at_start\n", 0o644):
         changed.append(str((purelib / "aifactory-start.pth").relative_to(venv)))
     if _link(venv / "share/aifactory/pythonpath/aifactory", package):
@@ -88,19 +96,63 @@ def _only_roots(venv: Path) -> None:
                                "others can change would run their code as root here.")
 
 
-_ASK = ("import os, sysconfig, aifactory; print(sysconfig.get_paths()['purelib']); "
-        "print(os.path.dirname(os.path.realpath(aifactory.__file__)))")
+_ASK = ("import os, sysconfig, aifactory, jupyterlab; print(sysconfig.get_paths()['purelib']); "
+        "print(os.path.dirname(os.path.realpath(aifactory.__file__))); "
+        "print(os.path.dirname(os.path.realpath(jupyterlab.__file__)))")
 
 
-def _asked(venv: Path) -> tuple[Path, Path]:
-    """The environment's own site-packages and its aifactory package, as its Python says."""
+def _asked(venv: Path) -> tuple[Path, Path, Path]:
+    """The environment's own site-packages, its aifactory and its jupyterlab packages, as its
+    Python says."""
     asked = subprocess.run([str(venv / "bin/python"), "-P", "-c", _ASK], capture_output=True,
                            text=True, cwd="/", timeout=120)
     if asked.returncode != 0:
         raise InstallError(f"{venv}/bin/python cannot import aifactory: install it there first "
                            f"(pip install aifactory). {asked.stderr.strip()[-200:]}")
-    purelib, package = asked.stdout.split("\n")[:2]
-    return Path(purelib), Path(package)
+    purelib, package, jupyterlab = asked.stdout.split("\n")[:3]
+    return Path(purelib), Path(package), Path(jupyterlab)
+
+
+def _lab_extension(target: Path, source: Path, core: Path) -> bool:
+    """Build the JupyterLab extension from its sources and lockfile (npm ci, then
+    @jupyterlab/builder against this environment's JupyterLab) unless the one in place was
+    built from the same sources; the build happens in a private temporary folder."""
+    digest = hashlib.sha256()
+    for name in LAB_SOURCES:
+        digest.update(name.encode() + b"\0" + (source / name).read_bytes())
+    digest.update(str(core).encode())
+    stamp = target / ".aifactory-source"
+    if stamp.is_file() and stamp.read_text() == digest.hexdigest():
+        return False
+    npm, node = shutil.which("npm"), shutil.which("node")
+    if not npm or not node:
+        raise InstallError("Building the JupyterLab extension needs Node.js and npm "
+                           "(Debian: apt install nodejs npm).")
+    with tempfile.TemporaryDirectory(prefix="aifactory-lab-") as tmp:
+        build = Path(tmp)
+        for name in LAB_SOURCES:
+            (build / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / name, build / name)
+        steps = ([npm, "ci", "--no-fund", "--no-audit", "--ignore-scripts"],
+                 [node, "node_modules/@jupyterlab/builder/lib/build-labextension.js",
+                  "--core-path", str(core), "."])
+        for step in steps:
+            done = subprocess.run(step, cwd=build, capture_output=True, text=True, timeout=900)
+            if done.returncode != 0:
+                raise InstallError(f"Building the JupyterLab extension failed at "
+                                   f"`{' '.join(Path(a).name for a in step[:2])}`: "
+                                   f"{(done.stderr or done.stdout).strip()[-300:]}")
+        built = build / "build/aifactory-jupyterlab"
+        (built / ".aifactory-source").write_text(digest.hexdigest())
+        for path in [built, *built.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        fresh = target.with_name(target.name + ".aifactory-new")
+        shutil.rmtree(fresh, ignore_errors=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(built, fresh)
+    shutil.rmtree(target, ignore_errors=True)
+    fresh.replace(target)
+    return True
 
 
 def _place(path: Path, content: bytes, mode: int) -> bool:

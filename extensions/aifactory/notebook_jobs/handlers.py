@@ -4,6 +4,7 @@ server). Only the server's own user reaches it (the hub's OAuth); every Slurm co
 runs is the person's own, so Slurm checks it too.
 
     GET    parameters?notebook=PATH   the notebook's declared parameters
+    GET    choices                    the spawn form's profiles, options and accounts
     POST   preview                    {notebook, settings, parameters | rows, at_once}: the
                                       cost, Slurm's start estimate, the script; nothing queued
     POST   .                          the same body: submit (201)
@@ -88,6 +89,13 @@ class ParametersHandler(_Handler):
         await self.answer(200, declared)
 
 
+class ChoicesHandler(_Handler):
+    @web.authenticated
+    async def get(self):
+        from . import jobs
+        await self.answer(200, jobs.choices)
+
+
 class PreviewHandler(_Handler):
     @web.authenticated
     async def post(self):
@@ -130,6 +138,7 @@ def routes(base_url: str) -> list[tuple]:
     api = url_path_join(base_url, "aifactory/api/notebook-jobs")
     name = r"([a-z0-9][a-z0-9-]{0,62}|[0-9]+)"
     return [(url_path_join(api, "parameters"), ParametersHandler),
+            (url_path_join(api, "choices"), ChoicesHandler),
             (url_path_join(api, "preview"), PreviewHandler),
             (api + "/?", JobsHandler),
             (url_path_join(api, name), JobHandler)]

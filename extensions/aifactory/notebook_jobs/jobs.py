@@ -169,6 +169,35 @@ def prepare(notebook: str | Path, fields: Mapping[str, Any], *,
                     remaining, site, note)
 
 
+def choices(user: str | None = None, site: site_module.Site | None = None) -> dict:
+    """What the create form offers this person: the spawn form's profiles (their own, course
+    profiles only to participants), each one's options and defaults, and their Slurm accounts."""
+    user = user or getpass.getuser()
+    try:
+        site = site or site_module.load_cached()
+    except (OSError, site_module.SiteError) as e:
+        raise RequestError(f"The site's description cannot be read here ({e}).") from None
+    try:
+        access = slurm.user_associations(user)
+    except slurm.SlurmUnreachable:
+        raise Unreachable("The scheduler is unreachable right now; please try again in a "
+                          "minute.") from None
+    except slurm.SlurmError as e:
+        raise RequestError(f"Slurm did not say which projects are yours ({e}).") from None
+    profiles = [{
+        "slug": p.slug, "display_name": p.display_name, "description": p.description,
+        "default": p.default, "gpus": p.slurm.get("gpus", 0),
+        "walltime": str(p.slurm.get("walltime", "")), "limits": dict(p.limits),
+        "fixed": sorted(p.fixed),
+        "options": [{"name": o.name, "display_name": o.display_name,
+                     "choices": [{"key": c.key, "display_name": c.display_name,
+                                  "default": c is o.default_choice()} for c in o.choices]}
+                    for o in p.options],
+    } for p in site.profiles_for(_unix_groups(user))]
+    return {"profiles": profiles, "accounts": list(access.accounts),
+            "default_account": access.default_account, "unit": site.billing.unit}
+
+
 START_RE = re.compile(r"Job \d+ to start at (\S+) using (\d+) processors on nodes (\S+) "
                       r"in partition (\S+)")
 
