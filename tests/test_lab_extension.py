@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from aifactory import site_install
+from aifactory import site_install, slurm
 from aifactory.client import AllocationsError
 from aifactory.lab import handlers, rules
 
@@ -75,10 +77,37 @@ def test_durations_in_words(seconds, words):
     assert rules.duration(seconds) == words
 
 
-def test_duration_in_the_browser_is_written_as_in_python():
-    source = (Path(rules.__file__).parent / "src/index.js").read_text()
-    assert "Same words as aifactory.lab.rules.duration" in source
-    assert "`${hours} h ${String(minutes % 60).padStart(2, '0')} min`" in source
+WORDS_JS = Path(rules.__file__).parent / "src/words.js"
+
+
+def in_node(expression: str):
+    """`expression` evaluated by node with the browser's words.js imported as `w`."""
+    script = (f"import * as w from {json.dumps(WORDS_JS.as_uri())};\n"
+              f"console.log(JSON.stringify({expression}));")
+    done = subprocess.run(["node", "--input-type=module", "-e", script], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_the_browser_writes_durations_as_python_does():
+    cases = [0, 59, 60, 3599, 3600, 3900, 90061, -5, 12.7 * 60]
+    assert in_node(f"{cases}.map(w.duration)") == [rules.duration(c) for c in cases]
+
+
+@pytest.mark.parametrize("before, state, news", [
+    ("PENDING", "RUNNING", ["info", "Notebook job j has started."]),
+    ("RUNNING", "COMPLETED", ["success", "Notebook job j has completed."]),
+    ("PENDING", "COMPLETED", ["success", "Notebook job j has completed."]),
+    ("RUNNING", "OUT_OF_MEMORY", ["error", "Notebook job j ended: out of memory."]),
+    ("RUNNING", "ENDED", None),  # between the queue and accounting: not news yet
+    ("RUNNING", "SUSPENDED", None),
+    ("RUNNING", "REQUEUED", None),
+    ("COMPLETED", "COMPLETED", None),
+])
+def test_which_notebook_job_changes_are_news(before, state, news):
+    answer = in_node(f"w.notebookJobNews('j', {json.dumps(before)}, {json.dumps(state)})")
+    assert (None if answer is None else [answer["kind"], answer["text"]]) == news
 
 
 @pytest.mark.parametrize("state, end, words", [
@@ -158,3 +187,133 @@ def test_the_extensions_sources_are_in_the_package():
     meta = json.loads((package / "package.json").read_text())
     assert lock["packages"][""]["dependencies"] == meta["dependencies"]
     assert meta["jupyterlab"]["outputDir"] == "build/aifactory-jupyterlab"
+
+
+def test_a_completing_or_suspended_job_neither_runs_nor_waits():
+    jobs = {**JOBS, "active": [row("7", end=NOW + 60), row("8", state="COMPLETING"),
+                               row("9", state="SUSPENDED")]}
+    assert rules.status("7", jobs, BUDGETS, GPUS, NOW)["counts"] == {"running": 0, "waiting": 0}
+
+
+class PartlyDown(FakeService):
+    def budgets(self):
+        if self.calls >= 3:
+            raise AllocationsError("the allocations service answered 502")
+        return super().budgets()
+
+
+def test_a_part_that_fails_keeps_its_last_answer_and_the_clock_runs_on():
+    feed = handlers.Feed(client=PartlyDown(), job_id="7", max_age=0)
+    first = asyncio.run(feed.status())
+    later = asyncio.run(feed.status())
+    assert later["session"]["job_id"] == "7" and later["budget"] == first["budget"]
+    assert later["unreachable"] == "scheduler unreachable: the allocations service answered 502"
+    assert later["warnings"][0] == later["unreachable"]
+
+
+def test_the_ending_state_is_squeues_else_accountings_a_moment_later(monkeypatch):
+    asked = []
+    monkeypatch.setattr(slurm, "job", lambda job_id, timeout: asked.append(("squeue", timeout))
+                        or JobState("CANCELLED"))
+    assert handlers.job_state("7") == "CANCELLED" and asked == [("squeue", handlers.ASK_S)]
+    # Slurm 22.05: COMPLETING in the queue; accounting hears of the end a moment later.
+    answers = iter([[], [PastState("7", "CANCELLED")]])
+    monkeypatch.setattr(slurm, "job", lambda job_id, timeout: JobState("COMPLETING"))
+    monkeypatch.setattr(slurm, "accounting_jobs",
+                        lambda job_ids, timeout: asked.append(("sacct", timeout)) or next(answers))
+    monkeypatch.setattr(handlers.time, "sleep", lambda s: None)
+    assert handlers.job_state("7") == "CANCELLED"
+    assert asked[1:] == [("sacct", handlers.ASK_S)] * 2
+
+    def unreachable(*a, **k):
+        raise slurm.SlurmUnreachable("squeue: scheduler unreachable (no answer in 2 s)")
+    monkeypatch.setattr(slurm, "job", unreachable)
+    assert handlers.job_state("7") is None
+    assert handlers.job_state("") is None
+
+
+class JobState:
+    def __init__(self, state):
+        self.state = state
+
+
+class PastState:
+    def __init__(self, job_id, state):
+        self.job_id, self.state = job_id, state
+
+
+class FakeApp:
+    """What watch_for_end uses of a Jupyter server: its loop and log."""
+
+    def __init__(self):
+        self.callbacks = []
+        self.io_loop = self
+        import logging
+        self.log = logging.getLogger("test")
+
+    def add_callback_from_signal(self, callback, *args):
+        self.callbacks.append((callback, args))
+
+
+@pytest.mark.parametrize("learning", ["works", "fails"])
+def test_slurms_term_tells_the_tabs_first_then_stops_the_server_as_before(monkeypatch, learning):
+    stops = []
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda sig, frame: stops.append(sig))
+    try:
+        feed = handlers.Feed(client=FakeService(), job_id="7")
+        if learning == "works":
+            monkeypatch.setattr(handlers, "job_state", lambda job_id: "TIMEOUT")
+        else:
+            async def broken():
+                raise RuntimeError("boom")
+            monkeypatch.setattr(feed, "learn_ending", broken)
+        monkeypatch.setattr(handlers, "FAREWELL_S", 0)
+        app = FakeApp()
+        handlers.watch_for_end(app, feed)
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+        # a second TERM goes straight to the server's own handler
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+        assert stops == [signal.SIGTERM]
+        [(callback, args)] = app.callbacks
+        asyncio.run(callback(*args))
+        assert stops == [signal.SIGTERM, signal.SIGTERM]
+        if learning == "works":
+            assert "reached its time limit" in feed.ending["text"] and feed.ended.is_set()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_the_extension_is_not_built_again_from_the_same_sources(tmp_path, monkeypatch):
+    monkeypatch.setattr(site_install, "_only_roots", lambda path: None)
+    source = Path(site_install.__file__).parent / "lab"
+    core = tmp_path / "staging"
+    core.mkdir()
+    (core / "package.json").write_text('{"version": "4.6.6"}')
+    target = tmp_path / "labextensions/aifactory-jupyterlab"
+    built = []
+
+    def fake_run(argv, **kwargs):
+        built.append(Path(argv[0]).name if "build-labextension" not in " ".join(argv)
+                     else "build")
+        if "build-labextension" in " ".join(argv):
+            out = Path(kwargs["cwd"]) / "build/aifactory-jupyterlab/static"
+            out.mkdir(parents=True)
+            (out / "remoteEntry.js").write_text("// built")
+            (out.parent / "package.json").write_text("{}")
+        return subprocess.CompletedProcess(argv, 0, "v20.0.0\n", "")
+    monkeypatch.setattr(site_install.subprocess, "run", fake_run)
+    monkeypatch.setattr(site_install.shutil, "which", lambda name: f"/usr/bin/{name}")
+    assert site_install._lab_extension(target, source, core) is True
+    assert (target / "static/remoteEntry.js").read_text() == "// built"
+    assert built == ["node", "npm", "build"]
+    assert site_install._lab_extension(target, source, core) is False  # same: nothing run
+    assert built == ["node", "npm", "build", "node"]
+    (core / "package.json").write_text('{"version": "4.6.7"}')  # JupyterLab upgraded
+    assert site_install._lab_extension(target, source, core) is True
+
+
+def test_no_npm_is_a_sentence(tmp_path, monkeypatch):
+    monkeypatch.setattr(site_install.shutil, "which", lambda name: None)
+    with pytest.raises(site_install.InstallError, match="needs Node.js and npm"):
+        site_install._lab_extension(tmp_path / "t", tmp_path, tmp_path)

@@ -167,6 +167,11 @@ def check_getting_started(text: str, report: dict) -> None:
     # The Session panel (its text form) names this job and the time left.
     assert re.search(rf"^job: {job_id}$", text, re.M) and "time left: 0:1" in text
     assert f"job {job_id} on {node}: project {ACCOUNT}, 1 GPU(s)" in text
+    # A first notebook job: its preview, then it runs on the CPU node with its parameters.
+    assert "Slurm would start it at" in text, text
+    assert re.search(r"^notebook job first-notebook-job-\S+: completed, in \S+aifactory-jobs/", text,
+                     re.M), text
+    assert "hi from cpu01\nhi from cpu01\n" in text
 
 
 def check_allocation(text: str, report: dict) -> None:

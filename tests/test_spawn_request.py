@@ -288,3 +288,15 @@ def test_the_site_file_checks_its_environments(tmp_path):
         "modules:\n  init: /usr/share/lmod/lmod/init/bash\n", ""))
     with pytest.raises(site_module.SiteError, match="environments need 'modules'"):
         site_module.load(bad)
+
+
+def test_a_cost_of_minutes_is_written_in_minutes_not_a_long_fraction_of_an_hour():
+    from aifactory.spawner.request import SessionRequest
+    five = SessionRequest(profile="x", partition="gpu", gpu_type="h100", gpus=1, cpus=4,
+                          memory_gb=8, walltime="00:05:00", account="a", reservation="",
+                          idle_minutes=0)
+    assert five.describe_cost() == "1 GPU × 5 min = 0.08 GPU-hours"
+    ninety = SessionRequest(profile="x", partition="gpu", gpu_type="h100", gpus=2, cpus=4,
+                            memory_gb=8, walltime="01:30:00", account="a", reservation="",
+                            idle_minutes=0)
+    assert ninety.describe_cost() == "2 GPUs × 1.5 h = 3 GPU-hours"

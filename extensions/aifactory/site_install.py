@@ -50,7 +50,8 @@ PLACED = (
 # Written by older installs where they are no longer read.
 STALE = ("etc/jupyter/jupyter_server_config.d/aifactory.json",)
 LAB_EXTENSION = "share/jupyter/labextensions/aifactory-jupyterlab"
-LAB_SOURCES = ("package.json", "package-lock.json", "src/index.js", "style/index.css")
+LAB_SOURCES = ("package.json", "package-lock.json", "src/index.js", "src/words.js",
+               "style/index.css")
 
 
 def install(venv: Path, cli_link: Path | None = None, x_folders=X_FOLDERS) -> list[str]:
@@ -68,8 +69,6 @@ def install(venv: Path, cli_link: Path | None = None, x_folders=X_FOLDERS) -> li
             (venv / old).unlink()
             changed.append(f"removed {old}")
     purelib, package, jupyterlab = _asked(venv)
-    if _lab_extension(venv / LAB_EXTENSION, package / "lab", jupyterlab / "staging"):
-        changed.append(LAB_EXTENSION)
     if _place(purelib / "aifactory-start.pth", b"import aifactory.at_start\n", 0o644):
         changed.append(str((purelib / "aifactory-start.pth").relative_to(venv)))
     if _link(venv / "share/aifactory/pythonpath/aifactory", package):
@@ -78,6 +77,9 @@ def install(venv: Path, cli_link: Path | None = None, x_folders=X_FOLDERS) -> li
         changed.append(str(cli_link))
     for folder in x_folders:
         _x_folder(folder)
+    # Last: it needs npm and the registry, and everything above is in place whatever it says.
+    if _lab_extension(venv / LAB_EXTENSION, package / "lab", jupyterlab / "staging"):
+        changed.append(LAB_EXTENSION)
     return changed
 
 
@@ -107,8 +109,9 @@ def _asked(venv: Path) -> tuple[Path, Path, Path]:
     asked = subprocess.run([str(venv / "bin/python"), "-P", "-c", _ASK], capture_output=True,
                            text=True, cwd="/", timeout=120)
     if asked.returncode != 0:
-        raise InstallError(f"{venv}/bin/python cannot import aifactory: install it there first "
-                           f"(pip install aifactory). {asked.stderr.strip()[-200:]}")
+        raise InstallError(f"{venv}/bin/python cannot import aifactory and JupyterLab: install "
+                           f"them there first (pip install aifactory). "
+                           f"{asked.stderr.strip()[-200:]}")
     purelib, package, jupyterlab = asked.stdout.split("\n")[:3]
     return Path(purelib), Path(package), Path(jupyterlab)
 
@@ -116,18 +119,24 @@ def _asked(venv: Path) -> tuple[Path, Path, Path]:
 def _lab_extension(target: Path, source: Path, core: Path) -> bool:
     """Build the JupyterLab extension from its sources and lockfile (npm ci, then
     @jupyterlab/builder against this environment's JupyterLab) unless the one in place was
-    built from the same sources; the build happens in a private temporary folder."""
-    digest = hashlib.sha256()
-    for name in LAB_SOURCES:
-        digest.update(name.encode() + b"\0" + (source / name).read_bytes())
-    digest.update(str(core).encode())
-    stamp = target / ".aifactory-source"
-    if stamp.is_file() and stamp.read_text() == digest.hexdigest():
-        return False
+    built from the same sources, JupyterLab and Node.js; the build happens in a private
+    temporary folder. Root runs the builder and JupyterLab's webpack config: both folders must
+    be root's alone, as the environment is."""
     npm, node = shutil.which("npm"), shutil.which("node")
     if not npm or not node:
         raise InstallError("Building the JupyterLab extension needs Node.js and npm "
                            "(Debian: apt install nodejs npm).")
+    _only_roots(source)
+    _only_roots(core)
+    digest = hashlib.sha256()
+    for name in LAB_SOURCES:
+        digest.update(name.encode() + b"\0" + (source / name).read_bytes())
+    node_version = subprocess.run([node, "--version"], capture_output=True, text=True,
+                                  timeout=60).stdout
+    digest.update((core / "package.json").read_bytes() + node_version.encode())
+    stamp = target / ".aifactory-source"
+    if stamp.is_file() and stamp.read_text() == digest.hexdigest():
+        return False
     with tempfile.TemporaryDirectory(prefix="aifactory-lab-") as tmp:
         build = Path(tmp)
         for name in LAB_SOURCES:

@@ -621,14 +621,15 @@ def _select(found: list[Job], user: str | None, job_ids: list[str] | None) -> li
             if (user is None or j.user == user) and (wanted is None or j.job_id in wanted)]
 
 
-def jobs(*, user: str | None = None, job_ids: list[str] | None = None) -> list[Job]:
+def jobs(*, user: str | None = None, job_ids: list[str] | None = None,
+         timeout: float = DEFAULT_TIMEOUT) -> list[Job]:
     """Jobs slurmctld still knows (pending, running, and recently ended)."""
-    return _select(parse_jobs_json(run(["squeue", "--json"])), user, job_ids)
+    return _select(parse_jobs_json(run(["squeue", "--json"], timeout=timeout)), user, job_ids)
 
 
-def job(job_id: str) -> Job | None:
+def job(job_id: str, timeout: float = DEFAULT_TIMEOUT) -> Job | None:
     """One job as slurmctld sees it, or None once slurmctld has forgotten it."""
-    found = jobs(job_ids=[job_id])
+    found = jobs(job_ids=[job_id], timeout=timeout)
     return found[0] if found else None
 
 
@@ -638,7 +639,7 @@ def parse_sacct_json(text: str) -> list[PastJob]:
 
 
 def accounting_jobs(*, job_ids: list[str] | None = None, user: str | None = None,
-                    all_users: bool = False) -> list[PastJob]:
+                    all_users: bool = False, timeout: float = DEFAULT_TIMEOUT) -> list[PastJob]:
     """Job records from slurmdbd (sacct --json)."""
     argv = ["sacct", "--json"]
     if job_ids:
@@ -647,7 +648,7 @@ def accounting_jobs(*, job_ids: list[str] | None = None, user: str | None = None
         argv += ["--user", user]
     elif all_users:
         argv += ["--allusers"]
-    return parse_sacct_json(run(argv))
+    return parse_sacct_json(run(argv, timeout=timeout))
 
 
 # --- nodes and the controller -----------------------------------------------------------

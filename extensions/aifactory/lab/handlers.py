@@ -30,8 +30,12 @@ from . import rules
 
 MAX_AGE_S = 5.0
 LONG_POLL_S = 45.0
-# Between telling the open tabs why and letting the server stop: their answers leave first.
-FAREWELL_S = 1.5
+# Slurm kills the job KillWait after its TERM (10 s in the demo, 30 by default): asking Slurm
+# why, telling the tabs and letting the server stop must fit well inside that.
+ASK_S = 2.0  # each Slurm command's limit
+LEARN_S = 7.0
+FAREWELL_S = 1.0  # between telling the open tabs and the server's stop: their answers leave
+PARTS = ("jobs", "budgets", "gpus")
 
 
 class Feed:
@@ -43,6 +47,7 @@ class Feed:
         self.max_age = max_age
         self._answer: dict | None = None
         self._taken = 0.0
+        self._last_good: dict[str, dict] = {}  # each part's last answer, kept when one fails
         self._lock = asyncio.Lock()
         self.ending: dict | None = None
         self.ended = asyncio.Event()
@@ -61,11 +66,21 @@ class Feed:
         except KeyError:
             return rules.unreachable("This server runs outside a hub session: the allocations "
                                      "service is not known to it.", time.time())
-        try:
-            jobs, budgets, gpus = client.jobs(), client.budgets(), client.gpus()
-        except AllocationsError as e:
-            return rules.unreachable(f"scheduler unreachable: {e}", time.time())
-        return rules.status(self.job_id, jobs, budgets, gpus, time.time())
+        answers, failed = {}, []
+        for part in PARTS:  # a part that fails keeps its last answer (the session's clock)
+            try:
+                answers[part] = self._last_good[part] = getattr(client, part)()
+            except AllocationsError as e:
+                failed.append(f"scheduler unreachable: {e}")
+                answers[part] = self._last_good.get(part, {})
+        if len(failed) == len(PARTS) and not self._last_good:
+            return rules.unreachable(failed[0], time.time())
+        status = rules.status(self.job_id, answers["jobs"], answers["budgets"],
+                              answers["gpus"], time.time())
+        if failed:
+            status["warnings"] = list(dict.fromkeys(failed + status["warnings"]))
+            status["unreachable"] = failed[0]
+        return status
 
     async def status(self) -> dict:
         async with self._lock:  # tabs asking at once share one fetch
@@ -90,21 +105,28 @@ class Feed:
         self.ended.set()
 
 
-def job_state(job_id: str) -> str | None:
-    """The job's base state from Slurm (a short wait: the server is being stopped)."""
+def job_state(job_id: str, tries: int = 2) -> str | None:
+    """The ending job's state from Slurm, in a few seconds at most (each command is killed
+    at ASK_S): one squeue; on Slurm 22.05, which says only COMPLETING then, accounting,
+    which may take a moment to hear of the end."""
     from .. import slurm
     if not job_id:
         return None
     try:
-        job = slurm.job(job_id)
+        job = slurm.job(job_id, timeout=ASK_S)
         if job is not None and job.state in slurm.END_STATES:
             return job.state
-        # Slurm 22.05 says only COMPLETING while a job ends; accounting has the state.
-        past = slurm.accounting_jobs(job_ids=[job_id])
-        return next((p.state for p in past if p.job_id == job_id
-                     and p.state in slurm.END_STATES), None)
-    except (slurm.SlurmError, OSError):
-        return None
+        for attempt in range(tries):
+            if attempt:
+                time.sleep(0.5)
+            past = slurm.accounting_jobs(job_ids=[job_id], timeout=ASK_S)
+            found = next((p.state for p in past if p.job_id == job_id
+                          and p.state in slurm.END_STATES), None)
+            if found:
+                return found
+    except (slurm.SlurmError, OSError, ValueError):
+        pass
+    return None
 
 
 class _Handler(APIHandler):
@@ -153,7 +175,7 @@ class JobHandler(_Handler):
         except AllocationsError as e:
             message = str(e)
             return self.refuse(503 if "unreachable" in message else 400, message)
-        self.feed._answer = None  # the next status shows it going
+        self.feed._taken = 0.0  # the next status asks the service again
         self.finish(json.dumps(done))
 
 
@@ -167,7 +189,7 @@ def watch_for_end(serverapp, feed: Feed) -> None:
 
     async def farewell(sig, frame):
         try:
-            await asyncio.wait_for(feed.learn_ending(), 8)
+            await asyncio.wait_for(feed.learn_ending(), LEARN_S)
             await asyncio.sleep(FAREWELL_S)
         except Exception:  # never keep the server from stopping
             serverapp.log.exception("aifactory: could not learn why the session ends")

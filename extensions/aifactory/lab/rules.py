@@ -42,8 +42,8 @@ def status(session_job_id: str, jobs: dict, budgets: dict, gpus: dict, now: floa
     end = _epoch(session.get("end_time")) if session else None
     account = session["account"] if session else None
     project = next((p for p in budgets.get("projects", []) if p["account"] == account), None)
-    running = sum(1 for j in others if j["state"] != "PENDING")
-    waiting = len(others) - running
+    running = sum(1 for j in others if j["state"] == "RUNNING")
+    waiting = sum(1 for j in others if j["state"] == "PENDING")
     left = max(0, end - now) if end else None
     warnings = list(dict.fromkeys(w for a in (jobs, budgets, gpus) for w in a.get("warnings", [])))
     parts = []
@@ -95,5 +95,6 @@ def ending(job_id: str, state: str | None, end_time: float | None, now: float) -
     else:
         why = "was stopped"
     return {"job_id": job_id, "state": state, "at": now,
+            "short": f"This session (Slurm job {job_id}) {why}.",  # a notification's length
             "text": f"This session (Slurm job {job_id}) {why}; its server has stopped. Your "
                     f"files are kept in your home; start a new session from the hub."}

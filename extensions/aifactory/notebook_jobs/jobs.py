@@ -19,7 +19,6 @@ import re
 import secrets
 import shutil
 import stat
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,6 +32,7 @@ from ..billing import Billing
 from ..spawner.request import (RequestError, SessionRequest, check_modules, environment_lines,
                                resolve)
 from . import rules
+from .files import read_json, write_json
 
 FOLDER = "aifactory-jobs"
 MAX_NOTEBOOK_BYTES = 20 * 1024 * 1024
@@ -188,6 +188,7 @@ def choices(user: str | None = None, site: site_module.Site | None = None) -> di
         "slug": p.slug, "display_name": p.display_name, "description": p.description,
         "default": p.default, "gpus": p.slurm.get("gpus", 0),
         "walltime": str(p.slurm.get("walltime", "")), "limits": dict(p.limits),
+        "account": p.slurm.get("account") or None,  # a course profile's own
         "fixed": sorted(p.fixed),
         "options": [{"name": o.name, "display_name": o.display_name,
                      "choices": [{"key": c.key, "display_name": c.display_name,
@@ -285,8 +286,8 @@ def submit(prepared: Prepared) -> dict:
     }
     try:
         # What was checked and priced, not the file again (it may have changed since).
-        _write(folder / INPUT, prepared.nb)
-        _write(folder / "job.json", record)
+        write_json(folder / INPUT, prepared.nb)
+        write_json(folder / "job.json", record)
     except OSError as e:
         shutil.rmtree(folder, ignore_errors=True)
         raise RequestError(f"The job's folder could not be written ({e.strerror}); nothing "
@@ -302,28 +303,14 @@ def submit(prepared: Prepared) -> dict:
         shutil.rmtree(folder, ignore_errors=True)
         raise RequestError(f"Slurm refused the job: {e}") from None
     try:
-        _write(folder / "job.json", record)
+        write_json(folder / "job.json", record)
     except OSError as e:  # the job runs without its id in the record; say so, keep it
         raise RequestError(f"Slurm job {record['slurm_job_id']} was submitted, but its record "
                            f"could not be written ({e.strerror}).") from None
     return {**record, "folder": str(folder), "state": "PENDING"}
 
 
-def _write(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".write-", suffix=".tmp")  # 0600
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
-
-
 # --- the list ---------------------------------------------------------------------------
-
-def _read(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
 
 def records(home: Path) -> list[tuple[Path, dict]]:
     """Every notebook job's folder and record, newest first."""
@@ -331,7 +318,7 @@ def records(home: Path) -> list[tuple[Path, dict]]:
     found = []
     if base.is_dir() and not base.is_symlink():
         for folder in base.iterdir():
-            if rules.JOB_ID_RE.match(folder.name) and (record := _read(folder / "job.json")):
+            if rules.JOB_ID_RE.match(folder.name) and (record := read_json(folder / "job.json")):
                 found.append((folder, record))
     return sorted(found, key=lambda f: -f[1].get("created", 0))
 
@@ -351,7 +338,7 @@ def summary(folder: Path, record: dict, active: list[dict], recent: list[dict],
     ended = [r for r in recent if mine(r) and _epoch(r.get("end_time")) >= record.get("created", 0)]
     runs = []
     for task in range(tasks):
-        run = _read(folder / f"run-{task}.json") or {}
+        run = read_json(folder / f"run-{task}.json") or {}
         slurm_row = next((r for r in live if tasks == 1 or r.get("array_task_id") == task), None)
         past = next((r for r in ended if tasks == 1 or r.get("array_task_id") == task), None)
         if run.get("state") not in (None, "running"):
@@ -376,6 +363,7 @@ def summary(folder: Path, record: dict, active: list[dict], recent: list[dict],
                      "reason_text": slurm_row.get("reason_text") if slurm_row else None})
     states = [r["state"] for r in runs]
     return {"id": record["id"], "name": record.get("name"), "notebook": record.get("notebook"),
+            "source": record.get("source"),  # the notebook it was made from
             "slurm_job_id": array, "folder": str(folder), "created": record.get("created"),
             "request": record.get("request"), "cost": record.get("cost"),
             "unit": record.get("unit"), "runs": runs, "state": overall(states),
@@ -399,17 +387,20 @@ def list_jobs(user: str | None = None, client=None) -> dict:
     user = user or getpass.getuser()
     home = Path(pwd.getpwnam(user).pw_dir)
     found = records(home)
-    answer, warnings = {"active": [], "recent": []}, []
-    if found:
-        try:
-            answer = (client or client_module.default_client()).jobs()
-            warnings = answer.get("warnings") or []
-        except (client_module.AllocationsError, slurm.SlurmError) as e:
-            warnings = [f"{e}: the states below are the jobs' own records"]
-    as_of = _epoch(answer.get("as_of"))
-    jobs = [summary(folder, record, answer.get("active", []), answer.get("recent", []), as_of)
-            for folder, record in found]
+    answer, warnings = shared_answer(client) if found else ({}, [])
+    jobs = [summary(folder, record, answer.get("active", []), answer.get("recent", []),
+                    _epoch(answer.get("as_of"))) for folder, record in found]
     return {"user": user, "jobs": jobs, "warning": "; ".join(warnings) or None}
+
+
+def shared_answer(client=None) -> tuple[dict, list[str]]:
+    """The person's jobs as Slurm last gave them (the service's shared answer in a session;
+    squeue and sacct in a terminal), and its warnings; {} with a warning when unreachable."""
+    try:
+        answer = (client or client_module.default_client()).jobs()
+    except (client_module.AllocationsError, slurm.SlurmError) as e:
+        return {}, [f"{e}: the states below are the jobs' own records"]
+    return answer, answer.get("warnings") or []
 
 
 def _epoch(iso: str | None) -> float:
@@ -432,10 +423,7 @@ def stop(job: str, user: str | None = None, client=None) -> dict:
     """Cancel a notebook job (all its runs), pending or running; as the person, so Slurm
     checks it is theirs too."""
     folder, record = find(job, user)
-    try:
-        answer = (client or client_module.default_client()).jobs()
-    except (client_module.AllocationsError, slurm.SlurmError):
-        answer = {}
+    answer, _ = shared_answer(client)
     before = summary(folder, record, answer.get("active", []), [],
                      _epoch(answer.get("as_of")))
     try:
@@ -451,8 +439,8 @@ def stop(job: str, user: str | None = None, client=None) -> dict:
         path = folder / f"run-{run['task']}.json"
         if run["state"] == "PENDING" and not path.exists():
             try:
-                _write(path, {"task": run["task"], "state": "cancelled", "ended": time.time(),
-                              "never_started": True})
+                write_json(path, {"task": run["task"], "state": "cancelled",
+                                  "ended": time.time(), "never_started": True})
             except OSError:
                 pass  # the list then takes accounting's word for it
     return {"id": record["id"], "slurm_job_id": record["slurm_job_id"], "stopped": True}

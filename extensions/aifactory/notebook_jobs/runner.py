@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from . import rules
+from .files import write_json
 
 
 
@@ -77,13 +78,6 @@ def _children(parent: int) -> list[int]:
     return found
 
 
-def _write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".run-", suffix=".tmp")  # 0600
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
-
-
 def run(folder: Path, task: int, stop: "Stop") -> int:
     spec = json.loads((folder / "job.json").read_text())
     rows = spec["rows"]
@@ -92,7 +86,7 @@ def run(folder: Path, task: int, stop: "Stop") -> int:
     state = {"task": task, "state": "running", "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
              "node": os.environ.get("SLURMD_NODENAME") or socket.gethostname(),
              "started": time.time(), "parameters": rows[task]}
-    _write_json(record, state)
+    write_json(record, state)
     failed = False
     km = None
     sockets = tempfile.mkdtemp(prefix="aifactory-kernel-")  # 0700: the kernel's sockets
@@ -135,7 +129,7 @@ def run(folder: Path, task: int, stop: "Stop") -> int:
         except Exception as e:  # the run's record below must still say how it ended
             print(f"aifactory: the stopped run's notebook could not be marked: {e}", flush=True)
     state.update(state=how or "completed", ended=time.time())
-    _write_json(record, state)
+    write_json(record, state)
     print(f"aifactory: run {task} {state['state']}", flush=True)
     return 0 if not how else 1
 

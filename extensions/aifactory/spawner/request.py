@@ -81,10 +81,11 @@ class SessionRequest:
         return self.rate(billing, weights) * self.walltime_min / 60
 
     def describe_cost(self, billing: Billing = Billing(), weights: str = "") -> str:
-        hours = f"{self.walltime_min / 60:g} h"
+        minutes = self.walltime_min  # "2.5 h", but "5 min" rather than "0.0833333 h"
+        hours = f"{minutes / 60:g} h" if minutes % 30 == 0 else f"{minutes} min"
         if billing.by_gpu:
             return (f"{self.gpus} GPU{'s' if self.gpus != 1 else ''} × {hours} = "
-                    f"{self.gpu_minutes / 60:g} GPU-hours")
+                    f"{round(self.gpu_minutes / 60, 2):g} GPU-hours")
         return (f"{self.rate(billing, weights)} {billing.unit}/h × {hours} = "
                 f"{billing.amount(self.cost(billing, weights))}")
 

@@ -13,13 +13,26 @@ import { Poll } from '@lumino/polling';
 import { Signal } from '@lumino/signaling';
 import { Widget } from '@lumino/widgets';
 
+import { duration, notebookJobNews } from './words';
+
 const REFRESH_MS = 15000;
 const PANEL_ID = 'aifactory-panel';
+// The hub answers 424 for a server that is not running (503 with its legacy setting).
+const NOT_RUNNING = [424, 503];
 const settings = ServerConnection.makeSettings();
+// One tab of this session waits for the server's last word; it tells the others.
+const ENDING_LOCK = `aifactory-ending:${settings.baseUrl}`;
 
 async function api(path, init = {}) {
   const url = URLExt.join(settings.baseUrl, 'aifactory/api', path);
-  const response = await ServerConnection.makeRequest(url, init, settings);
+  let response;
+  try {
+    response = await ServerConnection.makeRequest(url, init, settings);
+  } catch (e) {
+    const error = new Error("this session's server does not answer");
+    error.status = 0;
+    throw error;
+  }
   let body = null;
   try {
     body = await response.json();
@@ -33,17 +46,6 @@ async function api(path, init = {}) {
     throw error;
   }
   return body;
-}
-
-// Same words as aifactory.lab.rules.duration.
-export function duration(seconds) {
-  seconds = Math.max(0, Math.floor(seconds));
-  if (seconds < 60) {
-    return `${seconds} s`;
-  }
-  const minutes = Math.floor(seconds / 60);
-  const hours = Math.floor(minutes / 60);
-  return hours ? `${hours} h ${String(minutes % 60).padStart(2, '0')} min` : `${minutes} min`;
 }
 
 function el(tag, attrs = {}, ...children) {
@@ -65,6 +67,15 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+function sleep(ms) {
+  return new Promise(resolve => setTimeout(resolve, ms));
+}
+
+function visible() {
+  return document.hidden ? new Promise(resolve =>
+    document.addEventListener('visibilitychange', resolve, { once: true })) : Promise.resolve();
+}
+
 function hubHome() {
   const prefix = PageConfig.getOption('hubPrefix') || '/hub/';
   return (PageConfig.getOption('hubHost') || '') + URLExt.join(prefix, 'home');
@@ -74,15 +85,20 @@ function hubHome() {
 class Feed {
   constructor() {
     this.status = null;
-    this.error = null; // this session's server did not answer
-    this.failures = 0;
+    this.error = null; // this session's server did not answer the last refresh
+    this.notRunning = 0; // refreshes in a row the hub answered "not running"
     this.receivedAt = 0;
     this.ending = null;
     this.changed = new Signal(this);
     this.ended = new Signal(this);
+    this.channel = typeof BroadcastChannel === 'undefined' ? null :
+      new BroadcastChannel(ENDING_LOCK);
+    if (this.channel) {
+      this.channel.onmessage = event => this.end(event.data);
+    }
     this.poll = new Poll({
       factory: () => this.refresh(),
-      frequency: { interval: REFRESH_MS, backoff: false },
+      frequency: { interval: REFRESH_MS, backoff: true, max: 120000 },
       standby: () => (this.ending ? true : 'when-hidden'),
       name: 'aifactory:status'
     });
@@ -94,16 +110,20 @@ class Feed {
       this.status = status;
       this.receivedAt = Date.now();
       this.error = null;
-      this.failures = 0;
+      this.notRunning = 0;
       if (status.ending) {
         this.end(status.ending);
       }
     } catch (e) {
-      this.failures += 1;
       this.error = e.message;
-      if (this.failures >= 2 && !this.ending) {
+      // Only the hub's own "not running", twice: a dropped network or a proxy hiccup is not
+      // the end of the session (the poll backs off and the next answer clears the error).
+      this.notRunning = NOT_RUNNING.includes(e.status) ? this.notRunning + 1 : 0;
+      if (this.notRunning >= 2) {
         this.end(this.guessedEnding());
       }
+      this.changed.emit();
+      throw e; // the poll backs off
     }
     this.changed.emit();
   }
@@ -117,43 +137,53 @@ class Feed {
   }
 
   guessedEnding() {
-    // The server went without a word (its node failed, or the tab was hidden at the time).
+    // The server went without a word (its node failed, or no tab was visible at the time).
     const left = this.secondsLeft();
     const job = this.status && this.status.session ? this.status.session.job_id : '';
-    const why = left !== null && left < 90 ? 'reached its time limit' : 'no longer answers';
+    const what = `This session${job ? ` (Slurm job ${job})` : ''}`;
+    const why = left !== null && left < 90 ? 'reached its time limit' : 'has ended';
     return {
       job_id: job,
       state: null,
-      text: `This session${job ? ` (Slurm job ${job})` : ''} ${why}; its server has stopped. ` +
-        'Your files are kept in your home; start a new session from the hub.'
+      short: `${what} ${why}.`,
+      text: `${what} ${why}; its server has stopped. Your files are kept in your home; ` +
+        'start a new session from the hub.'
     };
   }
 
   end(ending) {
-    if (this.ending) {
+    if (this.ending || !ending) {
       return;
     }
     this.ending = ending;
     this.ended.emit(ending);
+    this.changed.emit();
   }
 
-  async waitForEnding() {
-    // One long request at a time while the tab is visible: the server answers it the moment
-    // Slurm signals it (scancel, the time limit, preemption), before it stops.
+  async watchForEnding() {
+    // The server answers this request the moment Slurm signals it (scancel, the time limit,
+    // preemption), before it stops. One visible tab of the session holds it at a time.
     while (!this.ending) {
-      if (document.hidden) {
-        await new Promise(resolve =>
-          document.addEventListener('visibilitychange', resolve, { once: true }));
-        continue;
-      }
-      try {
-        const answer = await api('session/ending');
-        if (answer.ending) {
-          this.end(answer.ending);
-          this.changed.emit();
+      await visible();
+      const hold = async () => {
+        while (!this.ending && !document.hidden) {
+          try {
+            const answer = await api('session/ending');
+            if (answer.ending) {
+              if (this.channel) {
+                this.channel.postMessage(answer.ending);
+              }
+              this.end(answer.ending);
+            }
+          } catch (e) {
+            await sleep(REFRESH_MS);
+          }
         }
-      } catch (e) {
-        await new Promise(resolve => setTimeout(resolve, REFRESH_MS));
+      };
+      if (navigator.locks) {
+        await navigator.locks.request(ENDING_LOCK, hold);
+      } else {
+        await hold();
       }
     }
   }
@@ -163,15 +193,9 @@ function statusText(feed) {
   if (feed.ending) {
     return 'session ended';
   }
-  if (feed.error && !feed.status) {
-    return 'session server unreachable';
-  }
   const status = feed.status;
   if (!status) {
-    return 'aifactory…';
-  }
-  if (status.unreachable && !status.session) {
-    return 'scheduler unreachable';
+    return feed.error ? "session server not answering" : 'aifactory…';
   }
   const parts = [];
   const left = feed.secondsLeft();
@@ -184,7 +208,9 @@ function statusText(feed) {
   if (status.counts) {
     parts.push(`jobs: ${status.counts.running} running, ${status.counts.waiting} waiting`);
   }
-  if (status.unreachable) {
+  if (feed.error) {
+    parts.push('session server not answering');
+  } else if (status.unreachable) {
     parts.push('scheduler unreachable');
   }
   return parts.join(' · ');
@@ -197,6 +223,7 @@ class StatusItem extends Widget {
     this.feed = feed;
     this.node.addEventListener('click', open);
     feed.changed.connect(() => this.render());
+    setInterval(() => this.render(), 20000); // the clock between refreshes
     this.render();
   }
 
@@ -211,8 +238,8 @@ class StatusItem extends Widget {
       lines.push(w);
     }
     this.node.title = lines.join('\n');
-    this.node.classList.toggle('aif-status-short',
-      this.feed.secondsLeft() !== null && this.feed.secondsLeft() < 15 * 60);
+    const left = this.feed.secondsLeft();
+    this.node.classList.toggle('aif-status-short', left !== null && left < 15 * 60);
   }
 }
 
@@ -241,8 +268,7 @@ class Clock {
     const at = new Date(Date.now() + left * 1000).toLocaleTimeString([],
       { hour: '2-digit', minute: '2-digit' });
     Notification.warning(
-      `This session ends in ${duration(left)} (at ${at}), when its Slurm job reaches its ` +
-      'time limit: save your work.',
+      `This session ends in ${duration(left)} (at ${at}): save your work.`,
       {
         autoClose: false,
         actions: [{
@@ -267,13 +293,13 @@ class NotebookJobWatch {
   constructor() {
     this.states = null;
     this.changed = new Signal(this);
+    this.jobs = [];
     this.poll = new Poll({
       factory: () => this.refresh(),
       frequency: { interval: 2 * REFRESH_MS, backoff: true, max: 300000 },
       standby: 'when-hidden',
       name: 'aifactory:notebook-jobs'
     });
-    this.jobs = [];
   }
 
   async refresh() {
@@ -283,21 +309,16 @@ class NotebookJobWatch {
     if (this.states) {
       for (const [id, state] of now) {
         // A job first seen now was made after this page opened: it was pending before.
-        const before = this.states.has(id) ? this.states.get(id) : 'PENDING';
-        if (before === state) {
-          continue;
-        }
-        if (state === 'RUNNING') {
-          Notification.info(`Notebook job ${id} has started.`, { autoClose: 8000 });
-        } else if (state === 'COMPLETED') {
-          Notification.success(`Notebook job ${id} has completed.`, { autoClose: false });
-        } else if (!['PENDING', 'CONFIGURING', 'COMPLETING'].includes(state)) {
-          Notification.error(`Notebook job ${id} ended: ${state.toLowerCase()}.`,
-            { autoClose: false });
+        const news = notebookJobNews(id, this.states.has(id) ? this.states.get(id) : 'PENDING',
+          state);
+        if (news) {
+          Notification[news.kind](news.text, { autoClose: news.kind === 'info' ? 8000 : false });
         }
       }
     }
-    this.states = now;
+    // A job in between (ENDED: left the queue, not yet in accounting) keeps its last state.
+    this.states = new Map([...now].map(([id, state]) =>
+      [id, state === 'ENDED' && this.states ? (this.states.get(id) || state) : state]));
     this.changed.emit();
   }
 }
@@ -313,6 +334,22 @@ function section(title, ...children) {
   return el('section', { class: 'aif-section' }, el('h3', { text: title }), ...children);
 }
 
+/** A part of the panel redrawn only when its content changed. */
+class Part {
+  constructor() {
+    this.node = el('div');
+    this.drawn = null;
+  }
+
+  show(...children) {
+    const html = children.map(c => c.outerHTML).join('');
+    if (html !== this.drawn) {
+      this.drawn = html;
+      this.node.replaceChildren(...children);
+    }
+  }
+}
+
 /** The side panel: session, projects, jobs (with stop), free GPUs, notebook jobs. */
 class Panel extends Widget {
   constructor(feed, notebookJobs, labShell) {
@@ -322,10 +359,16 @@ class Panel extends Widget {
     this.title.caption = 'aifactory: session, budgets, jobs, GPUs';
     this.feed = feed;
     this.notebookJobs = notebookJobs;
-    this.labShell = labShell;
-    this.content = el('div');
+    this.top = new Part();
+    this.after = new Part();
+    this.notebooks = new Part();
+    // Job rows stay the same elements while their job is listed: a Stop button is never
+    // swapped under the pointer when the time left changes.
+    this.jobRows = new Map();
+    this.jobList = el('div', { class: 'aif-jobs' });
     this.form = new JobForm(labShell, () => notebookJobs.poll.refresh());
-    this.node.append(this.content, this.form.node);
+    this.node.append(this.top.node, section('Jobs', this.jobList), this.after.node,
+      this.notebooks.node, this.form.node);
     feed.changed.connect(() => this.render());
     notebookJobs.changed.connect(() => this.render());
   }
@@ -333,6 +376,7 @@ class Panel extends Widget {
   onAfterShow() {
     this.notebookJobs.poll.refresh();
     this.form.loadChoices();
+    this.form.follow();
     this.render();
   }
 
@@ -341,55 +385,73 @@ class Panel extends Widget {
       return;
     }
     const status = this.feed.status;
-    const parts = [];
+    const top = [];
     if (this.feed.ending) {
-      parts.push(el('p', { class: 'aif-error', text: this.feed.ending.text }));
+      top.push(el('p', { class: 'aif-error', text: this.feed.ending.text }));
     } else if (this.feed.error) {
-      parts.push(el('p', { class: 'aif-error', text: this.feed.error }));
+      top.push(el('p', { class: 'aif-error', text: this.feed.error }));
     }
     for (const w of (status && status.warnings) || []) {
-      parts.push(el('p', { class: 'aif-warning', text: w }));
+      top.push(el('p', { class: 'aif-warning', text: w }));
     }
     if (status && status.session) {
       const s = status.session;
       const left = this.feed.secondsLeft();
-      parts.push(section('This session',
-        el('p', { text: `Slurm job ${s.job_id} on ${s.partition}` +
-          (s.gpus ? `, ${s.gpus} ${s.gpu_type ? s.gpu_type.toUpperCase() + ' ' : ''}GPU${s.gpus > 1 ? 's' : ''}` : '') +
-          `, project ${s.account}` + (left !== null ? `: ${duration(left)} left.` : '.') })));
+      const gpus = s.gpus ? `, ${s.gpus} ${s.gpu_type ? s.gpu_type.toUpperCase() + ' ' : ''}` +
+        `GPU${s.gpus > 1 ? 's' : ''}` : '';
+      top.push(section('This session', el('p', { text: `Slurm job ${s.job_id} on ` +
+        `${s.partition}${gpus}, project ${s.account}` +
+        (left !== null ? `: ${duration(left)} left.` : '.') })));
     }
     if (status) {
-      parts.push(section('Projects', ...(status.projects.length ? status.projects.map(p =>
+      top.push(section('Projects', ...(status.projects.length ? status.projects.map(p =>
         el('p', { class: 'aif-project', text: `${p.account} (${p.role}): ` +
           (p.remaining === null ? 'no limit' : `${p.remaining.toLocaleString()} ${p.unit} left`) +
           (p.granted ? ` of ${p.granted.toLocaleString()}` : '') +
           (p.exhaustion_date ? `; at this rate used up ${p.exhaustion_date.slice(0, 10)}` : '') })) :
         [el('p', { text: 'No project visible.' })])));
-      parts.push(section('Jobs', ...(status.jobs.length ? status.jobs.map(j => this.jobRow(j)) :
-        [el('p', { text: 'No other job of yours is queued or running.' })])));
-      parts.push(section('Free GPUs', ...status.gpus.map(g =>
+      this.after.show(section('Free GPUs', ...status.gpus.map(g =>
         el('p', { class: 'aif-gpus', text: `${g.partition}${g.gpu_type ? ' ' + g.gpu_type.toUpperCase() : ''}: ` +
           `${g.free} free of ${g.total}` + (g.down ? ` (${g.down} down)` : '') }))));
+      this.showJobs(status.jobs);
     }
+    this.top.show(...top);
     const nbJobs = this.notebookJobs.jobs;
-    parts.push(section('Notebook jobs', ...(nbJobs.length ? nbJobs.slice(0, 15).map(j =>
+    this.notebooks.show(section('Notebook jobs', ...(nbJobs.length ? nbJobs.slice(0, 15).map(j =>
       el('p', { class: 'aif-notebook-job', text: `${j.id}: ${j.state.toLowerCase()}` +
         (j.runs.length > 1 ? ` (${j.runs.length} runs)` : '') + ` — ${j.folder}` })) :
-      [el('p', { text: 'None yet. Run the open notebook as a batch job below.' })])));
-    // Only when something changed: a button being clicked is not swapped under the pointer.
-    const html = parts.map(p => p.outerHTML).join('');
-    if (html !== this.rendered) {
-      this.rendered = html;
-      this.content.replaceChildren(...parts);
-    }
+      [el('p', { text: 'None yet. Run a notebook as a batch job below.' })])));
   }
 
-  jobRow(job) {
-    const words = `${job.job_id} ${job.name} (${job.kind}): ${job.state.toLowerCase()}` +
-      (job.reason_text ? ` — ${job.reason_text}` : '') +
-      (job.time_left_s !== null && job.time_left_s !== undefined ? `, ${duration(job.time_left_s)} left` : '');
+  showJobs(jobs) {
+    const listed = new Set(jobs.map(j => j.job_id));
+    for (const [id, row] of this.jobRows) {
+      if (!listed.has(id)) {
+        row.node.remove();
+        this.jobRows.delete(id);
+      }
+    }
+    for (const job of jobs) {
+      let row = this.jobRows.get(job.job_id);
+      if (!row) {
+        row = this.jobRow(job.job_id);
+        this.jobRows.set(job.job_id, row);
+        this.jobList.append(row.node);
+      }
+      row.job = job;
+      row.words.textContent = `${job.job_id} ${job.name} (${job.kind}): ${job.state.toLowerCase()}` +
+        (job.reason_text ? ` — ${job.reason_text}` : '') +
+        (job.time_left_s !== null && job.time_left_s !== undefined ? `, ${duration(job.time_left_s)} left` : '');
+    }
+    this.jobList.classList.toggle('aif-empty', !jobs.length);
+  }
+
+  jobRow(jobId) {
+    const words = el('span');
     const stop = el('button', { class: 'jp-Button jp-mod-styled jp-mod-warn aif-stop', text: 'Stop' });
+    const row = { node: el('div', { class: 'aif-job', 'data-job-id': jobId }, words, stop), words, job: null };
     stop.addEventListener('click', async () => {
+      const job = row.job;
       const result = await showDialog({
         title: `Stop job ${job.job_id}?`,
         body: `${job.name} (${job.kind}) will be cancelled.`,
@@ -406,7 +468,7 @@ class Panel extends Widget {
       }
       this.feed.poll.refresh();
     });
-    return el('div', { class: 'aif-job', 'data-job-id': job.job_id }, el('span', { text: words }), stop);
+    return row;
   }
 }
 
@@ -432,6 +494,8 @@ class JobForm {
     preview.addEventListener('click', () => this.send('notebook-jobs/preview'));
     submit.addEventListener('click', () => this.send('notebook-jobs'));
     this.profile.addEventListener('change', () => this.showProfile());
+    // Another notebook's parameters are not this one's.
+    this.notebook.addEventListener('input', () => this.params.replaceChildren());
     this.node = section('Run a notebook as a batch job',
       el('label', { text: 'Notebook ' }, this.notebook), load, this.params,
       el('label', { text: 'Profile ' }, this.profile),
@@ -460,8 +524,6 @@ class JobForm {
     if (chosen) {
       this.profile.value = chosen.slug;
     }
-    this.account.replaceChildren(...this.choices.accounts.map(a => el('option', { value: a, text: a })));
-    this.account.value = this.choices.default_account;
     this.showProfile();
   }
 
@@ -469,11 +531,21 @@ class JobForm {
     return this.choices && this.choices.profiles.find(p => p.slug === this.profile.value);
   }
 
+  accountOf(profile) {
+    return profile.account || this.choices.default_account;
+  }
+
   showProfile() {
     const profile = this.current();
     if (!profile) {
       return;
     }
+    // The profile's own account (a course's) first; it is the only one when fixed.
+    const accounts = profile.fixed.includes('account') ? [this.accountOf(profile)] :
+      [...new Set([this.accountOf(profile), ...this.choices.accounts])];
+    this.account.replaceChildren(...accounts.map(a => el('option', { value: a, text: a })));
+    this.account.value = this.accountOf(profile);
+    this.account.disabled = profile.fixed.includes('account');
     this.options.replaceChildren(...profile.options.map(o => {
       const select = el('select', { class: 'aif-nb-option', 'data-name': o.name });
       select.replaceChildren(...o.choices.map(c => el('option', { value: c.key, text: c.display_name })));
@@ -488,7 +560,7 @@ class JobForm {
   }
 
   follow() {
-    const widget = this.labShell.currentWidget;
+    const widget = this.labShell && this.labShell.currentWidget;
     const path = widget && widget.context && widget.context.path;
     if (path && path.endsWith('.ipynb') && path !== this.notebook.value) {
       this.notebook.value = path;
@@ -519,7 +591,7 @@ class JobForm {
     if (profile) {
       settings.profile = profile.slug;
       // Only what the person changed: the rest is the profile's (as on the spawn form).
-      if (this.account.value && this.account.value !== this.choices.default_account) {
+      if (!this.account.disabled && this.account.value !== this.accountOf(profile)) {
         settings.account = this.account.value;
       }
       for (const select of this.options.querySelectorAll('select.aif-nb-option')) {
@@ -575,9 +647,9 @@ const plugin = {
     new Clock(app, feed);
     feed.ended.connect((_, ending) => {
       Widget.attach(new Banner(ending), document.body); // above everything, full width
-      Notification.error(ending.text, { autoClose: false });
+      Notification.error(ending.short || ending.text, { autoClose: false });
     });
-    feed.waitForEnding();
+    feed.watchForEnding();
   }
 };
 
