@@ -12,6 +12,7 @@ import datetime as dt
 import html
 import json
 import os
+import pwd
 import re
 import subprocess
 import sys
@@ -534,3 +535,55 @@ def log_in_browser(page, user: str, password: str, hub: str = HUB, screenshot: s
     if screenshot:
         page.screenshot(path=ARTIFACTS / screenshot)
     page.click("#submit")
+
+
+# --- notebook jobs (test_notebook_jobs_live.py, test_lab_extension_live.py) -------------
+
+SLOW_CELL = "import time\nfor i in range(int(seconds)):\n    print('tick', i, flush=True)\n    time.sleep(1)"
+
+
+def write_notebook(user: str, name: str) -> str:
+    """A notebook in `user`'s home with a parameters cell; its path from the home."""
+    import nbformat
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("tag = 'default'\nlr = 0.001\nseconds = 0")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params,
+                nbformat.v4.new_code_cell("import os\nprint(f'tag={tag} lr={lr} "
+                                          "gpus={os.environ.get(\"CUDA_VISIBLE_DEVICES\")} "
+                                          "user={os.environ[\"USER\"]}')"),
+                nbformat.v4.new_code_cell(SLOW_CELL),
+                nbformat.v4.new_code_cell("print('the end')")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    pw = pwd.getpwnam(user)
+    folder = Path(pw.pw_dir) / "nbjobs-test"
+    folder.mkdir(exist_ok=True)
+    os.chown(folder, pw.pw_uid, pw.pw_gid)
+    path = folder / name
+    nbformat.write(nb, str(path))
+    os.chown(path, pw.pw_uid, pw.pw_gid)
+    return f"nbjobs-test/{name}"
+
+
+class SessionAPI:
+    """alice's session server's notebook-job API, with a token of hers."""
+
+    def __init__(self, user: str, token: str):
+        self.base = f"{user_url(user)}aifactory/api/notebook-jobs"
+        self.http = requests.Session()
+        self.http.headers["Authorization"] = f"token {token}"
+
+    def call(self, method: str, path: str = "", **kwargs) -> requests.Response:
+        return self.http.request(method, f"{self.base}/{path}".rstrip("/"), timeout=60, **kwargs)
+
+    def job(self, job_id: str) -> dict:
+        r = self.call("GET", job_id)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def wait(self, job_id: str, done=lambda j: not j["active"] and all(
+                 r["state"] not in ("PENDING", "RUNNING", "ENDED") for r in j["runs"]),
+             timeout: float = 180) -> dict:
+        return wait_until(lambda: j if done(j := self.job(job_id)) else None, timeout,
+                          interval=1, what=f"notebook job {job_id}")

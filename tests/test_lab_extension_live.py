@@ -15,12 +15,10 @@ from pathlib import Path
 
 import nbformat
 import requests
-from conftest import (ARTIFACTS, SERVICE, as_user, log_in_browser, submit, user_url,
-                      wait_until)
-from test_notebook_jobs_live import SessionAPI, write_notebook
+from conftest import (ARTIFACTS, SERVICE, SessionAPI, as_user, log_in_browser, submit,
+                      user_url, wait_until, write_notebook)
 
 from aifactory import slurm
-from aifactory.lab.rules import duration
 
 USER = "alice"
 STATUS = "#aifactory-status"

@@ -7,73 +7,22 @@ hers through any path."""
 from __future__ import annotations
 
 import json
-import os
 import pwd
 import stat
 import subprocess
 from pathlib import Path
 
-import nbformat
 import pytest
 import requests
 
 from aifactory import slurm
-from conftest import SERVICE, HubClient, as_user, cli, user_url, wait_until
+from conftest import SERVICE, HubClient, SessionAPI, as_user, cli, wait_until, write_notebook
 
 # A login node's terminal: the site description where the install put it (not the checkout's
 # that the test run's own environment names).
 LOGIN_ENV = {"AIFACTORY_SITE": "/etc/aifactory/hub_config/site.yaml"}
 LOGIN = ["env", *(f"{k}={v}" for k, v in LOGIN_ENV.items())]
 AIFACTORY = "/opt/aifactory/venv/bin/aifactory"
-SLOW_CELL = "import time\nfor i in range(int(seconds)):\n    print('tick', i, flush=True)\n    time.sleep(1)"
-
-
-def write_notebook(user: str, name: str) -> str:
-    """A notebook in `user`'s home with a parameters cell; its path from the home."""
-    nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell("tag = 'default'\nlr = 0.001\nseconds = 0")
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params,
-                nbformat.v4.new_code_cell("import os\nprint(f'tag={tag} lr={lr} "
-                                          "gpus={os.environ.get(\"CUDA_VISIBLE_DEVICES\")} "
-                                          "user={os.environ[\"USER\"]}')"),
-                nbformat.v4.new_code_cell(SLOW_CELL),
-                nbformat.v4.new_code_cell("print('the end')")]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
-    pw = pwd.getpwnam(user)
-    folder = Path(pw.pw_dir) / "nbjobs-test"
-    folder.mkdir(exist_ok=True)
-    os.chown(folder, pw.pw_uid, pw.pw_gid)
-    path = folder / name
-    nbformat.write(nb, str(path))
-    os.chown(path, pw.pw_uid, pw.pw_gid)
-    return f"nbjobs-test/{name}"
-
-
-class SessionAPI:
-    """alice's session server's notebook-job API, with a token of hers."""
-
-    def __init__(self, user: str, token: str):
-        self.base = f"{user_url(user)}aifactory/api/notebook-jobs"
-        self.http = requests.Session()
-        self.http.headers["Authorization"] = f"token {token}"
-
-    def call(self, method: str, path: str = "", **kwargs) -> requests.Response:
-        return self.http.request(method, f"{self.base}/{path}".rstrip("/"), timeout=60, **kwargs)
-
-    def job(self, job_id: str) -> dict:
-        r = self.call("GET", job_id)
-        assert r.status_code == 200, r.text
-        return r.json()
-
-    def wait(self, job_id: str, done=lambda j: not j["active"] and all(
-                 r["state"] not in ("PENDING", "RUNNING", "ENDED") for r in j["runs"]),
-             timeout: float = 180) -> dict:
-        return wait_until(lambda: j if done(j := self.job(job_id)) else None, timeout,
-                          interval=1, what=f"notebook job {job_id}")
-
-
 @pytest.fixture(scope="module")
 def alice(live_cluster, passwords):
     client = HubClient("alice")
