@@ -118,12 +118,13 @@ def test_a_notebook_job_from_the_panels_form_shows_its_cost_and_brings_its_noteb
     jobs_folder = Path(pwd.getpwnam(USER).pw_dir) / "aifactory-jobs"
     before = set(os.listdir(jobs_folder)) if jobs_folder.exists() else set()
     open_lab(page, passwords)
-    page.click(STATUS)
+    # The notebook's own toolbar button opens the panel's form with it and its parameters.
+    page.goto(f"{user_url(USER)}lab/tree/{path}")
+    page.click(".aif-run-as-job", timeout=60_000)
+    page.wait_for_selector(".aif-nb-param[data-name=tag]", timeout=30_000)
+    assert page.input_value(".aif-nb-path") == path
     page.wait_for_selector(".aif-nb-profile option[value='h100-1']", state="attached",
                            timeout=30_000)
-    page.fill(".aif-nb-path", path)
-    page.click(".aif-nb-load")
-    page.wait_for_selector(".aif-nb-param[data-name=tag]")
 
     # A value that is not the declared type: the form says so; nothing is made or queued.
     page.fill(".aif-nb-param[data-name=lr]", "fast")

@@ -6,9 +6,11 @@
 import { Dialog, Notification, showDialog } from '@jupyterlab/apputils';
 import { ILabShell } from '@jupyterlab/application';
 import { PageConfig, URLExt } from '@jupyterlab/coreutils';
+import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
+import { INotebookTracker } from '@jupyterlab/notebook';
 import { ServerConnection } from '@jupyterlab/services';
 import { IStatusBar } from '@jupyterlab/statusbar';
-import { LabIcon } from '@jupyterlab/ui-components';
+import { CommandToolbarButton, LabIcon } from '@jupyterlab/ui-components';
 import { Poll } from '@lumino/polling';
 import { Signal } from '@lumino/signaling';
 import { Widget } from '@lumino/widgets';
@@ -17,6 +19,7 @@ import { duration, notebookJobNews } from './words';
 
 const REFRESH_MS = 15000;
 const PANEL_ID = 'aifactory-panel';
+const RUN_AS_JOB = 'aifactory:run-as-batch-job';
 // The hub answers 424 for a server that is not running (503 with its legacy setting).
 const NOT_RUNNING = [424, 503];
 const settings = ServerConnection.makeSettings();
@@ -501,7 +504,7 @@ class JobForm {
       el('label', { text: 'Profile ' }, this.profile),
       el('label', { text: 'Project ' }, this.account), this.options,
       el('label', { text: 'GPUs ' }, this.gpus),
-      el('label', { text: 'Time ' }, this.walltime),
+      this.walltimeLabel = el('label', { text: 'Time ' }, this.walltime),
       el('div', {}, preview, submit), this.result);
     if (labShell) {
       labShell.currentChanged.connect(() => this.follow());
@@ -555,8 +558,17 @@ class JobForm {
     this.gpus.value = String(profile.gpus);
     this.walltime.value = profile.walltime;
     this.gpus.disabled = profile.fixed.includes('gpus');
-    this.walltime.disabled = profile.fixed.includes('walltime') ||
-      profile.options.some(o => o.name === 'walltime');
+    const timeOption = profile.options.some(o => o.name === 'walltime');
+    this.walltime.disabled = profile.fixed.includes('walltime') || timeOption;
+    this.walltimeLabel.style.display = timeOption ? 'none' : ''; // the option says it
+  }
+
+  /** Fill in this notebook and its parameters (the toolbar button, the file's menu). */
+  use(path) {
+    this.notebook.value = path;
+    this.params.replaceChildren();
+    this.loadParameters();
+    this.node.scrollIntoView({ block: 'start' });
   }
 
   follow() {
@@ -634,8 +646,8 @@ const plugin = {
   id: 'aifactory-jupyterlab:plugin',
   description: "The session's clock, budget and jobs in the status bar and a side panel.",
   autoStart: true,
-  optional: [IStatusBar, ILabShell],
-  activate: (app, statusBar, labShell) => {
+  optional: [IStatusBar, ILabShell, INotebookTracker, IDefaultFileBrowser],
+  activate: (app, statusBar, labShell, notebooks, fileBrowser) => {
     const feed = new Feed();
     const notebookJobs = new NotebookJobWatch();
     const panel = new Panel(feed, notebookJobs, labShell);
@@ -645,6 +657,39 @@ const plugin = {
       statusBar.registerStatusItem('aifactory:status', { item, align: 'left', rank: 0 });
     }
     new Clock(app, feed);
+    // "Run as a batch job": on each notebook's toolbar, and on a notebook in the file browser.
+    app.commands.addCommand(RUN_AS_JOB, {
+      label: 'Run as a batch job…',
+      caption: 'Run this notebook as a Slurm batch job of its own (aifactory)',
+      icon: ICON,
+      execute: args => {
+        let path = args.path;
+        if (!path && args.fromBrowser && fileBrowser) {
+          const item = fileBrowser.selectedItems().next();
+          path = item && item.value ? item.value.path : null;
+        }
+        if (!path && notebooks && notebooks.currentWidget) {
+          path = notebooks.currentWidget.context.path;
+        }
+        app.shell.activateById(PANEL_ID);
+        if (path) {
+          panel.form.use(path);
+        }
+      }
+    });
+    if (notebooks) {
+      notebooks.widgetAdded.connect((_, notebook) => {
+        const button = new CommandToolbarButton({ commands: app.commands, id: RUN_AS_JOB, label: 'Run as job' });
+        button.addClass('aif-run-as-job');
+        if (!notebook.toolbar.insertAfter('cellType', 'aifactory-run-as-job', button)) {
+          notebook.toolbar.addItem('aifactory-run-as-job', button);
+        }
+      });
+    }
+    app.contextMenu.addItem({
+      command: RUN_AS_JOB, args: { fromBrowser: true },
+      selector: '.jp-DirListing-item[data-file-type="notebook"]', rank: 10
+    });
     feed.ended.connect((_, ending) => {
       Widget.attach(new Banner(ending), document.body); // above everything, full width
       Notification.error(ending.short || ending.text, { autoClose: false });
