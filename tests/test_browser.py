@@ -121,11 +121,11 @@ def test_the_dashboard_in_jupyterlab_shows_the_clis_numbers(page, passwords, hub
         shown = page.text_content(f"{climate} .aif-{key}")
         assert shown == gpu_h(expected[f"{key}_gpu_h"]), (key, shown, expected)
     assert "(coordinator)" in page.text_content(f"{climate} h4")  # alice leads proj-climate
-    page.get_by_role("tab", name="Session").click()
+    page.get_by_role("tab", name="Session", exact=True).click()
     assert page.text_content(".aif-session .aif-job") == job.job_id
     assert page.text_content(".aif-session .aif-project") == job.account
     page.screenshot(path=ARTIFACTS / "07-dashboard-session.png", full_page=True)
-    page.get_by_role("tab", name="Cluster").click()
+    page.get_by_role("tab", name="Cluster", exact=True).click()
     assert page.text_content(".aif-cluster .aif-gpus[data-partition='gpu'] .aif-free").isdigit()
 
 
