@@ -24,15 +24,14 @@ import argparse
 import json
 import os
 import pwd
-import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tabs import measure  # noqa: E402
 from hub_login import HUB, log_in, xsrf  # noqa: E402
 
 from aifactory import slurm  # noqa: E402
@@ -55,46 +54,6 @@ def slow_notebook() -> str:
     nbformat.write(nb, str(path))
     os.chown(path, pw.pw_uid, pw.pw_gid)
     return path.name
-
-
-def rpcs() -> int:
-    return sum(slurm.rpc_counts().values())
-
-
-def watch(refresh, tabs: int, seconds: float) -> tuple[int, list[float]]:
-    """`tabs` watchers calling `refresh()` every REFRESH_S for `seconds`; returns
-    (refreshes, latencies)."""
-    latencies, lock = [], threading.Lock()
-    until = time.monotonic() + seconds
-
-    def tab(offset: float):
-        time.sleep(offset)
-        while time.monotonic() < until:
-            began = time.monotonic()
-            refresh()
-            with lock:
-                latencies.append(time.monotonic() - began)
-            time.sleep(max(0.0, REFRESH_S - (time.monotonic() - began)))
-
-    threads = [threading.Thread(target=tab, args=(REFRESH_S * i / tabs,)) for i in range(tabs)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return len(latencies), latencies
-
-
-def measure(name: str, refresh, tabs: int, seconds: float) -> dict:
-    slurm.run(["sdiag", "--reset"])
-    before = rpcs()
-    done, latencies = watch(refresh, tabs, seconds)
-    used = rpcs() - before
-    latencies.sort()
-    row = {"mode": name, "tabs": tabs, "refreshes": done, "slurmctld_rpcs": used,
-           "p50_ms": round(1000 * statistics.median(latencies), 1),
-           "p95_ms": round(1000 * latencies[int(0.95 * (len(latencies) - 1))], 1)}
-    print(json.dumps(row), flush=True)
-    return row
 
 
 def main() -> int:
@@ -143,9 +102,9 @@ def main() -> int:
         states = [j.state for j in slurm.jobs(user=USER) if j.job_id in ids]
         print(f"{len(ids)} notebook jobs: {states.count('RUNNING')} running, "
               f"{states.count('PENDING')} pending", flush=True)
-        rows = [measure("ours", ours, 1, args.seconds),
-                measure("ours", ours, args.tabs, args.seconds),
-                measure("per job (squeue each)", per_job, 1, args.seconds)]
+        rows = [measure("ours", [ours], 1, args.seconds, REFRESH_S),
+                measure("ours", [ours], args.tabs, args.seconds, REFRESH_S),
+                measure("per job (squeue each)", [per_job], 1, args.seconds, REFRESH_S)]
     finally:
         for job in submitted:
             session.delete(f"{api}/{job['id']}", timeout=60)

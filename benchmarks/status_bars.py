@@ -34,13 +34,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tabs import measure  # noqa: E402
 from hub_login import DEMO_CA, HUB, log_in, xsrf  # noqa: E402
 
 from aifactory import slurm  # noqa: E402
@@ -52,10 +52,6 @@ USERS = ("alice", "bob")
 EXTENSION = "aifactory-jupyterlab"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update"]
-
-
-def rpcs() -> int:
-    return sum(slurm.rpc_counts().values())
 
 
 def server_url(user: str) -> str:
@@ -98,42 +94,6 @@ class Person:
         return job
 
 
-def watch(refreshes, tabs: int, seconds: float) -> tuple[int, list[float]]:
-    """`tabs` tabs, tab i calling `refreshes[i % len(refreshes)]()` every REFRESH_S."""
-    latencies, lock = [], threading.Lock()
-    until = time.monotonic() + seconds
-
-    def tab(i: int):
-        time.sleep(REFRESH_S * i / tabs)
-        refresh = refreshes[i % len(refreshes)]
-        while time.monotonic() < until:
-            began = time.monotonic()
-            refresh()
-            with lock:
-                latencies.append(time.monotonic() - began)
-            time.sleep(max(0.0, REFRESH_S - (time.monotonic() - began)))
-
-    threads = [threading.Thread(target=tab, args=(i,)) for i in range(tabs)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return len(latencies), latencies
-
-
-def measure(name: str, refreshes, tabs: int, seconds: float) -> dict:
-    slurm.run(["sdiag", "--reset"])
-    before = rpcs()
-    done, latencies = watch(refreshes, tabs, seconds)
-    used = rpcs() - before
-    latencies.sort()
-    row = {"mode": name, "tabs": tabs, "refreshes": done, "slurmctld_rpcs": used,
-           "p50_ms": round(1000 * statistics.median(latencies), 1),
-           "p95_ms": round(1000 * latencies[int(0.95 * (len(latencies) - 1))], 1)}
-    print(json.dumps(row), flush=True)
-    return row
-
-
 def status_bars(people: list[Person], tabs: int, seconds: float) -> list[dict]:
     def ours(person):
         def refresh():
@@ -151,10 +111,10 @@ def status_bars(people: list[Person], tabs: int, seconds: float) -> list[dict]:
 
     jobs = {p.user: p.session_job() for p in people}
     time.sleep(10)  # the service's queue answer knows both sessions
-    return [measure("ours", [ours(p) for p in people], tabs // 10, seconds),
-            measure("ours", [ours(p) for p in people], tabs, seconds),
+    return [measure("ours", [ours(p) for p in people], tabs // 10, seconds, REFRESH_S),
+            measure("ours", [ours(p) for p in people], tabs, seconds, REFRESH_S),
             measure("direct (squeue, squeue, sshare per refresh)",
-                    [direct(p, jobs[p.user]) for p in people], tabs, seconds)]
+                    [direct(p, jobs[p.user]) for p in people], tabs, seconds, REFRESH_S)]
 
 
 def set_extension(enabled: bool) -> None:
